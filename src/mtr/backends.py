@@ -1,0 +1,575 @@
+"""LLM backends behind one small async interface: chat messages in, text (or parsed JSON) out.
+
+    backend = make_backend(RoleConfig(backend="hf"))
+    [completions] = await backend.generate([messages], SamplingParams(n=2, json_schema=schema))
+
+- `hf`: a local transformers checkpoint (the embedded model by default). Concurrent callers are gathered
+  into batches (left padding) by a small micro-batcher, so that many episodes running as independent
+  coroutines share one `model.generate` call. JSON-schema-constrained decoding through xgrammar.
+- `llamacpp`: llama-cpp-python in-process on a GGUF file, with a grammar compiled from the JSON schema.
+- `openai`: any OpenAI-compatible server through the `openai` client: bounded requests in flight,
+  timeouts, and the client's own retries with exponential backoff on 429/5xx/connection errors.
+
+Local backends render prompts with the same chat template (`mtr.chat_template`), so a prompt is the same
+text whichever local backend plays the role. Every completion's text follows the Hermes convention: a
+server's structured `tool_calls` are written back as `<tool_call>` blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from mtr.chat_template import install_chat_template, render
+from mtr.config import RoleConfig
+
+
+class BackendError(RuntimeError):
+    """A backend failed (unreachable, timed out, bad reply); the message is one line."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    json_schema: dict | None = field(default=None, compare=False, hash=False)
+    seed: int | None = None
+
+    def batch_key(self) -> tuple:
+        """Requests with the same key can share one batched generate call."""
+        return (self.temperature, self.top_p, self.max_tokens, self.stop, self.seed, self.json_schema is not None)
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str = "stop"  # "stop" (EOS or a stop string) or "length"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    json: Any = None
+    json_error: str | None = None
+
+    def require_json(self, who: str = "model") -> Any:
+        """The parsed JSON, or a one-line BackendError saying what came back instead."""
+        if self.json_error is not None:
+            snippet = self.text.strip().replace("\n", " ")[:120]
+            raise BackendError(f"{who} returned non-JSON where JSON was required ({self.json_error}): {snippet!r}")
+        return self.json
+
+
+def attach_json(c: Completion, schema: dict | None) -> Completion:
+    """Parse and validate `c.text` against `schema`; problems go to `c.json_error`, never raised."""
+    if schema is None:
+        return c
+    text = c.text.strip()
+    if text.startswith("```"):  # servers without constrained decoding often fence their JSON
+        text = text.strip("`").removeprefix("json").strip()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        c.json_error = f"not JSON: {e.msg} at char {e.pos}"
+        return c
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as e:
+        path = "/".join(str(p) for p in e.absolute_path) or "(root)"
+        c.json_error = f"JSON does not match the schema at {path}: {e.message[:200]}"
+        return c
+    c.json = value
+    return c
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """Cut `text` before the first stop string (OpenAI semantics: the stop string is not returned)."""
+    cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class Backend(ABC):
+    kind: str = ""
+
+    def __init__(self, cfg: RoleConfig):
+        self.cfg = cfg
+
+    def params(self, **overrides: Any) -> SamplingParams:
+        """Sampling parameters from the role's config, with per-call overrides."""
+        base = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens)
+        if "stop" in overrides and overrides["stop"] is not None:
+            overrides["stop"] = tuple(overrides["stop"])
+        return replace(base, **overrides)
+
+    @abstractmethod
+    async def generate(self, conversations: list[list[dict]], params: SamplingParams,
+                       tools: list[list[dict]] | None = None) -> list[list[Completion]]:
+        """For each conversation, `params.n` completions of the next assistant turn."""
+
+    async def chat(self, messages: list[dict], params: SamplingParams | None = None,
+                   tools: list[dict] | None = None) -> list[Completion]:
+        [out] = await self.generate([messages], params or self.params(), [tools] if tools else None)
+        return out
+
+    def describe(self) -> str:
+        return f"{self.kind}:{self.cfg.model}"
+
+    def load(self) -> None:
+        """Load weights / check reachability now rather than on the first request."""
+
+    async def aclose(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------
+# Local backends share a micro-batcher: concurrent `generate` calls are queued and run together.
+
+
+@dataclass
+class _Request:
+    prompt: str
+    params: SamplingParams
+    future: asyncio.Future
+
+
+class _LocalBackend(Backend):
+    """Queues requests from concurrent coroutines and runs them in batches on a worker thread."""
+
+    def __init__(self, cfg: RoleConfig):
+        super().__init__(cfg)
+        self._pending: list[_Request] = []
+        self._drainer: asyncio.Task | None = None
+        self._load_lock = threading.Lock()
+        self.tokenizer: Any = None
+
+    @abstractmethod
+    def _run_batch(self, prompts: list[str], params: SamplingParams) -> list[Completion]:
+        """Generate one completion per prompt (runs on a worker thread)."""
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        self.load()
+        return render(self.tokenizer, messages, tools, add_generation_prompt=True)
+
+    async def generate(self, conversations, params, tools=None):
+        loop = asyncio.get_running_loop()
+        futures: list[list[asyncio.Future]] = []
+        for i, messages in enumerate(conversations):
+            prompt = self.render(messages, tools[i] if tools else None)
+            row = []
+            for _ in range(params.n):
+                fut = loop.create_future()
+                self._pending.append(_Request(prompt, replace(params, n=1), fut))
+                row.append(fut)
+            futures.append(row)
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return [[await f for f in row] for row in futures]
+
+    async def _drain(self) -> None:
+        while self._pending:
+            # Let every runnable coroutine enqueue its request before the batch is cut.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            key = self._pending[0].params.batch_key()
+            batch = [r for r in self._pending if r.params.batch_key() == key][: self.cfg.batch_size]
+            taken = {id(r) for r in batch}
+            self._pending = [r for r in self._pending if id(r) not in taken]
+            # The first request's params stand for the batch; json_schema differs per row.
+            try:
+                outs = await asyncio.to_thread(self._run_batch_with_schemas, batch)
+            except Exception as e:  # noqa: BLE001 - every waiter must hear about the failure
+                err = e if isinstance(e, BackendError) else BackendError(f"{self.describe()}: {type(e).__name__}: {e}")
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(err)
+                continue
+            for r, out in zip(batch, outs):
+                if not r.future.done():
+                    r.future.set_result(attach_json(out, r.params.json_schema))
+
+    def _run_batch_with_schemas(self, batch: list[_Request]) -> list[Completion]:
+        self.load()
+        self._row_schemas = [r.params.json_schema for r in batch]
+        return self._run_batch([r.prompt for r in batch], batch[0].params)
+
+
+def _resolve_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class HFBackend(_LocalBackend):
+    kind = "hf"
+
+    def __init__(self, cfg: RoleConfig):
+        super().__init__(cfg)
+        self.model: Any = None
+        self._grammars: dict[str, Any] = {}
+        self._compiler: Any = None
+
+    def model_path(self) -> Path:
+        if self.cfg.model == "embedded":
+            from mtr.embedded import ensure_checkpoint
+
+            return ensure_checkpoint()
+        p = Path(self.cfg.model).expanduser()
+        if not (p / "config.json").is_file():
+            raise BackendError(f"hf backend: {p} is not a Hugging Face checkpoint directory (no config.json); "
+                               "set roles.<role>.model to `embedded` or a checkpoint directory")
+        return p
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        with self._load_lock:
+            if self.model is not None:
+                return
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = self.model_path()
+            device = _resolve_device(self.cfg.device)
+            dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.dtype]
+            tok = AutoTokenizer.from_pretrained(path)
+            install_chat_template(tok)
+            tok.padding_side = "left"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+            model.eval()
+            self.tokenizer, self.model, self.device = tok, model, device
+
+    def _logits_processor(self, schemas: list[dict | None]) -> list:
+        if all(s is None for s in schemas):
+            return []
+        import xgrammar as xgr
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        if self._compiler is None:
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size)
+            self._compiler = xgr.GrammarCompiler(info)
+        grammars = []
+        for s in schemas:
+            key = json.dumps(s, sort_keys=True) if s is not None else ""
+            if key not in self._grammars:
+                self._grammars[key] = (self._compiler.compile_json_schema(key, any_whitespace=False) if s is not None
+                                       else self._compiler.compile_builtin_json_grammar())
+            grammars.append(self._grammars[key])
+        return [LogitsProcessor(grammars)]
+
+    def _run_batch(self, prompts, params):
+        import torch
+
+        tok, model = self.tokenizer, self.model
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
+                                      eos_token_id=tok.eos_token_id)
+        if params.temperature > 0:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        processors = self._logits_processor(self._row_schemas)
+        if processors:
+            kwargs["logits_processor"] = processors
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            out = model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1]:]
+        results = []
+        for i in range(len(prompts)):
+            ids = new[i].tolist()
+            ended = tok.eos_token_id in ids
+            if ended:
+                ids = ids[: ids.index(tok.eos_token_id)]
+            while ids and ids[-1] == tok.pad_token_id:
+                ids.pop()
+            text, stopped = cut_at_stop(tok.decode(ids, skip_special_tokens=True), params.stop)
+            results.append(Completion(
+                text=text, finish_reason="stop" if ended or stopped else "length",
+                prompt_tokens=int(enc["attention_mask"][i].sum()), completion_tokens=len(ids)))
+        return results
+
+
+class LlamaCppBackend(_LocalBackend):
+    kind = "llamacpp"
+
+    def __init__(self, cfg: RoleConfig):
+        super().__init__(cfg)
+        self.llm: Any = None
+        self._grammars: dict[str, Any] = {}
+
+    def gguf(self) -> Path:
+        if self.cfg.model == "embedded":
+            from mtr.embedded import gguf_path
+
+            return gguf_path()
+        p = Path(self.cfg.model).expanduser()
+        if not p.is_file():
+            raise BackendError(f"llamacpp backend: GGUF file not found: {p}")
+        return p
+
+    def load(self) -> None:
+        if self.llm is not None:
+            return
+        with self._load_lock:
+            if self.llm is not None:
+                return
+            try:
+                from llama_cpp import Llama
+            except ImportError as e:
+                raise BackendError("llamacpp backend: llama-cpp-python is not installed; "
+                                   "fix: .venv/bin/pip install 'llama-cpp-python[server]'") from e
+            from transformers import AutoTokenizer
+
+            path = self.gguf()
+            if self.cfg.model == "embedded":
+                from mtr.embedded import ensure_checkpoint
+
+                tok = AutoTokenizer.from_pretrained(ensure_checkpoint())
+            else:
+                tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            install_chat_template(tok)
+            self.tokenizer = tok
+            self.llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
+                             n_batch=512, seed=0, verbose=False)
+
+    def _grammar(self, schema: dict):
+        from llama_cpp import LlamaGrammar
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_json_schema(key, verbose=False)
+        return self._grammars[key]
+
+    def _run_batch(self, prompts, params):
+        # llama-cpp-python's high-level API decodes one sequence at a time; the batcher still saves the
+        # per-request thread hops, and the llama.cpp server (openai backend) is the batched path.
+        results = []
+        for i, prompt in enumerate(prompts):
+            schema = self._row_schemas[i]
+            out = self.llm.create_completion(
+                prompt=prompt, max_tokens=params.max_tokens, temperature=params.temperature,
+                top_p=params.top_p, stop=list(params.stop) or None,
+                grammar=self._grammar(schema) if schema is not None else None,
+                seed=params.seed if params.seed is not None else -1)
+            choice, usage = out["choices"][0], out["usage"]
+            results.append(Completion(text=choice["text"], finish_reason=choice.get("finish_reason") or "stop",
+                                      prompt_tokens=usage["prompt_tokens"],
+                                      completion_tokens=usage["completion_tokens"]))
+        return results
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def to_openai_messages(messages: list[dict]) -> list[dict]:
+    """OpenAI wants tool-call arguments as a JSON string; TRL/`datasets` keep them as objects."""
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            calls = []
+            for tc in m["tool_calls"]:
+                fn = dict(tc.get("function", tc))
+                if not isinstance(fn.get("arguments"), str):
+                    fn["arguments"] = json.dumps(fn.get("arguments") or {}, ensure_ascii=False)
+                calls.append({"type": "function", "id": tc.get("id", "call_0"), "function": fn})
+            m["tool_calls"] = calls
+        out.append(m)
+    return out
+
+
+class OpenAIBackend(Backend):
+    kind = "openai"
+
+    def __init__(self, cfg: RoleConfig):
+        super().__init__(cfg)
+        self._client: Any = None
+        self._sem: asyncio.Semaphore | None = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from openai import AsyncOpenAI
+
+            # The key is read here and handed to the client only; it is never logged or put in a manifest.
+            key = os.environ.get(self.cfg.api_key_env) or "EMPTY"
+            self._client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=key, timeout=self.cfg.timeout_s,
+                                       max_retries=self.cfg.max_retries)
+        return self._client
+
+    def describe(self) -> str:
+        return f"openai:{self.cfg.model}@{self.cfg.base_url or 'api.openai.com'}"
+
+    def _error(self, e: Exception) -> BackendError:
+        import openai
+
+        where = self.describe()
+        if isinstance(e, openai.APITimeoutError):
+            return BackendError(f"{where}: request timed out after {self.cfg.timeout_s:g}s "
+                                f"({self.cfg.max_retries} retries)")
+        if isinstance(e, openai.APIConnectionError):
+            return BackendError(f"{where}: cannot reach the server ({self.cfg.max_retries} retries); is it running?")
+        if isinstance(e, openai.APIStatusError):
+            return BackendError(f"{where}: server answered HTTP {e.status_code}: {str(e.message)[:200]}")
+        return BackendError(f"{where}: {type(e).__name__}: {str(e)[:200]}")
+
+    async def _one(self, messages: list[dict], params: SamplingParams, tools: list[dict] | None) -> Completion:
+        import openai
+
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.cfg.max_concurrency)
+        kwargs: dict[str, Any] = dict(model=self.cfg.model, messages=to_openai_messages(messages),
+                                      temperature=params.temperature, top_p=params.top_p,
+                                      max_tokens=params.max_tokens)
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if params.seed is not None:
+            kwargs["seed"] = params.seed
+        if tools:
+            kwargs["tools"] = [{"type": "function", "function": t["function"]} for t in tools]
+        if params.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_schema",
+                                         "json_schema": {"name": "output", "schema": params.json_schema}}
+        async with self._sem:
+            try:
+                resp = await self.client.chat.completions.create(**kwargs)
+            except openai.OpenAIError as e:
+                raise self._error(e) from None
+        if not getattr(resp, "choices", None):
+            raise BackendError(f"{self.describe()}: reply has no choices")
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        for tc in choice.message.tool_calls or []:
+            try:
+                args = json.loads(tc.function.arguments or "{}")
+            except json.JSONDecodeError:
+                args = tc.function.arguments
+            text += ("\n" if text else "") + "<tool_call>\n" + json.dumps(
+                {"name": tc.function.name, "arguments": args}, ensure_ascii=False) + "\n</tool_call>"
+        usage = resp.usage
+        return attach_json(Completion(text=text, finish_reason=choice.finish_reason or "stop",
+                                      prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                                      completion_tokens=getattr(usage, "completion_tokens", 0) or 0),
+                           params.json_schema)
+
+    async def generate(self, conversations, params, tools=None):
+        # One request per sample: `n>1` is not supported by every server (llama.cpp ignores it).
+        tasks = [[asyncio.create_task(self._one(m, replace(params, n=1), tools[i] if tools else None))
+                  for _ in range(params.n)] for i, m in enumerate(conversations)]
+        try:
+            return [[await t for t in row] for row in tasks]
+        finally:
+            for row in tasks:
+                for t in row:
+                    t.cancel()
+
+    def load(self) -> None:
+        """Check the server answers and knows the model (a cheap `GET /models`)."""
+        import openai
+
+        async def check():
+            try:
+                models = await self.client.models.list()
+            except openai.OpenAIError as e:
+                raise self._error(e) from None
+            names = [m.id for m in models.data]
+            return names
+
+        names = _run_sync(check())
+        if names and self.cfg.model not in names and not any(self.cfg.model in n for n in names):
+            raise BackendError(f"{self.describe()}: server does not serve model {self.cfg.model!r} "
+                               f"(it serves: {', '.join(names[:5])})")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _run_sync(coro):
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    raise RuntimeError("_run_sync called inside a running event loop")
+
+
+_BACKENDS = {"hf": HFBackend, "llamacpp": LlamaCppBackend, "openai": OpenAIBackend}
+
+
+def make_backend(cfg: RoleConfig) -> Backend:
+    try:
+        cls = _BACKENDS[cfg.backend]
+    except KeyError:
+        raise BackendError(f"unknown backend {cfg.backend!r}; backends are: {', '.join(_BACKENDS)}") from None
+    return cls(cfg)
+
+
+class BackendPool:
+    """One backend per distinct (backend, model, connection) so that roles sharing a model load it once."""
+
+    _SHARED_FIELDS = ("backend", "model", "base_url", "api_key_env", "device", "dtype", "n_ctx", "n_threads",
+                      "max_concurrency", "timeout_s", "max_retries", "batch_size")
+
+    def __init__(self, config):
+        self.config = config
+        self._by_key: dict[tuple, Backend] = {}
+        self._by_role: dict[str, Backend] = {}
+
+    def get(self, role: str) -> Backend:
+        if role not in self._by_role:
+            cfg = self.config.role(role)
+            key = tuple(getattr(cfg, f) for f in self._SHARED_FIELDS)
+            shared = self._by_key.get(key)
+            if shared is None:
+                shared = self._by_key[key] = make_backend(cfg)
+                self._by_role[role] = shared
+            else:
+                # Same weights, the role's own sampling defaults.
+                self._by_role[role] = _SharedView(shared, cfg)
+        return self._by_role[role]
+
+    async def aclose(self) -> None:
+        for b in self._by_key.values():
+            await b.aclose()
+
+
+class _SharedView(Backend):
+    """A role's view of a backend another role already loaded: its own sampling defaults, shared weights."""
+
+    def __init__(self, inner: Backend, cfg: RoleConfig):
+        super().__init__(cfg)
+        self.inner = inner
+        self.kind = inner.kind
+
+    async def generate(self, conversations, params, tools=None):
+        return await self.inner.generate(conversations, params, tools)
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    @property
+    def tokenizer(self):
+        return getattr(self.inner, "tokenizer", None)
+

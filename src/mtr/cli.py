@@ -1,0 +1,144 @@
+"""The `mtr` command line. Every expected failure ends as one red line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mtr.backends import BackendError, BackendPool
+from mtr.config import ROLES, ConfigError, load_config
+from mtr.embedded import EmbeddedModelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="mtr: teach language models to use tools without live APIs (arXiv 2510.06825).")
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERRORS: tuple[type[Exception], ...] = (ConfigError, BackendError, EmbeddedModelError, FileNotFoundError,
+                                            ValueError)
+
+
+def user_errors(fn):
+    """Turn the errors a user can fix into one line and exit status 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the packaged cpu-tiny preset)")
+
+
+@app.command()
+@user_errors
+def models(config: Optional[Path] = ConfigOpt,
+           check: bool = typer.Option(True, help="load each backend (or reach its server) and report"),
+           embedded_only: bool = typer.Option(False, help="only prepare the embedded model's cached checkpoint")):
+    """What each role resolves to, and whether it loads."""
+    if embedded_only:
+        from mtr.embedded import ensure_checkpoint
+
+        t = time.perf_counter()
+        path = ensure_checkpoint()
+        console.print(f"embedded model ready: {path} ({time.perf_counter() - t:.1f}s)")
+        return
+    cfg = load_config(config)
+    pool = BackendPool(cfg)
+    table = Table(title="roles")
+    for col in ("role", "backend", "model", "status"):
+        table.add_column(col)
+    failures = 0
+    for role in ROLES:
+        rc = cfg.role(role)
+        backend = pool.get(role)
+        status = "not checked"
+        if check:
+            t = time.perf_counter()
+            try:
+                backend.load()
+                status = f"[green]ok[/green] ({time.perf_counter() - t:.1f}s)"
+            except (BackendError, EmbeddedModelError) as e:
+                failures += 1
+                status = f"[red]fails[/red]: {e}"
+        table.add_row(role, rc.backend, backend.describe(), status)
+    console.print(table)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def chat(role: str = typer.Argument(..., help=f"one of: {', '.join(ROLES)}"),
+         message: str = typer.Argument(..., help="the user message"),
+         config: Optional[Path] = ConfigOpt,
+         system: Optional[str] = typer.Option(None, help="a system message"),
+         max_tokens: Optional[int] = typer.Option(None, help="override the role's max_tokens"),
+         temperature: Optional[float] = typer.Option(None, help="override the role's temperature"),
+         seed: int = typer.Option(0)):
+    """Send one message to the model that plays ROLE and print its reply."""
+    cfg = load_config(config)
+    cfg.role(role)  # unknown role -> one-line error
+    pool = BackendPool(cfg)
+    backend = pool.get(role)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    overrides = {k: v for k, v in (("max_tokens", max_tokens), ("temperature", temperature)) if v is not None}
+
+    async def go():
+        try:
+            return await backend.chat(messages, backend.params(seed=seed, **overrides))
+        finally:
+            await pool.aclose()
+
+    t = time.perf_counter()
+    [c] = asyncio.run(go())
+    dt = time.perf_counter() - t
+    console.print(c.text, markup=False, highlight=False)
+    err_console.print(f"[dim]{backend.describe()}: {c.completion_tokens} tokens in {dt:.1f}s, "
+                      f"finish={c.finish_reason}[/dim]")
+
+
+@app.command()
+@user_errors
+def demo(config: Optional[Path] = ConfigOpt):
+    """The main job on the embedded default: every role answers one prompt."""
+    cfg = load_config(config)
+    pool = BackendPool(cfg)
+    console.rule("mtr demo: the embedded model plays each role")
+    prompts = {
+        "toolmaker": "Write one tool, as an OpenAI function JSON schema, that looks up when a university was founded.",
+        "autoagent": "In what year was the university where Sergei Tokarev was a professor founded? Think step by step.",
+        "toolactor": 'You are the tool `search(query)`. Return a JSON observation for {"query": "Moscow State University"}.',
+        "policy": "Who wrote the novel Dracula?",
+        "reference": "Who wrote the novel Dracula?",
+    }
+
+    async def go():
+        try:
+            for role, prompt in prompts.items():
+                b = pool.get(role)
+                t = time.perf_counter()
+                [c] = await b.chat([{"role": "user", "content": prompt}], b.params(seed=cfg.seed))
+                console.print(f"[bold]{role}[/bold] ({b.describe()}, {time.perf_counter() - t:.1f}s)")
+                console.print(f"  > {prompt}", style="dim", markup=False, highlight=False)
+                console.print(c.text.strip()[:600], markup=False, highlight=False)
+        finally:
+            await pool.aclose()
+
+    asyncio.run(go())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,116 @@
+"""Configuration: one YAML file binds each role to a backend and a model, plus stage settings.
+
+Validated with pydantic; every error is one line that names the file and the dotted field path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ROLES = ("toolmaker", "autoagent", "toolactor", "policy", "reference")
+BACKENDS = ("hf", "openai", "llamacpp")
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cpu-tiny.yaml"
+
+
+class ConfigError(ValueError):
+    """A bad config; the message is one line naming the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RoleConfig(_Strict):
+    """Which backend and model play one role, and how to talk to it."""
+
+    backend: Literal["hf", "openai", "llamacpp"] = "hf"
+    model: str = Field("embedded", min_length=1,
+                       description="`embedded`, a local checkpoint directory, a GGUF file, or a server model name")
+    # openai
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", min_length=1,
+                             description="name of the environment variable holding the API key (never the key)")
+    max_concurrency: int = Field(8, ge=1, le=4096)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=20)
+    # local (hf / llamacpp)
+    device: str = Field("auto", min_length=1)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    batch_size: int = Field(16, ge=1, le=1024)
+    n_ctx: int = Field(4096, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    # sampling defaults for this role
+    temperature: float = Field(0.7, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _backend_fits_model(self) -> "RoleConfig":
+        if self.backend == "openai" and self.model == "embedded":
+            raise ValueError("the openai backend needs `model` set to the server's model name")
+        if self.backend == "llamacpp" and self.model not in ("embedded",) and not self.model.endswith(".gguf"):
+            raise ValueError("the llamacpp backend needs `model` to be `embedded` or a .gguf file")
+        return self
+
+
+class RolesConfig(_Strict):
+    toolmaker: RoleConfig = Field(default_factory=RoleConfig)
+    autoagent: RoleConfig = Field(default_factory=RoleConfig)
+    toolactor: RoleConfig = Field(default_factory=RoleConfig)
+    policy: RoleConfig = Field(default_factory=RoleConfig)
+    reference: RoleConfig = Field(default_factory=RoleConfig)
+
+
+class Config(_Strict):
+    """The whole run configuration. Stage sections are added by the stages that read them."""
+
+    seed: int = 0
+    roles: RolesConfig = Field(default_factory=RolesConfig)
+    stages: dict[str, Any] = Field(default_factory=dict,
+                                   description="settings of the stages (synth, filter, sft, grpo, eval)")
+
+    def role(self, name: str) -> RoleConfig:
+        if name not in ROLES:
+            raise ConfigError(f"unknown role {name!r}; roles are: {', '.join(ROLES)}")
+        return getattr(self.roles, name)
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    value = first.get("input")
+    shown = "" if first["type"] in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{shown}{more}"
+
+
+def parse_config(data: Any, source: str = "<config>") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(source, e)) from None
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate a YAML config; `None` means the packaged CPU preset (`cpu-tiny.yaml`)."""
+    p = Path(path) if path is not None else DEFAULT_CONFIG
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "?"
+        raise ConfigError(f"{p}: {where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    return parse_config(data, str(p))

@@ -1,0 +1,53 @@
+import pytest
+
+from mtr.config import ConfigError, load_config, parse_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_preset_is_embedded_everywhere():
+    cfg = load_config()
+    for role in ("toolmaker", "autoagent", "toolactor", "policy", "reference"):
+        assert cfg.role(role).backend == "hf" and cfg.role(role).model == "embedded"
+
+
+def test_gpu_example_parses():
+    from mtr.config import DEFAULT_CONFIG
+
+    cfg = load_config(DEFAULT_CONFIG.parent / "gpu-vllm.yaml")
+    assert cfg.role("toolactor").backend == "openai"
+    assert cfg.role("toolactor").base_url.endswith("/v1")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("roles:\n  policy: {backend: vllm}\n", "roles.policy.backend: Input should be 'hf', 'openai' or 'llamacpp'"),
+    ("roles:\n  judge: {backend: hf}\n", "roles.judge: unknown field"),
+    ("roles:\n  policy: {model: ''}\n", "roles.policy.model: String should have at least 1 character"),
+    ("roles:\n  policy: {max_tokens: lots}\n", "roles.policy.max_tokens: Input should be a valid integer"),
+    ("roles:\n  policy: {backend: openai}\n", "roles.policy: Value error, the openai backend needs `model`"),
+    ("seed: [1]\n", "seed: Input should be a valid integer"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("roles: {policy: {backend: hf\n", "not valid YAML"),
+])
+def test_bad_config_is_one_line_naming_the_field(tmp_path, text, expected):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(str(p))
+    assert expected in msg
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("/nonexistent/c.yaml")
+
+
+def test_unknown_role_lookup():
+    with pytest.raises(ConfigError, match="unknown role 'judge'"):
+        parse_config({}).role("judge")
