@@ -396,6 +396,10 @@ def to_openai_messages(messages: list[dict]) -> list[dict]:
     return out
 
 
+def _one_line(value: Any, limit: int = 200) -> str:
+    return " ".join(str(value).split())[:limit]
+
+
 class OpenAIBackend(Backend):
     kind = "openai"
 
@@ -403,16 +407,34 @@ class OpenAIBackend(Backend):
         super().__init__(cfg)
         self._client: Any = None
         self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._json_mode = cfg.json_mode
+
+    def _response_format(self, schema: dict, kwargs: dict) -> dict:
+        if self._json_mode == "json_object":
+            # llama-cpp-python's server (0.3.x) drops the schema grammar when a `seed` is also sent, and
+            # then returns unconstrained text; the schema matters more than the seed.
+            kwargs.pop("seed", None)
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+
+    def _client_kwargs(self) -> dict:
+        # The key is read here and handed to the client only; it is never logged or put in a manifest.
+        key = os.environ.get(self.cfg.api_key_env) or "EMPTY"
+        return dict(base_url=self.cfg.base_url, api_key=key, timeout=self.cfg.timeout_s,
+                    max_retries=self.cfg.max_retries)
 
     @property
     def client(self):
-        if self._client is None:
+        # An async client (and its semaphore) belongs to the event loop it was made in; each
+        # `asyncio.run` (one per CLI command or test) gets its own.
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
             from openai import AsyncOpenAI
 
-            # The key is read here and handed to the client only; it is never logged or put in a manifest.
-            key = os.environ.get(self.cfg.api_key_env) or "EMPTY"
-            self._client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=key, timeout=self.cfg.timeout_s,
-                                       max_retries=self.cfg.max_retries)
+            self._client = AsyncOpenAI(**self._client_kwargs())
+            self._sem = asyncio.Semaphore(self.cfg.max_concurrency)
+            self._loop = loop
         return self._client
 
     def describe(self) -> str:
@@ -428,14 +450,13 @@ class OpenAIBackend(Backend):
         if isinstance(e, openai.APIConnectionError):
             return BackendError(f"{where}: cannot reach the server ({self.cfg.max_retries} retries); is it running?")
         if isinstance(e, openai.APIStatusError):
-            return BackendError(f"{where}: server answered HTTP {e.status_code}: {str(e.message)[:200]}")
-        return BackendError(f"{where}: {type(e).__name__}: {str(e)[:200]}")
+            return BackendError(f"{where}: server answered HTTP {e.status_code}: {_one_line(e.message)}")
+        return BackendError(f"{where}: {type(e).__name__}: {_one_line(e)}")
 
     async def _one(self, messages: list[dict], params: SamplingParams, tools: list[dict] | None) -> Completion:
         import openai
 
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.cfg.max_concurrency)
+        client = self.client
         kwargs: dict[str, Any] = dict(model=self.cfg.model, messages=to_openai_messages(messages),
                                       temperature=params.temperature, top_p=params.top_p,
                                       max_tokens=params.max_tokens)
@@ -445,12 +466,21 @@ class OpenAIBackend(Backend):
             kwargs["seed"] = params.seed
         if tools:
             kwargs["tools"] = [{"type": "function", "function": t["function"]} for t in tools]
-        if params.json_schema is not None:
-            kwargs["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "output", "schema": params.json_schema}}
         async with self._sem:
             try:
-                resp = await self.client.chat.completions.create(**kwargs)
+                if params.json_schema is not None:
+                    kwargs["response_format"] = self._response_format(params.json_schema, kwargs)
+                try:
+                    resp = await client.chat.completions.create(**kwargs)
+                except openai.APIStatusError as e:
+                    rejected_format = e.status_code in (400, 422) or "response_format" in str(e.message)
+                    sent = kwargs.get("response_format", {}).get("type")
+                    if sent != "json_schema" or not rejected_format:
+                        raise
+                    # A server that does not know OpenAI's `json_schema` format (llama.cpp) gets `json_object`.
+                    self._json_mode = "json_object"
+                    kwargs["response_format"] = self._response_format(params.json_schema, kwargs)
+                    resp = await client.chat.completions.create(**kwargs)
             except openai.OpenAIError as e:
                 raise self._error(e) from None
         if not getattr(resp, "choices", None):
@@ -485,31 +515,19 @@ class OpenAIBackend(Backend):
         """Check the server answers and knows the model (a cheap `GET /models`)."""
         import openai
 
-        async def check():
-            try:
-                models = await self.client.models.list()
-            except openai.OpenAIError as e:
-                raise self._error(e) from None
-            names = [m.id for m in models.data]
-            return names
-
-        names = _run_sync(check())
+        try:
+            with openai.OpenAI(**self._client_kwargs()) as client:
+                names = [m.id for m in client.models.list().data]
+        except openai.OpenAIError as e:
+            raise self._error(e) from None
         if names and self.cfg.model not in names and not any(self.cfg.model in n for n in names):
             raise BackendError(f"{self.describe()}: server does not serve model {self.cfg.model!r} "
                                f"(it serves: {', '.join(names[:5])})")
 
     async def aclose(self) -> None:
-        if self._client is not None:
+        if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.close()
-            self._client = None
-
-
-def _run_sync(coro):
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    raise RuntimeError("_run_sync called inside a running event loop")
+        self._client = None
 
 
 _BACKENDS = {"hf": HFBackend, "llamacpp": LlamaCppBackend, "openai": OpenAIBackend}

@@ -37,6 +37,10 @@ class RoleConfig(_Strict):
     max_concurrency: int = Field(8, ge=1, le=4096)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0, le=20)
+    json_mode: Literal["json_schema", "json_object"] = Field(
+        "json_schema", description="how a JSON schema is sent: OpenAI's `json_schema` response format (vLLM, "
+        "SGLang, OpenAI) or `json_object` with a `schema` key (llama.cpp server); a server that rejects the "
+        "first gets the second automatically")
     # local (hf / llamacpp)
     device: str = Field("auto", min_length=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

@@ -1,0 +1,110 @@
+import asyncio
+
+import pytest
+
+from mtr.backends import BackendError, Completion, SamplingParams, attach_json, cut_at_stop
+
+pytestmark = pytest.mark.model
+
+Q = [{"role": "user", "content": "What is the capital of France?"}]
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+          "required": ["city", "country"], "additionalProperties": False}
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_greedy_is_deterministic_and_counts_tokens(embedded_backend):
+    p = SamplingParams(temperature=0, max_tokens=16)
+    [[a]] = run(embedded_backend.generate([Q], p))
+    [[b]] = run(embedded_backend.generate([Q], p))
+    assert a.text == b.text and "Paris" in a.text
+    assert a.prompt_tokens > 10 and 0 < a.completion_tokens <= 16
+
+
+def test_batched_left_padding_matches_single(embedded_backend):
+    p = SamplingParams(temperature=0, max_tokens=12)
+    long_q = [{"role": "system", "content": "You are terse. " * 20}] + Q
+    [[single]] = run(embedded_backend.generate([long_q], p))
+    [[short], [batched]] = run(embedded_backend.generate([Q, long_q], p))
+    assert batched.text == single.text
+
+
+def test_n_samples_and_seed(embedded_backend):
+    p = SamplingParams(n=4, temperature=1.0, max_tokens=12, seed=7)
+    [outs] = run(embedded_backend.generate([Q], p))
+    assert len(outs) == 4
+    [again] = run(embedded_backend.generate([Q], p))
+    assert [c.text for c in outs] == [c.text for c in again]
+
+
+def test_concurrent_callers_share_batches(embedded_backend, monkeypatch):
+    calls = []
+    orig = embedded_backend._run_batch
+
+    def spy(prompts, params):
+        calls.append(len(prompts))
+        return orig(prompts, params)
+
+    monkeypatch.setattr(embedded_backend, "_run_batch", spy)
+    p = SamplingParams(temperature=0, max_tokens=4)
+
+    async def many():
+        return await asyncio.gather(*[embedded_backend.chat([{"role": "user", "content": f"Count to {i}"}], p)
+                                      for i in range(6)])
+
+    outs = run(many())
+    assert len(outs) == 6 and all(len(o) == 1 for o in outs)
+    assert calls == [6]
+
+
+def test_stop_strings_cut_output(embedded_backend):
+    p = SamplingParams(temperature=0, max_tokens=40, stop=("Paris",))
+    [[c]] = run(embedded_backend.generate([Q], p))
+    assert "Paris" not in c.text and c.finish_reason == "stop"
+
+
+def test_json_schema_constrained_output_is_valid(embedded_backend):
+    p = SamplingParams(n=3, temperature=0.8, max_tokens=48, json_schema=SCHEMA, seed=1)
+    [outs] = run(embedded_backend.generate([Q], p))
+    for c in outs:
+        assert c.json_error is None, c.text
+        assert set(c.json) == {"city", "country"}
+
+
+def test_mixed_schema_rows_in_one_batch(embedded_backend):
+    other = {"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"],
+             "additionalProperties": False}
+
+    async def both():
+        return await asyncio.gather(
+            embedded_backend.chat(Q, SamplingParams(temperature=0, max_tokens=40, json_schema=SCHEMA)),
+            embedded_backend.chat(Q, SamplingParams(temperature=0, max_tokens=40, json_schema=other)))
+
+    [a], [b] = run(both())
+    assert set(a.json) == {"city", "country"} and isinstance(b.json["answer"], bool)
+
+
+def test_attach_json_reports_prose_and_schema_mismatch():
+    c = attach_json(Completion(text="Sure! The city is Paris."), SCHEMA)
+    assert c.json is None and c.json_error.startswith("not JSON")
+    with pytest.raises(BackendError, match="returned non-JSON where JSON was required"):
+        c.require_json("toolactor")
+    c = attach_json(Completion(text='{"city": "Paris"}'), SCHEMA)
+    assert "does not match the schema" in c.json_error
+    c = attach_json(Completion(text='```json\n{"city": "Paris", "country": "France"}\n```'), SCHEMA)
+    assert c.json == {"city": "Paris", "country": "France"}
+
+
+def test_cut_at_stop_takes_the_earliest():
+    assert cut_at_stop("a</x>b</y>", ("</y>", "</x>")) == ("a", True)
+    assert cut_at_stop("abc", ()) == ("abc", False)
+
+
+def test_bad_checkpoint_path_is_one_line(tmp_path):
+    from mtr.backends import HFBackend
+    from mtr.config import RoleConfig
+
+    with pytest.raises(BackendError, match="not a Hugging Face checkpoint directory"):
+        HFBackend(RoleConfig(model=str(tmp_path))).load()
