@@ -47,8 +47,10 @@ class SamplingParams:
     seed: int | None = None
 
     def batch_key(self) -> tuple:
-        """Requests with the same key can share one batched generate call."""
-        return (self.temperature, self.top_p, self.max_tokens, self.stop, self.seed, self.json_schema is not None)
+        """Requests with the same key can share one batched generate call. The seed is not part of it:
+        `generate` cannot seed rows separately, so a batch is seeded with its first request's seed (runs
+        are reproducible for the same inputs and concurrency, not row by row)."""
+        return (self.temperature, self.top_p, self.max_tokens, self.stop, self.json_schema is not None)
 
 
 @dataclass

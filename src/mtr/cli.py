@@ -112,6 +112,33 @@ def chat(role: str = typer.Argument(..., help=f"one of: {', '.join(ROLES)}"),
 
 @app.command()
 @user_errors
+def synth(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, answers[, context])"),
+          out: Path = typer.Option(..., "--out", help="run directory (re-running resumes it)"),
+          config: Optional[Path] = ConfigOpt,
+          limit: Optional[int] = typer.Option(None, help="first N questions only"),
+          teacher: Optional[str] = typer.Option(None, help="override synth.teacher: model | scripted"),
+          overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
+    """Synthesise tool-use traces (ToolMaker -> AutoAgent <-> V <-> ToolActor), filter them into sft.jsonl."""
+    from mtr.synth import synthesize
+
+    cfg = load_config(config)
+    if teacher is not None:
+        cfg.synth.teacher = teacher
+    asyncio.run(synthesize(cfg, data, out, limit=limit, overwrite=overwrite))
+    console.print(f"wrote {out}/traces.jsonl, sft.jsonl, stats.json, manifest.json")
+
+
+@app.command()
+@user_errors
+def prompts(role: str = typer.Argument(..., help="toolmaker | autoagent | toolactor | policy | policy-no-tools")):
+    """Show the prompt template a role uses (files in mtr/prompts/)."""
+    from mtr.prompts import prompt_text
+
+    console.print(prompt_text(role), markup=False, highlight=False)
+
+
+@app.command()
+@user_errors
 def demo(config: Optional[Path] = ConfigOpt):
     """The main job on the embedded default: every role answers one prompt."""
     cfg = load_config(config)

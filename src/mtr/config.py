@@ -69,13 +69,42 @@ class RolesConfig(_Strict):
     reference: RoleConfig = Field(default_factory=RoleConfig)
 
 
+class SynthConfig(_Strict):
+    """Trace synthesis (`mtr synth`)."""
+
+    episodes_per_question: int = Field(1, ge=1, le=64)
+    max_steps: int = Field(4, ge=1, le=32, description="tool calls allowed per episode before the answer")
+    max_tools: int = Field(2, ge=1, le=8, description="task-specific tools the ToolMaker writes per question")
+    toolmaker_retries: int = Field(2, ge=0, le=10)
+    utility_tools: list[str] = Field(default_factory=lambda: ["search"],
+                                     description="predefined tools offered beside the generated ones")
+    teacher: Literal["model", "scripted"] = Field(
+        "model", description="who plays the AutoAgent: the autoagent role's model, or the scripted teacher "
+        "that walks a record's supporting facts (labelled teacher: scripted)")
+    grounding: Literal["none", "context"] = Field(
+        "none", description="context: the ToolActor is given the record's paragraphs as its knowledge")
+    actor_retries: int = Field(1, ge=0, le=5)
+    concurrency: int = Field(16, ge=1, le=4096, description="episodes in flight (batched on local backends)")
+
+
+class FilterConfig(_Strict):
+    """Trace filtering: which episodes become SFT data."""
+
+    answer_metric: Literal["em", "f1"] = "em"
+    f1_threshold: float = Field(0.8, ge=0.0, le=1.0)
+    max_validation_errors: int = Field(0, ge=0)
+    max_steps: int = Field(6, ge=1)
+    max_tokens: int = Field(2048, ge=16, description="tokens of the rendered trace, policy tokenizer")
+    require_tool_call: bool = Field(True, description="reject episodes that answer without any tool call")
+
+
 class Config(_Strict):
-    """The whole run configuration. Stage sections are added by the stages that read them."""
+    """The whole run configuration. Each stage reads its own section."""
 
     seed: int = 0
     roles: RolesConfig = Field(default_factory=RolesConfig)
-    stages: dict[str, Any] = Field(default_factory=dict,
-                                   description="settings of the stages (synth, filter, sft, grpo, eval)")
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:

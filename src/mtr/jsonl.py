@@ -1,0 +1,118 @@
+"""Resumable, crash-safe JSONL output and the concurrent runner that the stages share.
+
+Records are appended one line per `write` call and flushed as they finish. On open, a torn last line (a
+kill -9 mid-write) is cut off, so a re-run skips the ids already written and never duplicates or
+corrupts a record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class JsonlAppender:
+    def __init__(self, path: str | Path, id_key: str = "id"):
+        self.path = Path(path)
+        self.id_key = id_key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.repaired_bytes = self._repair_tail()
+        self.done: set[str] = {str(r[id_key]) for r in read_jsonl(self.path)} if self.path.exists() else set()
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def _repair_tail(self) -> int:
+        if not self.path.exists():
+            return 0
+        size = self.path.stat().st_size
+        if size == 0:
+            return 0
+        with self.path.open("rb+") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return 0
+            # find the last newline; everything after it is a torn record
+            pos = size
+            while pos > 0:
+                step = min(65536, pos)
+                f.seek(pos - step)
+                chunk = f.read(step)
+                nl = chunk.rfind(b"\n")
+                if nl >= 0:
+                    keep = pos - step + nl + 1
+                    break
+                pos -= step
+            else:
+                keep = 0
+            f.truncate(keep)
+            return size - keep
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._f.write(line)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.done.add(str(record[self.id_key]))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read our own JSONL output; a corrupt line is an error naming the file and line."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: corrupt record ({e.msg})") from None
+    return out
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[str, Any]]],
+                   out: JsonlAppender, concurrency: int, description: str,
+                   status: Callable[[dict[str, Any]], str] | None = None) -> int:
+    """Run `worker` on every item, at most `concurrency` at once, appending each record as it finishes.
+
+    Local backends batch the concurrent requests; servers see `concurrency` requests in flight.
+    Returns the number of records written. Items must already exclude the finished ones.
+    """
+    items = list(items)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(item):
+        async with sem:
+            return await worker(item)
+
+    written = 0
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=len(items), status="")
+        pending = [asyncio.create_task(one(it)) for it in items]
+        try:
+            for fut in asyncio.as_completed(pending):
+                record = await fut
+                out.write(record)
+                written += 1
+                bar.update(task, advance=1, status=status(record) if status else "")
+        finally:
+            for t in pending:
+                t.cancel()
+    return written

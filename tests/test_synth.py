@@ -1,0 +1,243 @@
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mtr.backends import BackendError
+from mtr.config import Config
+from mtr.data import DataError, load_qa
+from mtr.jsonl import JsonlAppender, read_jsonl
+from mtr.manifest import RunDirError
+from mtr.synth import synthesize
+
+from scripted import Pool, ScriptedBackend, qa_file
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(cfg, data, out, backend, **kw):
+    return asyncio.run(synthesize(cfg, data, out, pool=Pool(backend), **kw))
+
+
+def test_end_to_end_with_scripted_models(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=3)
+    b = ScriptedBackend()
+    stats = run(Config(), data, tmp_path / "run", b)
+    assert stats["questions"] == 3 and stats["episodes"] == 3 and stats["kept"] == 3
+    assert b.calls["toolmaker"] == 3 and b.calls["actor"] == 3
+    traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    t = traces[0]
+    assert [c["code"] for c in t["steps"][0]["checks"]] == ["parse_ok", "tool_exists", "args_valid",
+                                                            "observation_valid"]
+    assert t["meta"]["domain"] == "history" and t["meta"]["roles"]["toolactor"] == "scripted"
+    assert {x["function"]["name"] for x in t["tools"]} == {"search", "get_founding_year"}
+    # sft.jsonl: the conversational format, as datasets reads it
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "run" / "sft.jsonl"), split="train")
+    assert ds.column_names == ["messages", "tools"] and len(ds) == 3
+    roles = [m["role"] for m in ds[0]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "assistant"]
+    assert ds[0]["messages"][-1]["content"].endswith("<answer>1755</answer>")
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["inputs"]["data"]["sha256"] and manifest["seed"] == 0 and "torch" in manifest["versions"]
+    assert json.loads((tmp_path / "run" / "stats.json").read_text())["kept"] == 3
+
+
+def test_toolmaker_prose_is_retried_then_recorded_failed(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=2)
+    b = ScriptedBackend(toolmaker=lambda m: "Sure! Here are some tools you could use.")
+    cfg = Config()
+    cfg.synth.toolmaker_retries = 2
+    stats = run(cfg, data, tmp_path / "run", b)
+    assert b.calls["toolmaker"] == 2 * 3 and b.calls["agent"] == 0
+    assert stats["rejected"] == {"toolmaker_failed": 2} and stats["toolmaker_failed_questions"] == 2
+    t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
+    assert t["error"].startswith("toolmaker failed after 3 attempts: output: not JSON")
+
+
+def test_toolmaker_leaking_the_answer_is_rejected(tmp_path):
+    leaky = {"domain": "d", "tools": [{"name": "get_year", "description": "Always returns 1755.",
+                                       "arguments": [{"name": "x", "type": "string", "description": "x"}],
+                                       "returns": [{"name": "y", "type": "string", "description": "y"}]}]}
+    b = ScriptedBackend(toolmaker=lambda m: json.dumps(leaky))
+    stats = run(Config(), qa_file(tmp_path / "qa.jsonl", n=1), tmp_path / "run", b)
+    assert stats["rejected"] == {"toolmaker_failed": 1}
+    assert "leaks the gold answer" in read_jsonl(tmp_path / "run" / "traces.jsonl")[0]["error"]
+
+
+def test_agent_never_sees_the_gold_answer(tmp_path):
+    b = ScriptedBackend()
+    run(Config(), qa_file(tmp_path / "qa.jsonl", n=1, answers=["Zanzibar-Gold"]), tmp_path / "run", b)
+    for msgs in b.prompts:
+        assert "Zanzibar-Gold" not in json.dumps(msgs)
+
+
+def test_invalid_call_never_reaches_the_toolactor(tmp_path):
+    def agent(msgs):
+        results = [m for m in msgs if m["role"] == "user" and m["content"].startswith("Result of")]
+        if not results:
+            return json.dumps({"thought": "t", "tool_call": {"name": "get_founding_year", "arguments": {"institution": 5}}})
+        assert "invalid tool call" in results[-1]["content"] and "args_valid" in results[-1]["content"]
+        return json.dumps({"thought": "t", "answer": "1755"})
+
+    b = ScriptedBackend(agent=agent)
+    stats = run(Config(), qa_file(tmp_path / "qa.jsonl", n=1), tmp_path / "run", b)
+    assert b.calls["actor"] == 0
+    step = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]["steps"][0]
+    assert {c["code"]: c["ok"] for c in step["checks"]}["args_valid"] is False
+    assert stats["rejected"] == {"validation_errors": 1}
+
+
+def test_toolactor_memoises_and_sees_earlier_observations(tmp_path):
+    def agent(msgs):
+        n = sum(1 for m in msgs if m["role"] == "user" and m["content"].startswith("Result of"))
+        queries = ["MSU", "Tokarev", "MSU"]
+        if n < 3:
+            return json.dumps({"thought": "t", "tool_call": {"name": "search", "arguments": {"query": queries[n]}}})
+        return json.dumps({"thought": "t", "answer": "1755"})
+
+    counter = iter(range(100))
+    b = ScriptedBackend(agent=agent, actor=lambda m: json.dumps(
+        {"results": [{"title": "T", "text": f"observation {next(counter)}"}]}))
+    run(Config(), qa_file(tmp_path / "qa.jsonl", n=1), tmp_path / "run", b)
+    steps = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]["steps"]
+    assert b.calls["actor"] == 2  # the third call repeats the first
+    assert steps[2]["observation"] == steps[0]["observation"]
+    actor_prompts = [p for p in b.prompts if "You are simulating the tool" in p[0]["content"]]
+    assert "observation 0" in actor_prompts[1][0]["content"]  # the second call saw the first result
+
+
+def test_step_budget(tmp_path):
+    b = ScriptedBackend(agent=lambda m: json.dumps({"thought": "t", "tool_call": {"name": "search",
+                                                                                  "arguments": {"query": "x"}}}))
+    cfg = Config()
+    cfg.synth.max_steps = 2
+    stats = run(cfg, qa_file(tmp_path / "qa.jsonl", n=1), tmp_path / "run", b)
+    steps = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]["steps"]
+    assert len(steps) == 3
+    assert any(c["code"] == "step_budget" and not c["ok"] for c in steps[-1]["checks"])
+    assert stats["rejected"] == {"no_answer": 1}
+
+
+def test_server_timeout_mid_run_is_counted_and_nothing_is_lost(tmp_path):
+    state = {"n": 0}
+
+    def actor(msgs):
+        state["n"] += 1
+        if state["n"] == 2:
+            return BackendError("openai:m@x: request timed out after 5s (3 retries)")
+        return json.dumps({"results": [{"title": "T", "text": "ok"}]})
+
+    stats = run(Config(), qa_file(tmp_path / "qa.jsonl", n=3), tmp_path / "run", ScriptedBackend(actor=actor))
+    traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
+    assert len(traces) == 3
+    assert sum(1 for t in traces if t.get("error", "").startswith("toolactor: openai:m@x: request timed out")) == 1
+    assert stats["rejected"] == {"episode_error": 1} and stats["kept"] == 2
+
+
+def test_resume_skips_finished_and_repairs_a_torn_record(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=4)
+    out = tmp_path / "run"
+    run(Config(), data, out, ScriptedBackend(), limit=2)
+    # a kill -9 in the middle of writing the third record
+    with (out / "traces.jsonl").open("a") as f:
+        f.write('{"id": "q2#0", "question": "In what ye')
+    with pytest.raises(RunDirError):  # limit is part of the run's identity
+        run(Config(), data, out, ScriptedBackend(), limit=4)
+    b = ScriptedBackend()
+    run(Config(), data, out, b, limit=2)
+    assert b.calls["toolmaker"] == 0  # nothing to redo
+    ids = [r["id"] for r in read_jsonl(out / "traces.jsonl")]
+    assert ids.count("q0#0") == 1 and ids.count("q1#0") == 1 and len(ids) == 2
+
+
+def test_kill_9_mid_run_then_resume(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=12)
+    out = tmp_path / "run"
+    code = f"""
+import asyncio, sys
+sys.path.insert(0, {str(HERE)!r})
+from scripted import Pool, ScriptedBackend
+from mtr.config import Config
+from mtr.synth import synthesize
+cfg = Config(); cfg.synth.concurrency = 2
+asyncio.run(synthesize(cfg, {str(data)!r}, __import__('pathlib').Path({str(out)!r}), pool=Pool(ScriptedBackend(delay=0.15))))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    traces = out / "traces.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if traces.exists() and traces.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = traces.read_text().count("\n")
+    assert 3 <= before < 12
+    b = ScriptedBackend()
+    cfg = Config()
+    cfg.synth.concurrency = 2
+    stats = asyncio.run(synthesize(cfg, data, out, pool=Pool(b)))
+    ids = [r["id"] for r in read_jsonl(traces)]
+    assert sorted(ids) == sorted(f"q{i}#0" for i in range(12)) and len(set(ids)) == 12
+    assert stats["episodes"] == 12 and b.calls["toolmaker"] <= 12 - before
+
+
+def test_different_config_in_same_dir_is_refused(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=1)
+    run(Config(), data, tmp_path / "run", ScriptedBackend())
+    cfg = Config()
+    cfg.synth.max_steps = 7
+    with pytest.raises(RunDirError, match="config differs"):
+        run(cfg, data, tmp_path / "run", ScriptedBackend())
+    run(cfg, data, tmp_path / "run", ScriptedBackend(), overwrite=True)
+    assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 1
+
+
+def test_scripted_teacher_on_hotpotqa_records(tmp_path):
+    rec = {"id": "h1", "question": "Which year?", "answers": ["1755"],
+           "supporting_facts": [["Sergei Tokarev", 0], ["Moscow State University", 1]],
+           "context": [{"title": "Moscow State University", "text": "It was founded in 1755.", "is_supporting": True}]}
+    data = tmp_path / "h.jsonl"
+    data.write_text(json.dumps(rec) + "\n")
+    cfg = Config()
+    cfg.synth.teacher = "scripted"
+    b = ScriptedBackend()
+    stats = run(cfg, data, tmp_path / "run", b)
+    t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
+    assert [s["call"]["arguments"]["query"] for s in t["steps"][:2]] == ["Sergei Tokarev", "Moscow State University"]
+    assert t["steps"][2]["answer"] == "1755" and t["meta"]["teacher"] == "scripted"
+    assert b.calls["agent"] == 0 and stats["kept"] == 1
+
+
+@pytest.mark.parametrize("line,msg", [
+    ('{"id": "a", "question": "q", "answers": ["x"]}\n{"id": "b", "question": ', "qa.jsonl:2: malformed JSON"),
+    ('{"id": "a", "answers": ["x"]}', "qa.jsonl:1: field question: Field required"),
+    ('{"id": "a", "question": "q", "answers": []}', "qa.jsonl:1: field answers"),
+    ('{"id": "a", "question": "q", "answers": ["x"]}\n{"id": "a", "question": "r", "answers": ["y"]}',
+     "qa.jsonl:2: duplicate id 'a' (first on line 1)"),
+    ('[1, 2]', "qa.jsonl:1: expected a JSON object"),
+    ('', "no QA records"),
+])
+def test_bad_qa_input(tmp_path, line, msg):
+    p = tmp_path / "qa.jsonl"
+    p.write_text(line)
+    with pytest.raises(DataError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        load_qa(p)
+
+
+def test_appender_repairs_and_dedupes(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "x": [1, ')
+    a = JsonlAppender(p)
+    assert a.done == {"a", "b"} and a.repaired_bytes > 0
+    a.write({"id": "c"})
+    a.close()
+    assert [r["id"] for r in read_jsonl(p)] == ["a", "b", "c"]
