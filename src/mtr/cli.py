@@ -128,6 +128,39 @@ def synth(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question,
     console.print(f"wrote {out}/traces.jsonl, sft.jsonl, stats.json, manifest.json")
 
 
+@app.command("eval")
+@user_errors
+def eval_cmd(out: Optional[Path] = typer.Option(None, "--out", help="run directory (re-running resumes it)"),
+             config: Optional[Path] = ConfigOpt,
+             benchmarks: Optional[str] = typer.Option(None, help="comma-separated: hotpotqa,2wiki,musique,bamboogle "
+                                                      "or QA .jsonl paths (default: the config's eval.benchmarks)"),
+             modes: Optional[str] = typer.Option(None, help="comma-separated: tools-on,tools-off"),
+             limit: Optional[int] = typer.Option(None, help="first N questions of each benchmark"),
+             policy: Optional[str] = typer.Option(None, help="a checkpoint directory to evaluate as the policy (hf)"),
+             compare: Optional[tuple[Path, Path]] = typer.Option(None, help="print two eval runs side by side"),
+             overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
+    """Evaluate the policy: EM/F1 (+ cover EM) and structural health, tools on and off."""
+    from mtr.evaluate import compare as compare_runs
+    from mtr.evaluate import evaluate
+
+    if compare:
+        compare_runs(*compare)
+        return
+    if out is None:
+        raise ValueError("--out is required (or --compare RUN_A RUN_B)")
+    cfg = load_config(config)
+    if benchmarks:
+        cfg.eval.benchmarks = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    if modes:
+        cfg.eval.modes = [m.strip() for m in modes.split(",") if m.strip()]
+    if limit is not None:
+        cfg.eval.limit = limit
+    if policy:
+        cfg.roles.policy = cfg.roles.policy.model_copy(update={"backend": "hf", "model": policy})
+    asyncio.run(evaluate(cfg, out, overwrite=overwrite))
+    console.print(f"wrote {out}/predictions.jsonl, results.json, results.md, manifest.json")
+
+
 @app.command()
 @user_errors
 def prompts(role: str = typer.Argument(..., help="toolmaker | autoagent | toolactor | policy | policy-no-tools")):

@@ -69,22 +69,36 @@ class RolesConfig(_Strict):
     reference: RoleConfig = Field(default_factory=RoleConfig)
 
 
-class SynthConfig(_Strict):
-    """Trace synthesis (`mtr synth`)."""
+class EpisodeConfig(_Strict):
+    """How episodes run (shared by synthesis and evaluation): tools, budget, the ToolActor."""
 
-    episodes_per_question: int = Field(1, ge=1, le=64)
     max_steps: int = Field(4, ge=1, le=32, description="tool calls allowed per episode before the answer")
     max_tools: int = Field(2, ge=1, le=8, description="task-specific tools the ToolMaker writes per question")
     toolmaker_retries: int = Field(2, ge=0, le=10)
     utility_tools: list[str] = Field(default_factory=lambda: ["search"],
                                      description="predefined tools offered beside the generated ones")
-    teacher: Literal["model", "scripted"] = Field(
-        "model", description="who plays the AutoAgent: the autoagent role's model, or the scripted teacher "
-        "that walks a record's supporting facts (labelled teacher: scripted)")
     grounding: Literal["none", "context"] = Field(
         "none", description="context: the ToolActor is given the record's paragraphs as its knowledge")
     actor_retries: int = Field(1, ge=0, le=5)
     concurrency: int = Field(16, ge=1, le=4096, description="episodes in flight (batched on local backends)")
+
+
+class SynthConfig(EpisodeConfig):
+    """Trace synthesis (`mtr synth`)."""
+
+    episodes_per_question: int = Field(1, ge=1, le=64)
+    teacher: Literal["model", "scripted"] = Field(
+        "model", description="who plays the AutoAgent: the autoagent role's model, or the scripted teacher "
+        "that walks a record's supporting facts (labelled teacher: scripted)")
+
+
+class EvalConfig(EpisodeConfig):
+    """Evaluation (`mtr eval`): the policy on benchmarks, tools on and off."""
+
+    benchmarks: list[str] = Field(default_factory=lambda: ["bamboogle"],
+                                  description="names (hotpotqa, 2wiki, musique, bamboogle) or QA .jsonl paths")
+    modes: list[Literal["tools-on", "tools-off"]] = Field(default_factory=lambda: ["tools-on", "tools-off"])
+    limit: int | None = Field(None, ge=1, description="first N questions of each benchmark")
 
 
 class FilterConfig(_Strict):
@@ -105,6 +119,7 @@ class Config(_Strict):
     roles: RolesConfig = Field(default_factory=RolesConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:

@@ -11,6 +11,7 @@ Agents share one interface, `async next_step(trace, final) -> Step`:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +134,19 @@ class ToolMaker:
             return res
         res.error = f"toolmaker failed after {res.attempts} attempts: {res.rejections[-1]}"
         return res
+
+
+class ToolCache:
+    """Tools are made once per question and shared by all its episodes (and concurrent callers)."""
+
+    def __init__(self, toolmaker: ToolMaker):
+        self.toolmaker = toolmaker
+        self._made: dict[str, asyncio.Future] = {}
+
+    async def get(self, example: QAExample) -> ToolMakerResult:
+        if example.id not in self._made:
+            self._made[example.id] = asyncio.ensure_future(self.toolmaker.make(example))
+        return await self._made[example.id]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ AutoAgent (or the scripted teacher) runs the episode loop against the ToolActor.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -28,7 +27,7 @@ from mtr.filter import filter_traces
 from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
 from mtr.manifest import write_manifest
 from mtr.prompts import fill
-from mtr.roles import AutoAgent, ScriptedTeacher, ToolActor, ToolMaker, ToolMakerResult
+from mtr.roles import AutoAgent, ScriptedTeacher, ToolActor, ToolCache, ToolMaker
 from mtr.trace import QAExample, Trace
 
 console = Console()
@@ -83,16 +82,14 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
     system = fill("policy")
     todo = [(ex, k) for ex in examples for k in range(s.episodes_per_question)
             if f"{ex.id}#{k}" not in out.done]
-    made: dict[str, asyncio.Task] = {}
+    tool_cache = ToolCache(toolmaker)
     roles_meta = {r: pool.get(r).describe() for r in ("toolmaker", "autoagent", "toolactor")}
     if s.teacher == "scripted":
         roles_meta["autoagent"] = "scripted"
 
     async def worker(item: tuple[QAExample, int]) -> dict[str, Any]:
         ex, k = item
-        if ex.id not in made:  # tools are made once per question and shared by its episodes
-            made[ex.id] = asyncio.ensure_future(toolmaker.make(ex))
-        tm: ToolMakerResult = await made[ex.id]
+        tm = await tool_cache.get(ex)
         meta = {"question_id": ex.id, "episode": k, "seed": cfg.seed + 1000 * k, "teacher": s.teacher,
                 "grounding": s.grounding, "roles": roles_meta, "domain": tm.domain,
                 "toolmaker_attempts": tm.attempts, "toolmaker_tokens": tm.tokens if k == 0 else 0,

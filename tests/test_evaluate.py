@@ -1,0 +1,119 @@
+import asyncio
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from mtr.cli import app
+from mtr.config import Config
+from mtr.data import DataError, load_qa, resolve_benchmark
+from mtr.evaluate import compare, evaluate, slot_disagreements
+from mtr.jsonl import read_jsonl
+from mtr.trace import Step, ToolCall, Trace
+
+from scripted import Pool, ScriptedBackend, qa_file
+
+
+def hermes_policy(msgs):
+    system = msgs[0]["content"]
+    if "from your own knowledge" in system:  # tools-off
+        return "<think>I recall it.</think>\n<answer>1700</answer>"
+    tool_msgs = [m for m in msgs if m["role"] == "tool"]
+    if not tool_msgs:
+        return '<think>Search first.</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "university 0"}}'
+    return "<think>Found.</think>\n<answer>1755</answer>"
+
+
+def cfg_for(tmp_path, n=2, modes=("tools-on", "tools-off")):
+    cfg = Config()
+    cfg.eval.benchmarks = [str(qa_file(tmp_path / "qa.jsonl", n=n))]
+    cfg.eval.modes = list(modes)
+    return cfg
+
+
+def test_tools_on_and_off_with_scripted_policy(tmp_path):
+    cfg = cfg_for(tmp_path)
+    b = ScriptedBackend(agent=hermes_policy)
+    res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
+    rows = {r["mode"]: r for r in res["rows"]}
+    assert rows["tools-on"]["em"] == 100.0 and rows["tools-off"]["em"] == 0.0
+    assert rows["tools-on"]["mean_calls"] == 1.0 and rows["tools-off"]["mean_calls"] == 0.0
+    assert rows["tools-on"]["malformed_pct"] == 0.0
+    preds = read_jsonl(tmp_path / "run" / "predictions.jsonl")
+    assert len(preds) == 4 and {p["mode"] for p in preds} == {"tools-on", "tools-off"}
+    on = next(p for p in preds if p["mode"] == "tools-on")
+    assert on["trace"]["steps"][0]["call"]["name"] == "search" and on["gold"] == ["1755"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert md.splitlines()[0].startswith("| mode |") and "avg EM" in md
+    # the tools-off policy never sees tools
+    off_prompts = [p for p in b.prompts if "from your own knowledge" in p[0]["content"]]
+    assert off_prompts and all("# Tools" not in json.dumps(p) for p in off_prompts)
+
+
+def test_resume_does_not_redo_or_duplicate(tmp_path):
+    cfg = cfg_for(tmp_path, n=3, modes=("tools-off",))
+    asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
+    lines = (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()
+    (tmp_path / "run" / "predictions.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:30])
+    b = ScriptedBackend(agent=hermes_policy)
+    res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
+    assert b.calls["agent"] == 1 and res["rows"][0]["n"] == 3
+    keys = [r["key"] for r in read_jsonl(tmp_path / "run" / "predictions.jsonl")]
+    assert len(keys) == len(set(keys)) == 3
+
+
+def test_malformed_policy_output_is_counted(tmp_path):
+    cfg = cfg_for(tmp_path, n=2, modes=("tools-on",))
+    res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=lambda m: "I dunno!!"))))
+    r = res["rows"][0]
+    assert r["malformed_pct"] == 100.0 and r["no_answer_pct"] == 100.0 and r["em"] == 0.0
+
+
+def test_slot_disagreement_definition():
+    t = Trace(id="x", question="Who was president when Citibank was founded?", steps=[
+        Step(call=ToolCall(name="search", arguments={"query": "Citibank founded"}),
+             observation='{"text": "Citibank was founded in 1812."}'),
+        Step(call=ToolCall(name="search", arguments={"query": "president 1812"}), observation="{}"),
+        Step(call=ToolCall(name="search", arguments={"query": "Barack Obama"}), observation="{}"),
+        Step(answer="James Madison")])
+    assert slot_disagreements(t) == (1, 3)  # only "Barack Obama" is unsupported
+
+
+def test_compare_prints_differences(tmp_path):
+    cfg = cfg_for(tmp_path, n=2, modes=("tools-on",))
+    asyncio.run(evaluate(cfg, tmp_path / "a", pool=Pool(ScriptedBackend(agent=hermes_policy))))
+    asyncio.run(evaluate(cfg, tmp_path / "b", pool=Pool(ScriptedBackend(agent=lambda m: "<answer>1755</answer>"))))
+    [row] = compare(tmp_path / "a", tmp_path / "b")
+    assert row["em"] == (100.0, 100.0, 0.0) and row["mean_calls"] == (1.0, 0.0, -1.0)
+    r = CliRunner().invoke(app, ["eval", "--compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert r.exit_code == 0 and "-1.00" in r.output
+
+
+def test_named_benchmarks_load():
+    for name, n in (("bamboogle", 125), ("hotpotqa", 500), ("2wiki", 500), ("musique", 500)):
+        path = resolve_benchmark(name)
+        assert len(load_qa(path)) == n
+    hp = load_qa(resolve_benchmark("hotpotqa"), limit=3)
+    assert hp[0].context and hp[0].supporting_facts
+
+
+@pytest.mark.parametrize("arg,msg", [
+    ("triviaqa", "unknown benchmark 'triviaqa'"),
+    ("/nonexistent/x.jsonl", "no such file"),
+])
+def test_bad_benchmark_names(arg, msg):
+    with pytest.raises(DataError, match=msg):
+        resolve_benchmark(arg)
+
+
+def test_path_that_is_not_a_qa_file(tmp_path):
+    p = tmp_path / "notes.jsonl"
+    p.write_text('{"title": "x", "text": "y"}\n')
+    with pytest.raises(DataError, match="notes.jsonl:1: field id: Field required"):
+        load_qa(p)
+    r = CliRunner().invoke(app, ["eval", "--out", str(tmp_path / "run"), "--benchmarks", str(p)])
+    assert r.exit_code == 2 and "notes.jsonl:1" in r.output
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    r = CliRunner().invoke(app, ["eval", "--out", str(tmp_path / "run2"), "--benchmarks", str(empty)])
+    assert r.exit_code == 2 and "empty file" in r.output
