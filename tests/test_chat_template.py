@@ -52,3 +52,11 @@ def test_assistant_mask_covers_assistant_text_only(tok):
     assert '"passage"' not in masked_in and "<tool_response>" not in masked_in  # the observations
     assert '{"passage": "It was founded in 1755."}' in masked_out
     assert "<answer>1755</answer>" in masked_in
+
+
+def test_stored_and_in_memory_conversations_render_the_same(tok):
+    mem = two_call_trace().to_conversation()
+    stored = two_call_trace().to_conversation(for_storage=True)
+    import json
+
+    assert render(tok, mem["messages"], mem["tools"]) == render(tok, stored["messages"], json.loads(stored["tools"]))

@@ -51,3 +51,13 @@ def test_missing_file():
 def test_unknown_role_lookup():
     with pytest.raises(ConfigError, match="unknown role 'judge'"):
         parse_config({}).role("judge")
+
+
+@pytest.mark.parametrize("name,kind", [("zero3.yaml", "DEEPSPEED"), ("fsdp.yaml", "FSDP")])
+def test_accelerate_configs_parse(name, kind):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    from mtr.config import DEFAULT_CONFIG
+
+    cc = ClusterConfig.from_yaml_file(DEFAULT_CONFIG.parent / "accelerate" / name)
+    assert cc.distributed_type.value == kind and cc.mixed_precision == "bf16" and cc.num_processes == 8

@@ -42,6 +42,7 @@ def test_end_to_end_with_scripted_models(tmp_path):
 
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "run" / "sft.jsonl"), split="train")
     assert ds.column_names == ["messages", "tools"] and len(ds) == 3
+    assert isinstance(ds[0]["tools"], str)
     roles = [m["role"] for m in ds[0]["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
     assert ds[0]["messages"][-1]["content"].endswith("<answer>1755</answer>")

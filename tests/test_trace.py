@@ -42,7 +42,7 @@ def test_conversation_roundtrip_is_lossless():
 
 
 def test_roundtrip_through_datasets_arrow(tmp_path):
-    """`datasets` unifies struct fields across rows (missing keys become None); the trace must survive it."""
+    """`datasets` unifies struct fields across rows (missing keys become None); stored traces avoid it."""
     datasets = pytest.importorskip("datasets")
     other = Trace(id="q2", question="Who?", tools=[ToolSchema.model_validate({"function": {
         "name": "lookup", "parameters": {"type": "object", "properties": {"name": {"type": "string", "enum": ["a", "b"]}},
@@ -52,9 +52,12 @@ def test_roundtrip_through_datasets_arrow(tmp_path):
     path = tmp_path / "sft.jsonl"
     with path.open("w") as f:
         for t in (two_call_trace(), other):
-            f.write(json.dumps(t.to_conversation()) + "\n")
+            f.write(json.dumps(t.to_conversation(for_storage=True)) + "\n")
     ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    # no null-filled keys: arguments and tools are JSON strings, as stored
+    assert ds[1]["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"name": "a"}'
     back = [Trace.from_conversation(row) for row in ds]
+    assert back[0].to_conversation() == two_call_trace().to_conversation()
     assert back[0].to_conversation()["tools"] == two_call_trace().to_conversation()["tools"]
     assert back[1].steps[0].call.arguments == {"name": "a"}
     assert back[1].tools[0].function.parameters["properties"]["name"]["enum"] == ["a", "b"]

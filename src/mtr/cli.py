@@ -163,6 +163,19 @@ def eval_cmd(out: Optional[Path] = typer.Option(None, "--out", help="run directo
 
 @app.command()
 @user_errors
+def sft(data: Path = typer.Option(..., "--data", help="sft.jsonl from `mtr synth` (messages + tools)"),
+        out: Path = typer.Option(..., "--out", help="output directory: the checkpoint, logs, manifest"),
+        config: Optional[Path] = ConfigOpt,
+        resume: bool = typer.Option(False, help="continue from the last checkpoint in --out"),
+        overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
+    """Stage 1: supervised fine-tuning on filtered traces (TRL SFTTrainer, loss on assistant tokens only)."""
+    from mtr.sft import train_sft
+
+    train_sft(load_config(config), data, out, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+@user_errors
 def prompts(role: str = typer.Argument(..., help="toolmaker | autoagent | toolactor | policy | policy-no-tools")):
     """Show the prompt template a role uses (files in mtr/prompts/)."""
     from mtr.prompts import prompt_text

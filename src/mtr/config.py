@@ -112,6 +112,32 @@ class FilterConfig(_Strict):
     require_tool_call: bool = Field(True, description="reject episodes that answer without any tool call")
 
 
+class SFTStageConfig(_Strict):
+    """Stage 1 (`mtr sft`): TRL's SFTTrainer on sft.jsonl, loss on the assistant's own tokens only."""
+
+    lora: bool = Field(False, description="train a LoRA adapter (peft) instead of all weights")
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_target_modules: str | list[str] = "all-linear"
+    learning_rate: float = Field(5e-5, gt=0)
+    num_train_epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, ge=-1, description="stop after N optimizer steps (-1: run the epochs)")
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_length: int = Field(1024, ge=32, description="tokens per training sequence")
+    too_long: Literal["drop", "truncate"] = Field(
+        "drop", description="what to do with longer sequences (counted and reported either way)")
+    bf16: bool = Field(False, description="bfloat16 mixed precision (GPU)")
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+
+
 class Config(_Strict):
     """The whole run configuration. Each stage reads its own section."""
 
@@ -120,6 +146,7 @@ class Config(_Strict):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:

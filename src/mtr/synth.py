@@ -120,7 +120,8 @@ def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: i
     """Filter all traces into sft.jsonl and write stats.json (idempotent: always from traces.jsonl)."""
     traces = [Trace.model_validate(r) for r in read_jsonl(out_dir / "traces.jsonl")]
     kept, rejected = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
-    write_atomic(out_dir / "sft.jsonl", [json.dumps(t.to_conversation(), ensure_ascii=False) + "\n" for t in kept])
+    write_atomic(out_dir / "sft.jsonl", [json.dumps(t.to_conversation(for_storage=True), ensure_ascii=False) + "\n"
+                                            for t in kept])
     steps = sum(len(t.steps) for t in traces)
     tokens = sum(t.meta.get("agent_tokens", 0) + t.meta.get("actor_tokens", 0) + t.meta.get("toolmaker_tokens", 0)
                  for t in traces)

@@ -163,8 +163,14 @@ class Trace(BaseModel):
     def calls(self) -> list[ToolCall]:
         return [s.call for s in self.steps if s.call is not None]
 
-    def to_conversation(self) -> dict[str, Any]:
-        """The conversational view: `{"messages": [...], "tools": [...]}` as TRL and `datasets` read it."""
+    def to_conversation(self, for_storage: bool = False) -> dict[str, Any]:
+        """The conversational view: `{"messages": [...], "tools": [...]}` as TRL and `datasets` read it.
+
+        `for_storage=True` (what sft.jsonl holds) writes each call's `arguments` and the `tools` column as
+        JSON strings, as OpenAI's format does for arguments and TRL accepts for tools. Otherwise Arrow would
+        unify the differing keys of every row into one struct and fill the missing ones with null, which the
+        chat template would then render into the training text.
+        """
         messages: list[dict[str, Any]] = []
         if self.system:
             messages.append({"role": "system", "content": self.system})
@@ -172,13 +178,17 @@ class Trace(BaseModel):
         for step in self.steps:
             msg: dict[str, Any] = {"role": "assistant", "content": step.assistant_content()}
             if step.call is not None:
+                args: Any = step.call.arguments
+                if for_storage:
+                    args = json.dumps(args, ensure_ascii=False)  # the same text the template's tojson writes
                 msg["tool_calls"] = [{"type": "function", "id": step.call.id,
-                                      "function": {"name": step.call.name, "arguments": step.call.arguments}}]
+                                      "function": {"name": step.call.name, "arguments": args}}]
             messages.append(msg)
             if step.call is not None and step.observation is not None:
                 messages.append({"role": "tool", "tool_call_id": step.call.id, "name": step.call.name,
                                  "content": step.observation})
-        return {"messages": messages, "tools": [t.as_dict() for t in self.tools]}
+        tools = [t.as_dict() for t in self.tools]
+        return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if for_storage else tools}
 
     @classmethod
     def from_conversation(cls, conversation: dict[str, Any], id: str = "", answers: list[str] | None = None,
@@ -213,7 +223,10 @@ class Trace(BaseModel):
                 steps[-1].observation = msg["content"]
             else:
                 raise ValueError(f"unexpected role {msg['role']!r} after the question")
-        tools = [ToolSchema.model_validate(_drop_nones(t)) for t in conversation.get("tools") or []]
+        raw_tools = conversation.get("tools") or []
+        if isinstance(raw_tools, str):
+            raw_tools = json.loads(raw_tools)
+        tools = [ToolSchema.model_validate(_drop_nones(t)) for t in raw_tools]
         return cls(id=id, question=question, answers=answers or [], system=system, tools=tools, steps=steps,
                    meta=meta or {})
 

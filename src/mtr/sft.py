@@ -1,0 +1,185 @@
+"""`mtr sft`, Stage 1: teach the policy the trace grammar with TRL's SFTTrainer.
+
+The data is sft.jsonl as synthesis writes it (conversational `messages` + `tools`). The loss covers the
+assistant's own tokens only (thoughts, tool calls, answers, the end-of-turn token): TRL's
+`assistant_only_loss=True` reads the `{% generation %}` markers of the chat template, and mtr's template
+(`templates/chatml_tools.jinja`, installed on tokenizers that lack one) puts tool observations outside them.
+
+What is written by hand here is what TRL does not do: strict reading of sft.jsonl with line numbers,
+counting (not silently dropping) rows without assistant turns and over-long rows, the JSONL loss log, the
+refusal to mix two runs in one directory, and merging a LoRA adapter into a plain checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from mtr.chat_template import install_chat_template
+from mtr.config import Config
+from mtr.manifest import write_manifest
+
+console = Console()
+
+
+class SFTDataError(ValueError):
+    """sft.jsonl cannot be trained on; one line naming the file (and line)."""
+
+
+def policy_source(cfg: Config) -> Path:
+    policy = cfg.role("policy")
+    if policy.backend != "hf":
+        raise SFTDataError(f"roles.policy.backend is {policy.backend!r}: SFT trains a local checkpoint, set it to hf")
+    if policy.model == "embedded":
+        from mtr.embedded import ensure_checkpoint
+
+        return ensure_checkpoint()
+    path = Path(policy.model)
+    if not (path / "config.json").is_file():
+        raise SFTDataError(f"roles.policy.model: {path} is not a Hugging Face checkpoint directory")
+    return path
+
+
+def load_policy_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    install_chat_template(tok)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def read_sft_rows(path: Path, tokenizer: Any, max_length: int, too_long: str) -> tuple[list[dict], dict[str, int]]:
+    """Read and check sft.jsonl; returns the trainable rows and what was dropped or truncated, by reason."""
+    if not path.is_file():
+        raise SFTDataError(f"{path}: no such file")
+    rows: list[dict] = []
+    report = {"rows": 0, "no_assistant_turns": 0, "too_long_dropped": 0, "too_long_truncated": 0}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            report["rows"] += 1
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SFTDataError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+            msgs = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(msgs, list) or not all(isinstance(m, dict) and "role" in m for m in msgs):
+                raise SFTDataError(f"{path}:{lineno}: field messages: expected a list of chat messages")
+            if not any(m["role"] == "assistant" for m in msgs):
+                report["no_assistant_turns"] += 1
+                continue
+            tools = row.get("tools")
+            tools_list = json.loads(tools) if isinstance(tools, str) else tools
+            n = len(tokenizer.apply_chat_template(msgs, tools=tools_list or None, tokenize=True,
+                                                  return_dict=True)["input_ids"])
+            if n > max_length:
+                if too_long == "drop":
+                    report["too_long_dropped"] += 1
+                    continue
+                report["too_long_truncated"] += 1
+            rows.append({"messages": msgs,
+                         "tools": tools if isinstance(tools, str) else json.dumps(tools or [], ensure_ascii=False)})
+    if not rows:
+        raise SFTDataError(f"{path}: no trainable rows ({report['rows']} rows; {report['no_assistant_turns']} without "
+                           f"assistant turns, {report['too_long_dropped']} longer than {max_length} tokens) - "
+                           "was every trace rejected by the filter? see stats.json of the synthesis run")
+    return rows, report
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    s = cfg.sft
+    src = policy_source(cfg)
+    tok = load_policy_tokenizer(src)
+    rows, report = read_sft_rows(Path(data), tok, s.max_length, s.too_long)
+    if overwrite and out.exists():
+        for p in out.glob("checkpoint-*"):
+            shutil.rmtree(p)
+        for name in ("log.jsonl", "train_stats.json"):
+            (out / name).unlink(missing_ok=True)
+    write_manifest(out, "sft", cfg.model_dump(mode="json"), {"data": Path(data)}, cfg.seed,
+                   extra={"init": str(src)}, overwrite=overwrite)
+    dropped = report["no_assistant_turns"] + report["too_long_dropped"]
+    console.print(f"sft: {len(rows)} rows to train on; dropped {report['no_assistant_turns']} without assistant "
+                  f"turns and {report['too_long_dropped']} over {s.max_length} tokens; truncated "
+                  f"{report['too_long_truncated']}" + (" [yellow](see train_stats.json)[/yellow]" if dropped else ""))
+
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if (s.bf16 and cuda) else torch.float32)
+    args = SFTConfig(
+        output_dir=str(out), assistant_only_loss=True, max_length=s.max_length, truncation_mode="keep_start",
+        packing=False, learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs, max_steps=s.max_steps,
+        per_device_train_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps, warmup_steps=s.warmup_ratio,
+        weight_decay=s.weight_decay, logging_steps=s.logging_steps, save_steps=s.save_steps,
+        save_total_limit=s.save_total_limit, report_to=s.report_to,
+        seed=cfg.seed, bf16=s.bf16 and cuda, gradient_checkpointing=s.gradient_checkpointing, use_cpu=not cuda,
+        dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
+    )
+    peft_config = None
+    if s.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+                                 target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
+
+    log_path = out / "log.jsonl"
+
+    class JsonlLog(TrainerCallback):
+        """Loss and learning rate per logging step, as JSON lines (TensorBoard gets the same via report_to)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=peft_config, callbacks=[JsonlLog()])
+    ckpt = last_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
+    elif ckpt is not None:
+        console.print(f"resuming from {ckpt}")
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    wall = time.perf_counter() - t0
+
+    final = trainer.model
+    if s.lora:
+        final.save_pretrained(out / "adapter")
+        final = final.merge_and_unload()
+    final.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    logs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    losses = [entry["loss"] for entry in logs if "loss" in entry]
+    tokens = max((entry.get("num_tokens", 0) for entry in logs), default=0)
+    stats = {
+        "rows": len(rows), "data_report": report, "steps": result.global_step, "train_runtime_s": wall,
+        "tokens_seen": tokens, "tokens_per_s": tokens / wall if wall > 0 else None,
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "lora": s.lora, "init": str(src), "resumed_from": str(ckpt) if ckpt else None,
+    }
+    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    console.print(f"sft: {stats['steps']} steps in {wall:.0f}s, loss {stats['loss_first']} -> {stats['loss_last']}, "
+                  f"{stats['tokens_per_s'] or 0:.0f} tokens/s; checkpoint in {out}")
+    return stats
