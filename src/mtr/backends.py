@@ -24,7 +24,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jsonschema
 
@@ -135,11 +135,57 @@ class Backend(ABC):
 # Local backends share a micro-batcher: concurrent `generate` calls are queued and run together.
 
 
+class MicroBatcher:
+    """Gathers items submitted by concurrent coroutines into batches for one blocking call on a worker thread.
+
+    Many episodes run as independent coroutines; each submits one generation request and awaits it. Items
+    with the same `key` that are pending together go into one `run(items)` call (at most `batch_size`),
+    so a local model sees batches as large as the concurrency allows without the episodes knowing.
+    """
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], batch_size: int,
+                 key: Callable[[Any], Any] = lambda item: None, describe: str = "batch"):
+        self.run, self.batch_size, self.key, self.describe = run, batch_size, key, describe
+        self._pending: list[tuple[Any, asyncio.Future]] = []
+        self._drainer: asyncio.Task | None = None
+
+    def submit(self, item: Any) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if self._drainer is not None and self._drainer.get_loop() is not loop:
+            # A new event loop (each asyncio.run): whatever the old one left pending died with it.
+            self._pending, self._drainer = [], None
+        fut = loop.create_future()
+        self._pending.append((item, fut))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
+        while self._pending:
+            # Let every runnable coroutine submit its request before the batch is cut.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            key = self.key(self._pending[0][0])
+            batch = [p for p in self._pending if self.key(p[0]) == key][: self.batch_size]
+            taken = {id(p) for p in batch}
+            self._pending = [p for p in self._pending if id(p) not in taken]
+            try:
+                outs = await asyncio.to_thread(self.run, [item for item, _ in batch])
+            except Exception as e:  # noqa: BLE001 - every waiter must hear about the failure
+                err = e if isinstance(e, BackendError) else BackendError(f"{self.describe}: {type(e).__name__}: {e}")
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(err)
+                continue
+            for (_, fut), out in zip(batch, outs):
+                if not fut.done():
+                    fut.set_result(out)
+
+
 @dataclass
 class _Request:
     prompt: str
     params: SamplingParams
-    future: asyncio.Future
 
 
 class _LocalBackend(Backend):
@@ -147,8 +193,8 @@ class _LocalBackend(Backend):
 
     def __init__(self, cfg: RoleConfig):
         super().__init__(cfg)
-        self._pending: list[_Request] = []
-        self._drainer: asyncio.Task | None = None
+        self._batcher = MicroBatcher(self._run_requests, cfg.batch_size, key=lambda r: r.params.batch_key(),
+                                     describe=f"{self.kind}:{cfg.model}")
         self._load_lock = threading.Lock()
         self.tokenizer: Any = None
 
@@ -161,46 +207,18 @@ class _LocalBackend(Backend):
         return render(self.tokenizer, messages, tools, add_generation_prompt=True)
 
     async def generate(self, conversations, params, tools=None):
-        loop = asyncio.get_running_loop()
-        futures: list[list[asyncio.Future]] = []
+        futures = []
         for i, messages in enumerate(conversations):
             prompt = self.render(messages, tools[i] if tools else None)
-            row = []
-            for _ in range(params.n):
-                fut = loop.create_future()
-                self._pending.append(_Request(prompt, replace(params, n=1), fut))
-                row.append(fut)
-            futures.append(row)
-        if self._drainer is None or self._drainer.done():
-            self._drainer = asyncio.create_task(self._drain())
+            futures.append([self._batcher.submit(_Request(prompt, replace(params, n=1))) for _ in range(params.n)])
         return [[await f for f in row] for row in futures]
 
-    async def _drain(self) -> None:
-        while self._pending:
-            # Let every runnable coroutine enqueue its request before the batch is cut.
-            for _ in range(3):
-                await asyncio.sleep(0)
-            key = self._pending[0].params.batch_key()
-            batch = [r for r in self._pending if r.params.batch_key() == key][: self.cfg.batch_size]
-            taken = {id(r) for r in batch}
-            self._pending = [r for r in self._pending if id(r) not in taken]
-            # The first request's params stand for the batch; json_schema differs per row.
-            try:
-                outs = await asyncio.to_thread(self._run_batch_with_schemas, batch)
-            except Exception as e:  # noqa: BLE001 - every waiter must hear about the failure
-                err = e if isinstance(e, BackendError) else BackendError(f"{self.describe()}: {type(e).__name__}: {e}")
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(err)
-                continue
-            for r, out in zip(batch, outs):
-                if not r.future.done():
-                    r.future.set_result(attach_json(out, r.params.json_schema))
-
-    def _run_batch_with_schemas(self, batch: list[_Request]) -> list[Completion]:
+    def _run_requests(self, batch: list[_Request]) -> list[Completion]:
         self.load()
+        # The first request's params stand for the batch (same batch_key); json_schema differs per row.
         self._row_schemas = [r.params.json_schema for r in batch]
-        return self._run_batch([r.prompt for r in batch], batch[0].params)
+        outs = self._run_batch([r.prompt for r in batch], batch[0].params)
+        return [attach_json(out, r.params.json_schema) for r, out in zip(batch, outs)]
 
 
 def _resolve_device(name: str) -> str:

@@ -176,6 +176,21 @@ def sft(data: Path = typer.Option(..., "--data", help="sft.jsonl from `mtr synth
 
 @app.command()
 @user_errors
+def grpo(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, answers) to train on"),
+         init: Path = typer.Option(..., "--init", help="the starting checkpoint (usually the output of `mtr sft`)"),
+         out: Path = typer.Option(..., "--out", help="output directory: checkpoints, logs, samples, manifest"),
+         config: Optional[Path] = ConfigOpt,
+         limit: Optional[int] = typer.Option(None, help="first N questions only"),
+         resume: bool = typer.Option(False, help="continue from the last checkpoint in --out"),
+         overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
+    """Stage 2: GRPO with multi-turn simulated-tool rollouts and the composite reward (TRL GRPOTrainer)."""
+    from mtr.grpo import train_grpo
+
+    train_grpo(load_config(config), data, init, out, limit=limit, resume=resume, overwrite=overwrite)
+
+
+@app.command()
+@user_errors
 def prompts(role: str = typer.Argument(..., help="toolmaker | autoagent | toolactor | policy | policy-no-tools")):
     """Show the prompt template a role uses (files in mtr/prompts/)."""
     from mtr.prompts import prompt_text

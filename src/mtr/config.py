@@ -138,6 +138,47 @@ class SFTStageConfig(_Strict):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
 
 
+class GRPOStageConfig(EpisodeConfig):
+    """Stage 2 (`mtr grpo`): TRL's GRPOTrainer with MTR's multi-turn rollout and composite reward."""
+
+    num_generations: int = Field(8, ge=2, description="group size: rollouts per question (paper: 8)")
+    per_device_train_batch_size: int = Field(8, ge=1, description="rollouts per step; a multiple of the group")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    beta: float = Field(0.04, ge=0.0, description="KL coefficient to the reference (the initial policy)")
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
+    learning_rate: float = Field(1e-6, gt=0)
+    max_steps: int = Field(100, ge=1)
+    max_turn_tokens: int = Field(128, ge=8, description="tokens the policy may write in one turn")
+    max_completion_tokens: int = Field(1024, ge=16, description="tokens of a whole episode after the prompt")
+    temperature: float = Field(1.0, gt=0.0)
+    answer_metric: Literal["em", "f1"] = "em"
+    call_budget: int = Field(2, ge=0, description="calls beyond this cost call_penalty each (efficiency)")
+    call_penalty: float = Field(0.1, ge=0.0)
+    reward_weights: dict[str, float] = Field(
+        default_factory=lambda: {"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2})
+    on_toolmaker_failure: Literal["skip", "utilities"] = Field(
+        "skip", description="skip (and count) questions whose ToolMaker failed, or give them the utility tools")
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    use_vllm: bool = Field(False, description="GPU: generate with vLLM through TRL (colocate mode)")
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(25, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+
+    @model_validator(mode="after")
+    def _weights_and_groups(self) -> "GRPOStageConfig":
+        unknown = set(self.reward_weights) - {"answer", "format", "consistency", "efficiency"}
+        if unknown:
+            raise ValueError(f"reward_weights: unknown component(s) {sorted(unknown)}; "
+                             "components are answer, format, consistency, efficiency")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple "
+                             f"of num_generations ({self.num_generations})")
+        return self
+
+
 class Config(_Strict):
     """The whole run configuration. Each stage reads its own section."""
 
@@ -147,6 +188,7 @@ class Config(_Strict):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:

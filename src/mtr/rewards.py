@@ -1,0 +1,116 @@
+"""The composite trace reward of Stage 2: each component a separate function, weighted in the config.
+
+All components score one episode (`Trace`):
+
+- answer       EM (1/0) or token F1 of the final answer against the gold answers (`answer_metric`).
+- format       1 if every turn parsed, every call passed the pre-check (`tool_exists`, `args_valid`) and
+               the episode ended with a non-empty answer; else 0.
+- consistency  1 if (a) the final answer is *supported*: its normalised tokens all occur in the normalised
+               text of the episode's observations, and (b) no two observations of the same call (same tool,
+               same canonicalised arguments) differ; else 0. An episode without answer or without
+               observations scores 0.
+- efficiency   a penalty: -`call_penalty` for each call beyond `call_budget`, and -1 for no final answer.
+
+The MTR paper names correctness, consistency and an efficiency term but gives no formula or weights;
+these definitions and the default weights (config `grpo.reward_weights`) are our choice (docs/grpo.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from mtr.metrics import exact_match, f1_score, normalize_answer
+from mtr.trace import Trace
+
+PRECHECK = ("tool_exists", "args_valid")
+
+
+def answer_reward(trace: Trace, metric: str = "em") -> float:
+    pred = trace.final_answer
+    return exact_match(pred, trace.answers) if metric == "em" else f1_score(pred, trace.answers)
+
+
+def format_reward(trace: Trace) -> float:
+    if trace.error is not None or not trace.steps:
+        return 0.0
+    for step in trace.steps:
+        if step.parse_error is not None:
+            return 0.0
+        if any(c.code in PRECHECK and not c.ok for c in step.checks):
+            return 0.0
+    answer = trace.final_answer
+    return 1.0 if answer is not None and answer.strip() else 0.0
+
+
+def answer_supported(trace: Trace) -> bool:
+    answer = trace.final_answer
+    observed = " ".join(s.observation for s in trace.steps if s.observation is not None)
+    tokens = normalize_answer(answer or "").split()
+    if not tokens or not observed:
+        return False
+    seen = set(normalize_answer(observed).split())
+    return all(t in seen for t in tokens)
+
+
+def observations_disagree(trace: Trace) -> bool:
+    by_call: dict[str, str] = {}
+    for s in trace.steps:
+        if s.call is None or s.observation is None:
+            continue
+        key = s.call.canonical_key()
+        if key in by_call and by_call[key] != s.observation:
+            return True
+        by_call.setdefault(key, s.observation)
+    return False
+
+
+def consistency_reward(trace: Trace) -> float:
+    return 1.0 if answer_supported(trace) and not observations_disagree(trace) else 0.0
+
+
+def efficiency_reward(trace: Trace, call_budget: int = 2, call_penalty: float = 0.1) -> float:
+    penalty = call_penalty * max(0, len(trace.calls) - call_budget)
+    if trace.final_answer is None or not trace.final_answer.strip():
+        penalty += 1.0
+    return -penalty
+
+
+REWARD_NAMES = ("answer", "format", "consistency", "efficiency")
+
+
+class RewardError(RuntimeError):
+    """A reward that is not a finite number; names the component, the step and the sample."""
+
+
+def trl_reward_funcs(answer_metric: str, call_budget: int, call_penalty: float) -> list[Callable[..., list[float]]]:
+    """The components as TRL reward functions (one per component, so each is logged under its own name).
+
+    They read the `episode` field the rollout returns. A NaN or infinite value is never averaged away: it
+    raises with the component, the training step and the sample's question.
+    """
+    scorers: dict[str, Callable[[Trace], float]] = {
+        "answer": lambda t: answer_reward(t, answer_metric),
+        "format": format_reward,
+        "consistency": consistency_reward,
+        "efficiency": lambda t: efficiency_reward(t, call_budget, call_penalty),
+    }
+
+    def make(name: str, scorer: Callable[[Trace], float]):
+        def reward(prompts: list, completions: list, episode: list[dict[str, Any]], **kwargs: Any) -> list[float]:
+            state = kwargs.get("trainer_state")
+            step = getattr(state, "global_step", "?")
+            out = []
+            for i, ep in enumerate(episode):
+                trace = ep if isinstance(ep, Trace) else Trace.model_validate(ep)
+                value = scorer(trace)
+                if value is None or not math.isfinite(value):
+                    raise RewardError(f"reward {name} is {value} at step {step} for sample {i} "
+                                      f"(question {trace.id!r}: {trace.question[:80]!r})")
+                out.append(float(value))
+            return out
+
+        reward.__name__ = f"{name}_reward"
+        return reward
+
+    return [make(n, scorers[n]) for n in REWARD_NAMES]

@@ -1,0 +1,168 @@
+import asyncio
+import json
+import math
+
+import pytest
+
+from mtr.backends import BackendError
+from mtr.chat_template import render
+from mtr.config import Config
+from mtr.episode import run_episode
+from mtr.grpo import FINAL_NUDGE, RolloutAgent, make_rollout_func, prepare_tools, train_grpo
+from mtr.prompts import fill
+from mtr.rewards import (RewardError, answer_reward, consistency_reward, efficiency_reward, format_reward,
+                         trl_reward_funcs)
+from mtr.roles import ToolActor, utility_tools
+from mtr.sft import load_policy_tokenizer, policy_source
+from mtr.trace import Check, QAExample, Step, ToolCall, Trace
+
+from scripted import GOOD_TOOLS, Pool, ScriptedBackend, qa_file
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_policy_tokenizer(policy_source(Config()))
+
+
+class ScriptedSampler:
+    """Returns scripted turns as token ids (ending with EOS), so the masks can be checked exactly."""
+
+    def __init__(self, tok, turns):
+        self.tok, self.turns, self.i = tok, list(turns), 0
+
+    async def sample(self, ids, max_new_tokens):
+        text = self.turns[min(self.i, len(self.turns) - 1)]
+        self.i += 1
+        new = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+        return new, True
+
+
+EX = QAExample(id="q1", question="In what year was Moscow State University founded?", answers=["1755"])
+TURNS = ['<think>Search it.</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "Moscow State University"}}\n</tool_call>',
+         '<think>Check again.</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "MSU founding"}}\n</tool_call>',
+         "<think>It says 1755.</think>\n<answer>1755</answer>"]
+
+
+def run_rollout(tok, turns=TURNS, actor_fn=None, max_steps=3):
+    actor = ToolActor(ScriptedBackend(actor=actor_fn or (lambda m: json.dumps(
+        {"results": [{"title": "MSU", "text": "Founded in 1755."}]}))))
+    agent = RolloutAgent(ScriptedSampler(tok, turns), tok, max_turn_tokens=200, max_completion_tokens=2000)
+    trace = asyncio.run(run_episode(EX, "q1#0", utility_tools(["search"]), agent, actor, fill("policy"),
+                                    max_steps=max_steps))
+    return trace, agent.episodes["q1#0"]
+
+
+def test_env_mask_matches_the_rendered_multi_turn_text(tok):
+    trace, st = run_rollout(tok)
+    assert [s.call.name if s.call else s.answer for s in trace.steps] == ["search", "search", "1755"]
+    # prompt + completion is exactly the chat template's rendering of the whole conversation
+    text = tok.decode(st.prompt_ids + st.completion_ids)
+    assert text == render(tok, st.messages, [t.as_dict() for t in trace.tools]).rstrip("\n")
+    model_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 1])
+    env_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 0])
+    assert model_text == "".join(turn + "<|im_end|>" for turn in TURNS)
+    assert env_text.count("<tool_response>") == 2 and "Founded in 1755." in env_text
+    assert "Founded in 1755." not in model_text
+    assert st.completion_ids[-1] == tok.eos_token_id and st.env_mask[-1] == 1
+
+
+def test_final_turn_gets_the_nudge(tok):
+    trace, st = run_rollout(tok, max_steps=2)
+    env_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 0])
+    assert FINAL_NUDGE in env_text and trace.final_answer == "1755"
+
+
+def test_toolactor_failure_mid_rollout_is_scored_not_raised(tok):
+    trace, st = run_rollout(tok, actor_fn=lambda m: BackendError("openai:x: request timed out after 5s"))
+    assert trace.error.startswith("toolactor: openai:x: request timed out")
+    assert format_reward(trace) == 0.0 and efficiency_reward(trace) == -1.0
+    assert len(st.completion_ids) == len(st.env_mask) > 0
+
+
+def test_policy_that_never_stops_hits_the_budget(tok):
+    class Rambler:
+        async def sample(self, ids, max_new_tokens):
+            return [tok.encode("blah")[0]] * max_new_tokens, False
+
+    agent = RolloutAgent(Rambler(), tok, max_turn_tokens=16, max_completion_tokens=64)
+    trace = asyncio.run(run_episode(EX, "e", utility_tools(["search"]), agent, None, "s", max_steps=3))
+    assert trace.steps[0].parse_error.startswith("length:") and len(agent.episodes["e"].completion_ids) == 16
+
+
+def trace_with(steps, answers=("1755",)):
+    return Trace(id="t", question="In what year was Moscow State University founded?", answers=list(answers),
+                 steps=steps)
+
+
+def call_step(query, obs, ok=True):
+    return Step(call=ToolCall(name="search", arguments={"query": query}), observation=obs,
+                checks=[Check(code="tool_exists", ok=True), Check(code="args_valid", ok=ok)])
+
+
+def test_reward_components():
+    good = trace_with([call_step("MSU", '{"text": "Founded in 1755."}'), Step(answer="1755")])
+    assert answer_reward(good) == 1.0 and format_reward(good) == 1.0
+    assert consistency_reward(good) == 1.0 and efficiency_reward(good) == 0.0
+    unsupported = trace_with([call_step("MSU", '{"text": "A university."}'), Step(answer="1755")])
+    assert consistency_reward(unsupported) == 0.0 and answer_reward(unsupported) == 1.0
+    disagree = trace_with([call_step("MSU", '{"text": "1755"}'), call_step("MSU", '{"text": "1800"}'),
+                           Step(answer="1755")])
+    assert consistency_reward(disagree) == 0.0
+    bad_args = trace_with([call_step("MSU", "{}", ok=False), Step(answer="1755")])
+    assert format_reward(bad_args) == 0.0
+    many = trace_with([call_step(f"q{i}", "{}") for i in range(5)] + [Step(answer="x")])
+    assert efficiency_reward(many, call_budget=2, call_penalty=0.1) == pytest.approx(-0.3)
+    assert efficiency_reward(trace_with([call_step("a", "{}")])) == -1.0
+    assert answer_reward(trace_with([Step(answer="Moscow 1755")]), "f1") == pytest.approx(2 / 3)
+
+
+def test_nan_reward_fails_with_step_and_sample():
+    funcs = trl_reward_funcs("em", call_budget=0, call_penalty=float("nan"))
+    ep = trace_with([call_step("MSU", "{}"), Step(answer="1755")]).model_dump()
+
+    class State:
+        global_step = 7
+
+    with pytest.raises(RewardError, match=r"reward efficiency is nan at step 7 for sample 0 \(question 't'"):
+        funcs[3](prompts=[None], completions=[None], episode=[ep], trainer_state=State())
+
+
+def test_toolmaker_failures_are_skipped_and_counted(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=3)
+    from mtr.data import load_qa
+
+    answers = iter([json.dumps(GOOD_TOOLS), "prose, not JSON", json.dumps(GOOD_TOOLS)])
+    cfg = Config()
+    cfg.grpo.toolmaker_retries = 0
+    b = ScriptedBackend(toolmaker=lambda m: next(answers))
+    tools, failed = prepare_tools(cfg, load_qa(data), Pool(b), tmp_path)
+    assert len(tools) == 2 and len(failed) == 1 and "not JSON" in next(iter(failed.values()))
+    # made once: a second call (a resume) asks the ToolMaker nothing
+    tools2, failed2 = prepare_tools(cfg, load_qa(data), Pool(ScriptedBackend(toolmaker=lambda m: 1 / 0)), tmp_path)
+    assert tools2.keys() == tools.keys() and failed2 == failed
+
+
+@pytest.mark.model
+def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=2)
+    cfg = Config()
+    g = cfg.grpo
+    g.num_generations, g.per_device_train_batch_size, g.max_steps = 2, 2, 2
+    g.max_turn_tokens, g.max_completion_tokens, g.max_steps = 24, 96, 2
+    g.save_steps, g.report_to, g.sample_every = 1, [], 1
+    g.learning_rate = 1e-5
+    init = policy_source(cfg)
+    stats = train_grpo(cfg, data, init, tmp_path / "out", pool=Pool(ScriptedBackend()))
+    assert stats["steps"] == 2 and stats["questions"] == 2
+    log = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
+    step_logs = [e for e in log if "reward" in e]
+    assert len(step_logs) == 2
+    for name in ("answer", "format", "consistency", "efficiency"):
+        assert f"rewards/{name}_reward/mean" in step_logs[0] and f"rewards/{name}_reward/std" in step_logs[0]
+    assert "kl" in step_logs[0] and "episode/tool_calls" in step_logs[0] and "completions/clipped_ratio" in step_logs[0]
+    assert all(math.isfinite(e["reward"]) for e in step_logs)
+    samples = (tmp_path / "out" / "samples.jsonl").read_text().splitlines()
+    assert samples and "trace" in json.loads(samples[0])
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
