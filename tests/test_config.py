@@ -61,3 +61,25 @@ def test_accelerate_configs_parse(name, kind):
 
     cc = ClusterConfig.from_yaml_file(DEFAULT_CONFIG.parent / "accelerate" / name)
     assert cc.distributed_type.value == kind and cc.mixed_precision == "bf16" and cc.num_processes == 8
+
+
+def test_stage_presets_parse_and_budgets_are_distinct():
+    from mtr.config import DEFAULT_CONFIG
+
+    cfg = load_config(DEFAULT_CONFIG.parent / "grpo-cpu.yaml")
+    assert cfg.grpo.num_generations == 4 and cfg.grpo.train_steps == 20 and cfg.grpo.max_steps == 2
+    gpu = load_config(DEFAULT_CONFIG.parent / "gpu-vllm.yaml")
+    assert gpu.grpo.num_generations == 8 and gpu.sft.bf16 and gpu.grpo.bf16
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("grpo: {num_generations: 3, per_device_train_batch_size: 8}\n", "must be a multiple of num_generations"),
+    ("grpo: {reward_weights: {speed: 1.0}}\n", "unknown component(s) ['speed']"),
+    ("sft: {too_long: ignore}\n", "sft.too_long"),
+    ("eval: {modes: [tools-maybe]}\n", "eval.modes.0"),
+    ("synth: {teacher: oracle}\n", "synth.teacher"),
+])
+def test_bad_stage_settings(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert expected in str(e.value) and "\n" not in str(e.value)

@@ -147,7 +147,7 @@ def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=2)
     cfg = Config()
     g = cfg.grpo
-    g.num_generations, g.per_device_train_batch_size, g.max_steps = 2, 2, 2
+    g.num_generations, g.per_device_train_batch_size, g.train_steps = 2, 2, 2
     g.max_turn_tokens, g.max_completion_tokens, g.max_steps = 24, 96, 2
     g.save_steps, g.report_to, g.sample_every = 1, [], 1
     g.learning_rate = 1e-5

@@ -147,7 +147,7 @@ class GRPOStageConfig(EpisodeConfig):
     beta: float = Field(0.04, ge=0.0, description="KL coefficient to the reference (the initial policy)")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
     learning_rate: float = Field(1e-6, gt=0)
-    max_steps: int = Field(100, ge=1)
+    train_steps: int = Field(100, ge=1, description="optimizer steps (max_steps is the tool-call budget)")
     max_turn_tokens: int = Field(128, ge=8, description="tokens the policy may write in one turn")
     max_completion_tokens: int = Field(1024, ge=16, description="tokens of a whole episode after the prompt")
     temperature: float = Field(1.0, gt=0.0)

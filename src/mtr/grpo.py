@@ -246,6 +246,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     g = cfg.grpo
+    if g.use_vllm:
+        raise ValueError("grpo.use_vllm: vLLM-backed rollouts are not implemented yet (the rollout samples with "
+                         "transformers on the training GPU); set grpo.use_vllm: false")
     if not (Path(init) / "config.json").is_file():
         raise ValueError(f"--init {init}: not a Hugging Face checkpoint directory (e.g. the output of `mtr sft`)")
     examples = load_qa(data, limit)
@@ -274,7 +277,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     args = GRPOConfig(
         output_dir=str(out), num_generations=g.num_generations, per_device_train_batch_size=g.per_device_train_batch_size,
         gradient_accumulation_steps=g.gradient_accumulation_steps, beta=g.beta, loss_type=g.loss_type,
-        learning_rate=g.learning_rate, max_steps=g.max_steps, max_completion_length=g.max_completion_tokens,
+        learning_rate=g.learning_rate, max_steps=g.train_steps, max_completion_length=g.max_completion_tokens,
         temperature=g.temperature, reward_weights=[g.reward_weights.get(n, 0.0) for n in REWARD_NAMES],
         logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=g.save_total_limit,
         report_to=g.report_to, seed=cfg.seed, bf16=g.bf16 and cuda, gradient_checkpointing=g.gradient_checkpointing,
