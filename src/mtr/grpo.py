@@ -28,7 +28,7 @@ from mtr.chat_template import render
 from mtr.config import Config
 from mtr.data import load_qa
 from mtr.episode import run_episode
-from mtr.jsonl import JsonlAppender, read_jsonl
+from mtr.jsonl import JsonlAppender, jsonl_log_callback, read_jsonl
 from mtr.manifest import write_manifest
 from mtr.prompts import fill
 from mtr.rewards import REWARD_NAMES, trl_reward_funcs
@@ -48,9 +48,11 @@ class TokenSampler(Protocol):
 class ModelSampler:
     """Samples from a live transformers model on token ids; concurrent episodes share batches."""
 
-    def __init__(self, model: Any, tokenizer: Any, temperature: float, batch_size: int):
+    def __init__(self, model: Any, tokenizer: Any, temperature: float, batch_size: int,
+                 timing: dict[str, float] | None = None):
         self.model, self.tok, self.temperature = model, tokenizer, temperature
         self.batcher = MicroBatcher(self._run, batch_size, key=lambda item: item[1], describe="policy")
+        self.timing = timing if timing is not None else {}
 
     async def sample(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
         return await self.batcher.submit((ids, max_new_tokens))
@@ -63,6 +65,7 @@ class ModelSampler:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in items], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in items], device=device)
+        t0 = time.perf_counter()
         with torch.no_grad():
             out = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=items[0][1],
                                       do_sample=True, temperature=self.temperature, top_p=1.0, top_k=0,
@@ -75,6 +78,8 @@ class ModelSampler:
                 while row and row[-1] == pad:
                     row.pop()
                 results.append((row, False))
+        self.timing["generate_s"] = self.timing.get("generate_s", 0.0) + time.perf_counter() - t0
+        self.timing["generated_tokens"] = self.timing.get("generated_tokens", 0) + sum(len(r) for r, _ in results)
         return results
 
 
@@ -182,11 +187,13 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
     by_question = {ex.question: ex for ex in examples.values()}
     system = fill("policy")
     calls = {"n": 0}
+    timing: dict[str, float] = {}
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, Any]:
+        t0 = time.perf_counter()
         model = trainer.accelerator.unwrap_model(trainer.model)
         sampler = (sampler_factory(model) if sampler_factory is not None
-                   else ModelSampler(model, tokenizer, g.temperature, batch_size=len(prompts)))
+                   else ModelSampler(model, tokenizer, g.temperature, batch_size=len(prompts), timing=timing))
         agent = RolloutAgent(sampler, tokenizer, g.max_turn_tokens, g.max_completion_tokens)
         batch = [by_question[p[-1]["content"] if isinstance(p, list) else p] for p in prompts]
         step = getattr(getattr(trainer, "state", None), "global_step", 0)
@@ -204,6 +211,7 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
         finally:
             model.train(was_training)
         toks = [agent.episodes[t.id] for t in traces]
+        timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
         if step % g.sample_every == 0 and calls["n"] != step + 1:
             calls["n"] = step + 1
             with (out / "samples.jsonl").open("a") as f:
@@ -213,6 +221,7 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
                 "logprobs": None, "env_mask": [t.env_mask for t in toks],
                 "episode": [t.model_dump(mode="json", exclude_none=True) for t in traces]}
 
+    rollout_func.timing = timing  # type: ignore[attr-defined]
     return rollout_func
 
 
@@ -241,7 +250,6 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
 
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -284,19 +292,12 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         use_cpu=not cuda, use_vllm=g.use_vllm, vllm_mode="colocate", dataloader_num_workers=0,
     )
     log_path = out / "log.jsonl"
-
-    class JsonlLog(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.question}], "qid": ex.id}
                                  for ex in train])
     rewards = health_reward_logger(trl_reward_funcs(g.answer_metric, g.call_budget, g.call_penalty))
+    rollout = make_rollout_func(cfg, {ex.id: ex for ex in train}, tools, actor, tok, out)
     trainer = GRPOTrainer(model=str(init), reward_funcs=rewards, args=args, train_dataset=dataset,
-                          processing_class=tok, callbacks=[JsonlLog()],
-                          rollout_func=make_rollout_func(cfg, {ex.id: ex for ex in train}, tools, actor, tok, out))
+                          processing_class=tok, callbacks=[jsonl_log_callback(log_path)], rollout_func=rollout)
     ckpt = last_checkpoint(out) if resume else None
     if resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
@@ -317,7 +318,11 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     stats = {"questions": len(train), "skipped_toolmaker_failed": len(failed), "steps": result.global_step,
              "train_runtime_s": wall, "seconds_per_step": wall / max(1, result.global_step),
              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             "curve": curve, "resumed_from": str(ckpt) if ckpt else None}
+             "curve": curve, "resumed_from": str(ckpt) if ckpt else None,
+             # where a step's time goes: policy generation, the rest of the rollout (tools, ToolActor), the update
+             "rollout_s": rollout.timing.get("rollout_s", 0.0), "generate_s": rollout.timing.get("generate_s", 0.0),
+             "rollout_tokens_per_s": (rollout.timing.get("generated_tokens", 0) / rollout.timing["generate_s"]
+                                      if rollout.timing.get("generate_s") else None)}
     (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
     console.print(f"grpo: {stats['steps']} steps in {wall:.0f}s ({stats['seconds_per_step']:.1f}s/step); "
                   f"checkpoint in {out}")

@@ -116,3 +116,17 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[
             for t in pending:
                 t.cancel()
     return written
+
+
+def jsonl_log_callback(path: Path):
+    """A transformers TrainerCallback that appends every log (loss, rewards, KL...) to `path` as JSON lines,
+    beside what `report_to` sends to TensorBoard."""
+    from transformers import TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                with Path(path).open("a") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    return JsonlLog()

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from mtr.chat_template import install_chat_template
 from mtr.config import Config
+from mtr.jsonl import jsonl_log_callback
 from mtr.manifest import write_manifest
 
 console = Console()
@@ -104,7 +105,7 @@ def last_checkpoint(out: Path) -> Path | None:
 def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     s = cfg.sft
@@ -143,17 +144,8 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
                                  target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
 
     log_path = out / "log.jsonl"
-
-    class JsonlLog(TrainerCallback):
-        """Loss and learning rate per logging step, as JSON lines (TensorBoard gets the same via report_to)."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
-                with log_path.open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config, callbacks=[JsonlLog()])
+                         peft_config=peft_config, callbacks=[jsonl_log_callback(log_path)])
     ckpt = last_checkpoint(out) if resume else None
     if resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
