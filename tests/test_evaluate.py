@@ -117,3 +117,13 @@ def test_path_that_is_not_a_qa_file(tmp_path):
     empty.write_text("\n")
     r = CliRunner().invoke(app, ["eval", "--out", str(tmp_path / "run2"), "--benchmarks", str(empty)])
     assert r.exit_code == 2 and "empty file" in r.output
+
+
+def test_shipped_copy_is_used_without_shared_data(monkeypatch, tmp_path):
+    import mtr.data as data
+
+    monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path / "nothing", data.REPO_ROOT / "data" / "benchmarks"])
+    assert len(load_qa(resolve_benchmark("bamboogle"))) == 125
+    assert resolve_benchmark("hotpotqa").name == "hotpotqa_dev_first40.jsonl"
+    with pytest.raises(DataError, match="musique_dev_500.jsonl not found"):
+        resolve_benchmark("musique")
