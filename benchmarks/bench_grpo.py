@@ -30,9 +30,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--sim-backend", default="llamacpp", choices=["llamacpp", "hf"])
     ap.add_argument("--out", default="benchmarks/results/grpo.json")
     args = ap.parse_args()
-    from mtr.config import DEFAULT_CONFIG, load_config
+    from mtr.config import DEFAULT_CONFIG, RoleConfig, load_config
     from mtr.data import resolve_benchmark
     from mtr.grpo import train_grpo
 
@@ -42,6 +43,11 @@ def main() -> None:
     data.write_text("\n".join(records) + "\n")
     cfg = load_config(DEFAULT_CONFIG.parent / "grpo-cpu.yaml")
     cfg.seed, cfg.grpo.train_steps, cfg.grpo.report_to, cfg.grpo.save_steps = args.seed, args.steps, [], 10_000
+    if args.sim_backend == "llamacpp":  # ToolMaker and ToolActor on llama.cpp; the policy trains in transformers
+        for role in ("toolmaker", "toolactor"):
+            rc = cfg.role(role)
+            setattr(cfg.roles, role, RoleConfig(backend="llamacpp", temperature=rc.temperature,
+                                                max_tokens=rc.max_tokens))
     stats = train_grpo(cfg, data, Path(args.init), work / "grpo", overwrite=True)
     curve = stats["curve"]
     summary = {k: dict(zip(("first", "last"), ends(v))) for k, v in curve.items()}

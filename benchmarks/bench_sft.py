@@ -52,9 +52,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temporary directory)")
+    ap.add_argument("--sim-backend", default="llamacpp", choices=["llamacpp", "hf"])
     ap.add_argument("--out", default="benchmarks/results/sft.json")
     args = ap.parse_args()
-    from mtr.config import load_config
+    from mtr.config import RoleConfig, load_config
     from mtr.data import load_qa, resolve_benchmark
     from mtr.evaluate import evaluate
     from mtr.synth import synthesize
@@ -67,8 +68,19 @@ def main() -> None:
     held_path.write_text("".join(json.dumps(r) + "\n" for r in records[400: 400 + args.heldout]))
     load_qa(train_path), load_qa(held_path)
 
-    res: dict = {"train_questions": args.train, "heldout_questions": args.heldout}
-    cfg = load_config()
+    res: dict = {"train_questions": args.train, "heldout_questions": args.heldout, "sim_backend": args.sim_backend}
+
+    def simulated_by(cfg):
+        # ToolMaker, AutoAgent and ToolActor on llama.cpp (the embedded GGUF): faster than transformers for
+        # one sequence on a CPU; the policy stays on transformers (it is what trains).
+        if args.sim_backend == "llamacpp":
+            for role in ("toolmaker", "autoagent", "toolactor"):
+                rc = cfg.role(role)
+                setattr(cfg.roles, role, RoleConfig(backend="llamacpp", temperature=rc.temperature,
+                                                    max_tokens=rc.max_tokens))
+        return cfg
+
+    cfg = simulated_by(load_config())
     cfg.synth.teacher, cfg.synth.grounding, cfg.synth.max_steps = "scripted", "context", 3
     t = time.perf_counter()
     stats = asyncio.run(synthesize(cfg, train_path, work / "synth"))
@@ -84,7 +96,7 @@ def main() -> None:
     res["sft_lora"] = run_sft(lora, work / "synth" / "sft.jsonl", work / "sft-lora")
 
     for name, policy in (("base", None), ("sft", str(work / "sft-full"))):
-        ecfg = load_config()
+        ecfg = simulated_by(load_config())
         ecfg.eval.benchmarks, ecfg.eval.modes, ecfg.eval.max_steps = [str(held_path)], ["tools-on"], 2
         ecfg.eval.toolmaker_retries = 0
         ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"temperature": 0.0, "max_tokens": 160})
