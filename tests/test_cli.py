@@ -49,3 +49,30 @@ def test_chat_with_embedded_model():
                        env={**os.environ, "NO_COLOR": "1"})
     assert r.returncode == 0, r.stderr
     assert "Paris" in r.stdout
+
+
+def test_prompts_shows_each_role():
+    for role, needle in (("toolmaker", "You design tools"), ("toolactor", "You are simulating the tool"),
+                         ("autoagent", "one tool call per turn"), ("policy", "<tool_call>")):
+        r = runner.invoke(app, ["prompts", role])
+        assert r.exit_code == 0 and needle in r.output
+    r = runner.invoke(app, ["prompts", "judge"])
+    assert r.exit_code == 2 and "unknown prompt 'judge'" in r.output
+
+
+def test_synth_bad_data_is_one_line(tmp_path):
+    p = tmp_path / "qa.jsonl"
+    p.write_text('{"id": "a", "question": "q", "answers": ["x"]}\n{oops\n')
+    r = runner.invoke(app, ["synth", "--data", str(p), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "qa.jsonl:2: malformed JSON" in r.output and "Traceback" not in r.output
+
+
+def test_sft_and_grpo_bad_input_is_one_line(tmp_path):
+    empty = tmp_path / "sft.jsonl"
+    empty.write_text("")
+    r = runner.invoke(app, ["sft", "--data", str(empty), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "no trainable rows" in r.output
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text('{"id": "a", "question": "q", "answers": ["x"]}\n')
+    r = runner.invoke(app, ["grpo", "--data", str(qa), "--init", str(tmp_path), "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "not a Hugging Face checkpoint directory" in r.output
