@@ -242,3 +242,22 @@ def test_appender_repairs_and_dedupes(tmp_path):
     a.write({"id": "c"})
     a.close()
     assert [r["id"] for r in read_jsonl(p)] == ["a", "b", "c"]
+
+
+def test_backend_failures_are_retried_on_resume(tmp_path):
+    """A server outage fails episodes; once it is back, a resume runs exactly those again."""
+    data = qa_file(tmp_path / "qa.jsonl", n=3)
+    down = {"on": True}
+
+    def toolmaker(msgs):
+        if down["on"] and "university 1" in msgs[0]["content"]:
+            return BackendError("openai:m@x: cannot reach the server (3 retries); is it running?")
+        from scripted import GOOD_TOOLS
+        return json.dumps(GOOD_TOOLS)
+
+    stats = run(Config(), data, tmp_path / "run", ScriptedBackend(toolmaker=toolmaker))
+    assert stats["rejected"] == {"toolmaker_failed": 1}
+    down["on"] = False
+    b = ScriptedBackend(toolmaker=toolmaker)
+    stats = run(Config(), data, tmp_path / "run", b)
+    assert b.calls["toolmaker"] == 1 and stats["kept"] == 3 and stats["episodes"] == 3

@@ -257,21 +257,30 @@ class HFBackend(_LocalBackend):
         with self._load_lock:
             if self.model is not None:
                 return
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
             path = self.model_path()
-            device = _resolve_device(self.cfg.device)
-            dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
-                     "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.dtype]
-            tok = AutoTokenizer.from_pretrained(path)
-            install_chat_template(tok)
-            tok.padding_side = "left"
-            if tok.pad_token is None:
-                tok.pad_token = tok.eos_token
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-            model.eval()
-            self.tokenizer, self.model, self.device = tok, model, device
+            try:
+                self._load_from(path)
+            except BackendError:
+                raise
+            except Exception as e:  # noqa: BLE001 - transformers/torch raise many types for a bad checkpoint
+                raise BackendError(f"hf backend: cannot load {path}: {type(e).__name__}: "
+                                   f"{_one_line(e)}") from None
+
+    def _load_from(self, path: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = _resolve_device(self.cfg.device)
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.dtype]
+        tok = AutoTokenizer.from_pretrained(path)
+        install_chat_template(tok)
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model.eval()
+        self.tokenizer, self.model, self.device = tok, model, device
 
     def _logits_processor(self, schemas: list[dict | None]) -> list:
         if all(s is None for s in schemas):
@@ -359,16 +368,20 @@ class LlamaCppBackend(_LocalBackend):
             from transformers import AutoTokenizer
 
             path = self.gguf()
-            if self.cfg.model == "embedded":
-                from mtr.embedded import ensure_checkpoint
+            try:
+                if self.cfg.model == "embedded":
+                    from mtr.embedded import ensure_checkpoint
 
-                tok = AutoTokenizer.from_pretrained(ensure_checkpoint())
-            else:
-                tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            install_chat_template(tok)
-            self.tokenizer = tok
-            self.llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
-                             n_batch=512, seed=0, verbose=False)
+                    tok = AutoTokenizer.from_pretrained(ensure_checkpoint())
+                else:
+                    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+                install_chat_template(tok)
+                llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
+                            n_batch=512, seed=0, verbose=False)
+            except Exception as e:  # noqa: BLE001 - llama.cpp and transformers raise many types for a bad file
+                raise BackendError(f"llamacpp backend: cannot load {path}: {type(e).__name__}: "
+                                   f"{_one_line(e)}") from None
+            self.tokenizer, self.llm = tok, llm
 
     def _grammar(self, schema: dict):
         from llama_cpp import LlamaGrammar
@@ -493,7 +506,9 @@ class OpenAIBackend(Backend):
                 try:
                     resp = await client.chat.completions.create(**kwargs)
                 except openai.APIStatusError as e:
-                    rejected_format = e.status_code in (400, 422) or "response_format" in str(e.message)
+                    msg = str(e.message)
+                    rejected_format = e.status_code in (400, 422, 500) and ("response_format" in msg
+                                                                           or "json_schema" in msg)
                     sent = kwargs.get("response_format", {}).get("type")
                     if sent != "json_schema" or not rejected_format:
                         raise
@@ -565,7 +580,7 @@ class BackendPool:
     """One backend per distinct (backend, model, connection) so that roles sharing a model load it once."""
 
     _SHARED_FIELDS = ("backend", "model", "base_url", "api_key_env", "device", "dtype", "n_ctx", "n_threads",
-                      "max_concurrency", "timeout_s", "max_retries", "batch_size")
+                      "max_concurrency", "timeout_s", "max_retries", "batch_size", "json_mode")
 
     def __init__(self, config):
         self.config = config

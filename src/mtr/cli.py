@@ -115,7 +115,7 @@ def chat(role: str = typer.Argument(..., help=f"one of: {', '.join(ROLES)}"),
 def synth(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, answers[, context])"),
           out: Path = typer.Option(..., "--out", help="run directory (re-running resumes it)"),
           config: Optional[Path] = ConfigOpt,
-          limit: Optional[int] = typer.Option(None, help="first N questions only"),
+          limit: Optional[int] = typer.Option(None, min=1, help="first N questions only"),
           teacher: Optional[str] = typer.Option(None, help="override synth.teacher: model | scripted"),
           overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
     """Synthesise tool-use traces (ToolMaker -> AutoAgent <-> V <-> ToolActor), filter them into sft.jsonl."""
@@ -135,7 +135,7 @@ def eval_cmd(out: Optional[Path] = typer.Option(None, "--out", help="run directo
              benchmarks: Optional[str] = typer.Option(None, help="comma-separated: hotpotqa,2wiki,musique,bamboogle "
                                                       "or QA .jsonl paths (default: the config's eval.benchmarks)"),
              modes: Optional[str] = typer.Option(None, help="comma-separated: tools-on,tools-off"),
-             limit: Optional[int] = typer.Option(None, help="first N questions of each benchmark"),
+             limit: Optional[int] = typer.Option(None, min=1, help="first N questions of each benchmark"),
              policy: Optional[str] = typer.Option(None, help="a checkpoint directory to evaluate as the policy (hf)"),
              compare: Optional[tuple[Path, Path]] = typer.Option(None, help="print two eval runs side by side"),
              overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
@@ -180,7 +180,7 @@ def grpo(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, 
          init: Path = typer.Option(..., "--init", help="the starting checkpoint (usually the output of `mtr sft`)"),
          out: Path = typer.Option(..., "--out", help="output directory: checkpoints, logs, samples, manifest"),
          config: Optional[Path] = ConfigOpt,
-         limit: Optional[int] = typer.Option(None, help="first N questions only"),
+         limit: Optional[int] = typer.Option(None, min=1, help="first N questions only"),
          resume: bool = typer.Option(False, help="continue from the last checkpoint in --out"),
          overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
     """Stage 2: GRPO with multi-turn simulated-tool rollouts and the composite reward (TRL GRPOTrainer)."""

@@ -63,6 +63,7 @@ async def run_episode(example: QAExample, episode_id: str, tools: list[ToolSchem
             step.checks.append(obs_check)
     except BackendError as e:
         trace.error = f"{role}: {e}"
+        trace.meta["retryable"] = True  # a resume runs this episode again
     if trace.error is None and trace.final_answer is None and trace.steps and trace.steps[-1].parse_error is None:
         trace.steps[-1].checks.append(Check(code="answer_present", ok=False, detail="no final answer"))
     trace.meta.update(agent_tokens=agent_tokens, actor_tokens=actor_tokens, calls=len(trace.calls))

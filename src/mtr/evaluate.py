@@ -80,6 +80,7 @@ def score_record(trace: Trace, benchmark: str, mode: str, example: QAExample) ->
         "steps": len(trace.steps), "malformed_steps": sum(1 for s in trace.steps if not s.ok),
         "calls": calls, "invalid_calls": invalid_calls, "slot_disagreements": bad_slots,
         "tokens": trace.meta.get("agent_tokens", 0), "error": trace.error,
+        "retryable": bool(trace.meta.get("retryable")),
         "trace": trace.model_dump(mode="json", exclude_none=True),
     }
 
@@ -138,6 +139,10 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: Ba
         else:
             tm = await tool_cache.get(ex)
             tools = tm.tools
+            if tm.retryable:  # the ToolMaker's server failed: record it, and let a resume try again
+                trace = Trace(id=ex.id, question=ex.question, answers=ex.answers, error=tm.error,
+                              meta={**meta, "retryable": True})
+                return score_record(trace, bench, mode, ex)
             if tm.error is not None:
                 tools = utility_tools(e.utility_tools)
                 meta["toolmaker_error"] = tm.error
@@ -157,7 +162,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: Ba
 
 
 def write_results(out_dir: Path, wall_s: float | None = None) -> dict[str, Any]:
-    records = read_jsonl(out_dir / "predictions.jsonl")
+    records = read_jsonl(out_dir / "predictions.jsonl", latest_by="key")
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in records:
         groups[(r["benchmark"], r["mode"])].append(r)

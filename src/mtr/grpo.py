@@ -128,11 +128,12 @@ class RolloutAgent:
             st = self.episodes[trace.id] = EpisodeTokens(prompt_ids=ids, messages=messages)
         else:
             env = self.env_ids(st, trace, final)
+            if len(st.completion_ids) + len(env) >= self.max_completion_tokens:
+                # The observation does not fit: the episode ends on the model's last turn, never on env tokens.
+                return Step(parse_error=f"length: the episode's {self.max_completion_tokens}-token budget is spent")
             st.completion_ids += env
             st.env_mask += [0] * len(env)
         budget = min(self.max_turn_tokens, self.max_completion_tokens - len(st.completion_ids))
-        if budget <= 0:
-            return Step(parse_error=f"length: the episode's {self.max_completion_tokens}-token budget is spent")
         new, ended = await self.sampler.sample(st.prompt_ids + st.completion_ids, budget)
         st.completion_ids += new
         st.env_mask += [1] * len(new)

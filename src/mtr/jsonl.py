@@ -16,13 +16,21 @@ from typing import Any, Awaitable, Callable, Iterable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def is_retryable(record: dict[str, Any]) -> bool:
+    """A record whose failure was the backend's (timeout, server down): a resume runs it again."""
+    return bool(record.get("retryable") or (record.get("meta") or {}).get("retryable"))
+
+
 class JsonlAppender:
+    """Appends records; `done` holds the ids already finished (a retryable failure does not count)."""
+
     def __init__(self, path: str | Path, id_key: str = "id"):
         self.path = Path(path)
         self.id_key = id_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.repaired_bytes = self._repair_tail()
-        self.done: set[str] = {str(r[id_key]) for r in read_jsonl(self.path)} if self.path.exists() else set()
+        records = read_jsonl(self.path, latest_by=id_key) if self.path.exists() else []
+        self.done: set[str] = {str(r[id_key]) for r in records if not is_retryable(r)}
         self._f = self.path.open("a", encoding="utf-8")
 
     def _repair_tail(self) -> int:
@@ -68,8 +76,9 @@ class JsonlAppender:
         self.close()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read our own JSONL output; a corrupt line is an error naming the file and line."""
+def read_jsonl(path: str | Path, latest_by: str | None = None) -> list[dict[str, Any]]:
+    """Read our own JSONL output; a corrupt line is an error naming the file and line. With `latest_by`,
+    only the last record of each id is kept (a retried record replaces the failed one)."""
     out = []
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -79,6 +88,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 out.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: corrupt record ({e.msg})") from None
+    if latest_by is not None:
+        out = list({str(r[latest_by]): r for r in out}.values())
     return out
 
 

@@ -6,8 +6,9 @@ All components score one episode (`Trace`):
 - format       1 if every turn parsed, every call passed the pre-check (`tool_exists`, `args_valid`) and
                the episode ended with a non-empty answer; else 0.
 - consistency  1 if (a) the final answer is *supported*: its normalised tokens all occur in the normalised
-               text of the episode's observations, and (b) no two observations of the same call (same tool,
-               same canonicalised arguments) differ; else 0. An episode without answer or without
+               text of the episode's valid observations (calls that passed every check, observations that
+               are well-formed), and (b) no two valid observations of the same call (same tool, same
+               canonicalised arguments) differ; else 0. An episode without answer or without valid
                observations scores 0.
 - efficiency   a penalty: -`call_penalty` for each call beyond `call_budget`, and -1 for no final answer.
 
@@ -21,7 +22,7 @@ import math
 from typing import Any, Callable
 
 from mtr.metrics import exact_match, f1_score, normalize_answer
-from mtr.trace import Trace
+from mtr.trace import Step, Trace
 
 PRECHECK = ("tool_exists", "args_valid")
 
@@ -43,9 +44,16 @@ def format_reward(trace: Trace) -> float:
     return 1.0 if answer is not None and answer.strip() else 0.0
 
 
+def _valid_observations(trace: Trace) -> list[Step]:
+    """Steps whose call passed every check and whose observation is well-formed: validation-error
+    observations echo the policy's own call, and a failed tool says nothing, so neither may support."""
+    return [s for s in trace.steps if s.call is not None and s.observation is not None and s.checks
+            and all(c.ok for c in s.checks)]
+
+
 def answer_supported(trace: Trace) -> bool:
     answer = trace.final_answer
-    observed = " ".join(s.observation for s in trace.steps if s.observation is not None)
+    observed = " ".join(s.observation for s in _valid_observations(trace))
     tokens = normalize_answer(answer or "").split()
     if not tokens or not observed:
         return False
@@ -55,9 +63,7 @@ def answer_supported(trace: Trace) -> bool:
 
 def observations_disagree(trace: Trace) -> bool:
     by_call: dict[str, str] = {}
-    for s in trace.steps:
-        if s.call is None or s.observation is None:
-            continue
+    for s in _valid_observations(trace):
         key = s.call.canonical_key()
         if key in by_call and by_call[key] != s.observation:
             return True

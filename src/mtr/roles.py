@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from mtr.backends import Backend, Completion, attach_json
+from mtr.backends import Backend, BackendError, Completion, attach_json
 from mtr.prompts import fill
 from mtr.trace import Check, QAExample, Step, ToolCall, ToolSchema, Trace, parse_turn
 from mtr.validate import validate_observation, validate_tools
@@ -97,6 +97,7 @@ class ToolMakerResult:
     domain: str = ""
     attempts: int = 0
     error: str | None = None  # why the question failed, after all retries
+    retryable: bool = False  # the failure was the backend's (a timeout, a server down), not the model's
     tokens: int = 0
     rejections: list[str] = field(default_factory=list)
 
@@ -119,8 +120,12 @@ class ToolMaker:
         schema = toolmaker_output_schema(self.max_tools)
         for attempt in range(self.retries + 1):
             res.attempts = attempt + 1
-            [c] = await self.backend.chat(self.prompt(example.question),
-                                          self.backend.params(json_schema=schema, seed=self.seed + attempt))
+            try:
+                [c] = await self.backend.chat(self.prompt(example.question),
+                                              self.backend.params(json_schema=schema, seed=self.seed + attempt))
+            except BackendError as e:
+                res.error, res.retryable = f"toolmaker: {e}", True
+                return res
             res.tokens += c.completion_tokens
             if c.json_error is not None:
                 res.rejections.append(f"output: {c.json_error}")
@@ -351,7 +356,7 @@ class ScriptedTeacher:
         return titles
 
     async def next_step(self, trace: Trace, final: bool) -> Step:
-        ex = self.examples[trace.id.split("#")[0]]
+        ex = self.examples[trace.meta.get("question_id", trace.id)]
         titles = self.titles(ex)
         done = len(trace.steps)
         if not final and done < len(titles) and any(t.name == "search" for t in trace.tools):

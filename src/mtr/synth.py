@@ -96,6 +96,8 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
                 "toolmaker_rejections": tm.rejections}
         eid = f"{ex.id}#{k}"
         if tm.error is not None:
+            if tm.retryable:
+                meta["retryable"] = True
             trace = Trace(id=eid, question=ex.question, answers=ex.answers, system=system, error=tm.error, meta=meta)
         else:
             trace = await run_episode(ex, eid, tm.tools, agent, actor, system, max_steps=s.max_steps,
@@ -118,7 +120,7 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
 
 def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: int) -> dict[str, Any]:
     """Filter all traces into sft.jsonl and write stats.json (idempotent: always from traces.jsonl)."""
-    traces = [Trace.model_validate(r) for r in read_jsonl(out_dir / "traces.jsonl")]
+    traces = [Trace.model_validate(r) for r in read_jsonl(out_dir / "traces.jsonl", latest_by="id")]
     kept, rejected = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
     write_atomic(out_dir / "sft.jsonl", [json.dumps(t.to_conversation(for_storage=True), ensure_ascii=False) + "\n"
                                             for t in kept])
