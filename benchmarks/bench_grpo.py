@@ -38,6 +38,7 @@ def main() -> None:
     from mtr.grpo import train_grpo
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mtr-bench-grpo-"))
+    work.mkdir(parents=True, exist_ok=True)
     records = resolve_benchmark("hotpotqa").read_text().splitlines()[100: 100 + args.questions]
     data = work / "train.jsonl"
     data.write_text("\n".join(records) + "\n")

@@ -61,6 +61,7 @@ def main() -> None:
     from mtr.synth import synthesize
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mtr-bench-sft-"))
+    work.mkdir(parents=True, exist_ok=True)
     hotpot = resolve_benchmark("hotpotqa")
     records = [json.loads(x) for x in hotpot.read_text().splitlines()]
     train_path, held_path = work / "train.jsonl", work / "heldout.jsonl"
