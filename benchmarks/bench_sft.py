@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=30)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lora-steps", type=int, default=10)
     ap.add_argument("--work", default=None, help="keep the runs here (default: a temporary directory)")
     ap.add_argument("--sim-backend", default="llamacpp", choices=["llamacpp", "hf"])
     ap.add_argument("--out", default="benchmarks/results/sft.json")
@@ -92,7 +93,7 @@ def main() -> None:
     res["sft_full"] = run_sft(cfg, work / "synth" / "sft.jsonl", work / "sft-full")
 
     lora = load_config()
-    lora.sft.lora, lora.sft.max_steps, lora.sft.learning_rate, lora.sft.report_to = True, 10, 1e-3, []
+    lora.sft.lora, lora.sft.max_steps, lora.sft.learning_rate, lora.sft.report_to = True, args.lora_steps, 1e-3, []
     lora.sft.per_device_train_batch_size, lora.sft.save_steps = 4, 10_000
     res["sft_lora"] = run_sft(lora, work / "synth" / "sft.jsonl", work / "sft-lora")
 
