@@ -127,6 +127,11 @@ def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: i
     steps = sum(len(t.steps) for t in traces)
     tokens = sum(t.meta.get("agent_tokens", 0) + t.meta.get("actor_tokens", 0) + t.meta.get("toolmaker_tokens", 0)
                  for t in traces)
+    previous = out_dir / "stats.json"
+    try:  # wall time over every invocation of this run (a resumed run adds to it)
+        wall_total = json.loads(previous.read_text()).get("wall_s_total", 0.0) + wall if previous.exists() else wall
+    except (json.JSONDecodeError, AttributeError):
+        wall_total = wall
     stats = {
         "questions": n_questions,
         "episodes": len(traces),
@@ -139,6 +144,7 @@ def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: i
         "mean_calls_per_episode": sum(len(t.calls) for t in traces) / len(traces) if traces else 0.0,
         "generated_tokens": tokens,
         "wall_s": wall,
+        "wall_s_total": wall_total,
         "episodes_written_this_run": written,
         "episodes_per_s": written / wall if wall > 0 else 0.0,
         "generated_tokens_per_s": (sum(t.meta.get("agent_tokens", 0) + t.meta.get("actor_tokens", 0)
