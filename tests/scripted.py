@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
-from mtr.backends import Backend, BackendError, Completion, attach_json
+from mtr.backends import Backend, Completion, attach_json
 from mtr.config import RoleConfig
 
 GOOD_TOOLS = {"domain": "history", "tools": [{

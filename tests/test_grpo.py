@@ -8,7 +8,7 @@ from mtr.backends import BackendError
 from mtr.chat_template import render
 from mtr.config import Config
 from mtr.episode import run_episode
-from mtr.grpo import FINAL_NUDGE, RolloutAgent, make_rollout_func, prepare_tools, train_grpo
+from mtr.grpo import FINAL_NUDGE, RolloutAgent, prepare_tools, train_grpo
 from mtr.prompts import fill
 from mtr.rewards import (RewardError, answer_reward, consistency_reward, efficiency_reward, format_reward,
                          trl_reward_funcs)
