@@ -49,6 +49,7 @@ def test_end_to_end_with_scripted_models(tmp_path):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["inputs"]["data"]["sha256"] and manifest["seed"] == 0 and "torch" in manifest["versions"]
     assert json.loads((tmp_path / "run" / "stats.json").read_text())["kept"] == 3
+    assert [v["rejected"] for v in read_jsonl(tmp_path / "run" / "verdicts.jsonl")] == [None, None, None]
 
 
 def test_toolmaker_prose_is_retried_then_recorded_failed(tmp_path):
@@ -59,6 +60,8 @@ def test_toolmaker_prose_is_retried_then_recorded_failed(tmp_path):
     stats = run(cfg, data, tmp_path / "run", b)
     assert b.calls["toolmaker"] == 2 * 3 and b.calls["agent"] == 0
     assert stats["rejected"] == {"toolmaker_failed": 2} and stats["toolmaker_failed_questions"] == 2
+    # each episode's verdict, for the report's filter by rejection reason
+    assert {v["rejected"] for v in read_jsonl(tmp_path / "run" / "verdicts.jsonl")} == {"toolmaker_failed"}
     t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
     assert t["error"].startswith("toolmaker failed after 3 attempts: output: not JSON")
 

@@ -200,32 +200,37 @@ def prompts(role: str = typer.Argument(..., help="toolmaker | autoagent | toolac
 
 @app.command()
 @user_errors
-def demo(config: Optional[Path] = ConfigOpt):
-    """The main job on the embedded default: every role answers one prompt."""
-    cfg = load_config(config)
-    pool = BackendPool(cfg)
-    console.rule("mtr demo: the embedded model plays each role")
-    prompts = {
-        "toolmaker": "Write one tool, as an OpenAI function JSON schema, that looks up when a university was founded.",
-        "autoagent": "In what year was the university where Sergei Tokarev was a professor founded? Think step by step.",
-        "toolactor": 'You are the tool `search(query)`. Return a JSON observation for {"query": "Moscow State University"}.',
-        "policy": "Who wrote the novel Dracula?",
-        "reference": "Who wrote the novel Dracula?",
-    }
+def run(config: Optional[Path] = ConfigOpt,
+        out: Path = typer.Option(..., "--out", help="run directory (re-running continues where it stopped)"),
+        overwrite: bool = typer.Option(False, help="discard the stages of another run in --out and start afresh")):
+    """The whole method from one config: synth -> filter -> SFT -> GRPO -> eval (tools on/off) -> report."""
+    from mtr.pipeline import run_pipeline
 
-    async def go():
-        try:
-            for role, prompt in prompts.items():
-                b = pool.get(role)
-                t = time.perf_counter()
-                [c] = await b.chat([{"role": "user", "content": prompt}], b.params(seed=cfg.seed))
-                console.print(f"[bold]{role}[/bold] ({b.describe()}, {time.perf_counter() - t:.1f}s)")
-                console.print(f"  > {prompt}", style="dim", markup=False, highlight=False)
-                console.print(c.text.strip()[:600], markup=False, highlight=False)
-        finally:
-            await pool.aclose()
+    run_pipeline(load_config(config), out, overwrite=overwrite)
 
-    asyncio.run(go())
+
+@app.command()
+@user_errors
+def report(run_dir: Path = typer.Argument(..., help="a run directory (of `mtr run`, or any stage's)")):
+    """Write RUN/report.html: results beside the papers', training curves, synthesis funnel, trace viewer."""
+    from mtr.report import write_report
+
+    console.print(f"wrote {write_report(run_dir)}")
+
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
+@app.command()
+@user_errors
+def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory"),
+         config: Path = typer.Option(DEMO_CONFIG, "--config", "-c", help="YAML config (default: the demo preset)"),
+         overwrite: bool = typer.Option(False, help="start afresh")):
+    """The main job on the embedded default: `mtr run` with the demo preset on a small slice (~15-20 min, CPU)."""
+    from mtr.pipeline import run_pipeline
+
+    run_pipeline(load_config(config), out, overwrite=overwrite)
+    console.print(f"open {out / 'report.html'} in a browser")
 
 
 if __name__ == "__main__":

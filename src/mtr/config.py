@@ -179,6 +179,23 @@ class GRPOStageConfig(EpisodeConfig):
         return self
 
 
+class RunConfig(_Strict):
+    """The whole pipeline (`mtr run`): the training questions and which stages run, in this order."""
+
+    train_data: str = Field("hotpotqa", description="QA for synthesis and GRPO: a benchmark name or a .jsonl path")
+    train_limit: int | None = Field(None, ge=1, description="first N training questions")
+    stages: list[Literal["synth", "sft", "grpo", "eval"]] = Field(
+        default_factory=lambda: ["synth", "sft", "grpo", "eval"])
+    eval_base: bool = Field(False, description="also evaluate the initial policy, for a before/after table")
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> "RunConfig":
+        order = ["synth", "sft", "grpo", "eval"]
+        if [s for s in order if s in self.stages] != self.stages:
+            raise ValueError(f"stages must be a subset of {order} in that order (got {self.stages})")
+        return self
+
+
 class Config(_Strict):
     """The whole run configuration. Each stage reads its own section."""
 
@@ -189,6 +206,7 @@ class Config(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
 
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:

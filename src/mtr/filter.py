@@ -37,12 +37,14 @@ def rejection_reason(trace: Trace, cfg: FilterConfig, count_tokens: Callable[[Tr
 
 
 def filter_traces(traces: list[Trace], cfg: FilterConfig,
-                  count_tokens: Callable[[Trace], int]) -> tuple[list[Trace], Counter]:
-    kept, rejected = [], Counter()
+                  count_tokens: Callable[[Trace], int]) -> tuple[list[Trace], Counter, dict[str, str | None]]:
+    """Kept traces, rejection counts by reason, and each trace's verdict (its reason, or None when kept)."""
+    kept, rejected, verdicts = [], Counter(), {}
     for t in traces:
         reason = rejection_reason(t, cfg, count_tokens)
+        verdicts[t.id] = reason
         if reason is None:
             kept.append(t)
         else:
             rejected[reason] += 1
-    return kept, rejected
+    return kept, rejected, verdicts

@@ -121,7 +121,9 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
 def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: int) -> dict[str, Any]:
     """Filter all traces into sft.jsonl and write stats.json (idempotent: always from traces.jsonl)."""
     traces = [Trace.model_validate(r) for r in read_jsonl(out_dir / "traces.jsonl", latest_by="id")]
-    kept, rejected = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
+    kept, rejected, verdicts = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
+    # Per-trace verdicts let the report filter episodes by rejection reason without re-tokenising.
+    write_atomic(out_dir / "verdicts.jsonl", [json.dumps({"id": i, "rejected": r}) + "\n" for i, r in verdicts.items()])
     write_atomic(out_dir / "sft.jsonl", [json.dumps(t.to_conversation(for_storage=True), ensure_ascii=False) + "\n"
                                             for t in kept])
     steps = sum(len(t.steps) for t in traces)

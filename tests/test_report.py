@@ -1,0 +1,91 @@
+"""report.html from a run directory: content, escaping, and what a half-written run gets."""
+
+import json
+import re
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from mtr.cli import app
+from mtr.report import build_report, safe_json, write_report
+from reportdata import HOSTILE, make_run
+
+
+def episodes_in(html: str) -> list[dict]:
+    m = re.search(r'<script type="application/json" id="episodes-data">(.*?)</script>', html, re.S)
+    assert m, "episode data block missing"
+    return json.loads(m.group(1))
+
+
+def test_report_has_table_plots_funnel_traces_and_manifest(tmp_path):
+    run = make_run(tmp_path / "run")
+    html = write_report(run).read_text()
+    assert 'id="results-table"' in html and "this run: trained policy, tools-on" in html
+    assert "Search-R1-base" in html and "43.2" in html  # the papers' numbers beside ours
+    # SFT loss + 5 GRPO plots (reward, KL, length, calls, malformed) + the funnel, all inline SVG
+    assert html.count("<svg") == 7
+    assert "SFT training loss" in html and "GRPO reward: total and components" in html
+    assert "rejected: wrong_answer" in html
+    eps = episodes_in(html)
+    assert {e["source"] for e in eps} == {"synthesis", "eval", "grpo samples"}
+    synth = {e["id"]: e for e in eps if e["source"] == "synthesis"}
+    assert synth["q2"]["status"] == "rejected" and synth["q2"]["reason"] == "wrong_answer"
+    assert synth["q0"]["status"] == "kept" and synth["q0"]["correct"] is True
+    assert synth["q2"]["correct"] is False
+    assert "manifest.json" in html and "Not in this report" not in html
+    # nothing to fetch: it opens offline (XML namespace URIs in the SVG are names, never loaded)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\((?!#)|@import""", html)
+
+
+def test_hostile_model_text_is_escaped_not_markup(tmp_path):
+    html = build_report(make_run(tmp_path / "run"))
+    assert HOSTILE not in html
+    assert "<script>window.__xss" not in html and "<img src=x" not in html
+    # the only </script> tags are the two blocks of the page itself
+    assert html.count("</script>") == 2
+    obs = [s["observation"] for e in episodes_in(html) for s in e["steps"] if s["observation"]]
+    assert HOSTILE in obs  # shown verbatim, as text
+
+
+def test_safe_json_round_trips_and_has_no_angle_brackets():
+    value = {"a": "</script><!-- & \u2028 x", "b": [1, None]}
+    text = safe_json(value)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == value
+
+
+def test_half_written_run_says_what_is_missing(tmp_path):
+    run = make_run(tmp_path / "run")
+    shutil.rmtree(run / "grpo")
+    (run / "eval" / "results.json").unlink()
+    (run / "eval" / "stage_done.json").unlink()
+    (run / "synth" / "verdicts.jsonl").unlink()
+    with (run / "synth" / "traces.jsonl").open("a") as f:
+        f.write('{"id": "torn", "quest')  # a crash mid-write
+    html = build_report(run)
+    assert "Not in this report" in html
+    assert "grpo/ not found" in html
+    assert "eval/results.json not found" in html
+    assert "verdicts.jsonl not found" in html
+    assert "1 unreadable line(s) skipped" in html
+    assert "started, not finished" in html  # eval has a directory but no done marker
+    assert "SFT training loss" in html  # what is there is still shown
+
+
+def test_report_of_an_empty_directory_and_of_nothing(tmp_path):
+    (tmp_path / "empty").mkdir()
+    html = build_report(tmp_path / "empty")
+    for missing in ("manifest.json not found", "synth/ not found", "sft/ not found", "eval/ not found"):
+        assert missing in html
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        build_report(tmp_path / "nope")
+
+
+def test_cli_report(tmp_path):
+    run = make_run(tmp_path / "run")
+    r = CliRunner().invoke(app, ["report", str(run)])
+    assert r.exit_code == 0, r.output
+    assert (run / "report.html").is_file()
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "no such run directory" in r.output
