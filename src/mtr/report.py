@@ -97,6 +97,7 @@ def line_plot(title: str, series: dict[str, list[tuple[float, float]]], ylabel: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plt.rcParams["svg.fonttype"] = "none"  # real text: smaller and selectable
     plt.rcParams["svg.hashsalt"] = "mtr"  # the same run gives the same file
@@ -105,6 +106,7 @@ def line_plot(title: str, series: dict[str, list[tuple[float, float]]], ylabel: 
         xs, ys = zip(*pts)
         ax.plot(xs, ys, marker="o" if len(pts) < 30 else None, markersize=3, linewidth=1.5, label=name)
     ax.set_title(title, fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step", fontsize=8)
     if ylabel:
         ax.set_ylabel(ylabel, fontsize=8)
