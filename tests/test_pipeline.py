@@ -101,3 +101,31 @@ def test_plan_tells_what_and_how_long(tmp_path):
     assert [line.split(":")[0] for line in lines] == ["synth", "sft", "grpo", "eval"]
     assert "bamboogle (12)" in lines[3]
     assert 5 * 60 < seconds < 25 * 60  # the demo is meant to take ~15-20 min on 2 cores
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_real_pipeline_on_the_embedded_model(tmp_path):
+    """Every stage for real, at the smallest sizes (~6 min on 2 cores); a second invocation skips them all."""
+    import subprocess
+    import sys
+
+    cfg = yaml.safe_load(open(pipeline.Path(pipeline.__file__).parent / "configs" / "demo.yaml"))
+    cfg["run"]["train_limit"] = 4
+    cfg["sft"].update(max_steps=1, per_device_train_batch_size=2, save_steps=1)
+    cfg["grpo"].update(num_generations=2, per_device_train_batch_size=2, train_steps=1, save_steps=1,
+                       max_turn_tokens=64, max_completion_tokens=192)
+    cfg["eval"]["limit"] = 2
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mtr.cli", "run", "-c", str(path), "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("synth", "sft", "grpo", "eval"):
+        assert (out / stage / "stage_done.json").is_file()
+    rows = json.loads((out / "eval" / "results.json").read_text())["rows"]
+    assert {(row["mode"], row["n"]) for row in rows} == {("tools-on", 2), ("tools-off", 2)}
+    assert "Not in this report" not in (out / "report.html").read_text()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count("skipped") == 4
