@@ -44,5 +44,9 @@ test: install browser
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# Throughput benchmarks (not part of `make test`): tables on stdout, figures in benchmarks/results/perf.json.
+bench: install
+	$(BIN)/python benchmarks/bench_perf.py
+
 clean-venv:
 	rm -rf $(VENV)

@@ -76,3 +76,13 @@ def test_sft_and_grpo_bad_input_is_one_line(tmp_path):
     qa.write_text('{"id": "a", "question": "q", "answers": ["x"]}\n')
     r = runner.invoke(app, ["grpo", "--data", str(qa), "--init", str(tmp_path), "--out", str(tmp_path / "g")])
     assert r.exit_code == 2 and "not a Hugging Face checkpoint directory" in r.output
+
+
+def test_importing_mtr_makes_openmp_wait_passively_unless_the_user_chose():
+    code = "import mtr, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert out.stdout.strip() == "ACTIVE"

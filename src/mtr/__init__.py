@@ -1,3 +1,12 @@
 """mtr: teach language models to use tools without live APIs (models as tools, SFT then GRPO)."""
 
+import os
+
+# torch and llama.cpp each keep an OpenMP thread pool in one mtr process (the policy on transformers, the
+# ToolMaker and ToolActor on llama.cpp), and on a small machine other jobs share the cores. OpenMP's default
+# busy-waiting then burns the cycles the other pool needs: synthesis ran 2.6x slower with spinning threads
+# (docs/performance.md). Waiting passively costs little when a pool has the cores to itself. It must be set
+# before torch or llama_cpp is imported; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

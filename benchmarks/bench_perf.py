@@ -1,0 +1,234 @@
+"""Throughput benchmarks, each comparison measured in the same run (this machine is shared and noisy).
+
+    .venv/bin/python benchmarks/bench_perf.py [--parts omp,limit,synth] [--n 4] [--repeats 3]
+    make bench
+
+Parts:
+  omp    the OpenMP wait policy: the same workloads with threads spinning (libgomp's default, and ACTIVE)
+         and waiting passively (what mtr sets); each workload in a fresh process, variants alternated.
+  limit  the hardware's best generation rate for the embedded model: transformers `generate` at batch
+         1/4/8/16 and llama.cpp, greedy, 64 new tokens after a ~200-token prompt.
+  synth  synthesis throughput, mtr's orchestrator (episodes concurrent, requests batched) versus the
+         naive loop (one question at a time, one request at a time) on the same questions and backend.
+
+Every figure is the median over --repeats runs; ratios are of medians measured in the same invocation.
+Writes benchmarks/results/perf.json (merged with parts measured earlier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "perf.json"
+PY = sys.executable
+
+
+# ------------------------------------------------------------------ workers (run in a fresh process)
+
+
+def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None) -> dict:
+    import asyncio
+
+    from mtr.config import load_config
+    from mtr.data import resolve_benchmark
+    from mtr.synth import synthesize
+
+    cfg = load_config(ROOT / "src" / "mtr" / "configs" / preset)
+    if backend:
+        for role in ("toolmaker", "autoagent", "toolactor"):
+            setattr(cfg.roles, role, cfg.role(role).model_copy(update={"backend": backend}))
+    if teacher:
+        cfg.synth.teacher = teacher
+    cfg.synth.concurrency = concurrency
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        stats = asyncio.run(synthesize(cfg, resolve_benchmark("hotpotqa"), Path(d), limit=n))
+        wall = time.perf_counter() - t
+    return {"wall_s": wall, "episodes": stats["episodes"], "episodes_per_s": stats["episodes"] / wall,
+            "generated_tokens": stats["generated_tokens"], "tokens_per_s": stats["generated_tokens"] / wall}
+
+
+PROMPT = ("You answer questions by calling tools. Questions often need two or more facts: look up the first, "
+          "read the result, then look up the next. ") * 6 + "Question: who wrote the novel Dracula, and when?"
+
+
+def worker_hf_generate(batch: int, new_tokens: int = 64) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtr.embedded import ensure_checkpoint
+
+    path = ensure_checkpoint()
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    enc = tok([PROMPT] * batch, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)  # warm-up
+        t = time.perf_counter()
+        out = model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tok.eos_token_id)
+        wall = time.perf_counter() - t
+    generated = (out.shape[1] - enc["input_ids"].shape[1]) * batch
+    return {"wall_s": wall, "prompt_tokens": int(enc["input_ids"].shape[1]), "generated_tokens": generated,
+            "tokens_per_s": generated / wall}
+
+
+def worker_llamacpp_generate(new_tokens: int = 64) -> dict:
+    from llama_cpp import Llama
+
+    from mtr.embedded import gguf_path
+
+    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_batch=512, seed=0, verbose=False)
+    toks = llm.tokenize(PROMPT.encode())
+    llm.create_completion(prompt=PROMPT, max_tokens=4, temperature=0)  # warm-up
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(toks)
+    prefill = time.perf_counter() - t
+    llm.reset()
+    t = time.perf_counter()
+    out = llm.create_completion(prompt=PROMPT, max_tokens=new_tokens, temperature=0)
+    wall = time.perf_counter() - t
+    n = out["usage"]["completion_tokens"]
+    return {"wall_s": wall, "prompt_tokens": len(toks), "prefill_tokens_per_s": len(toks) / prefill,
+            "generated_tokens": n, "tokens_per_s": n / max(wall - prefill, 1e-9)}
+
+
+WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "llamacpp_generate": worker_llamacpp_generate}
+
+
+# ------------------------------------------------------------------ the parent: variants in fresh processes
+
+
+def measure(worker: str, kwargs: dict, env: dict[str, str] | None = None) -> dict:
+    e = dict(os.environ)
+    e.pop("OMP_WAIT_POLICY", None)
+    e.update(env or {})
+    cmd = [PY, __file__, "--worker", worker, "--kwargs", json.dumps(kwargs)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=e, cwd=ROOT, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit(f"worker {worker} {kwargs} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def compare(name: str, worker: str, kwargs: dict, variants: dict[str, dict], repeats: int, key: str) -> dict:
+    """Run each variant `repeats` times, alternating, and report medians and ratios to the first variant."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for i in range(repeats):
+        for v, env in variants.items():
+            runs[v].append(measure(worker, kwargs, env))
+            print(f"  {name} [{v}] run {i + 1}: {runs[v][-1][key]:.3f} {key}", flush=True)
+    med = {v: median_of(rs, key) for v, rs in runs.items()}
+    base = next(iter(variants))
+    return {"workload": name, "key": key, "kwargs": kwargs, "median": med,
+            "ratio_to_" + base: {v: med[v] / med[base] for v in med}, "runs": runs}
+
+
+# OMP_WAIT_POLICY="" leaves libgomp at its default (spin for a while, then sleep) and keeps mtr from setting it.
+OMP_VARIANTS = {"default": {"OMP_WAIT_POLICY": ""}, "active": {"OMP_WAIT_POLICY": "ACTIVE"},
+                "passive (mtr)": {"OMP_WAIT_POLICY": "PASSIVE"}}
+
+
+def part_omp(args) -> list[dict]:
+    return [
+        compare("synth: demo preset (scripted teacher; ToolMaker, ToolActor on llama.cpp)", "synth",
+                {"n": args.n, "preset": "demo.yaml", "backend": None, "concurrency": 16, "teacher": None},
+                OMP_VARIANTS, args.repeats, "episodes_per_s"),
+        compare("transformers generate, batch 8", "hf_generate", {"batch": 8}, OMP_VARIANTS, args.repeats,
+                "tokens_per_s"),
+        compare("llama.cpp generate", "llamacpp_generate", {}, OMP_VARIANTS, args.repeats, "tokens_per_s"),
+    ]
+
+
+def part_limit(args) -> dict:
+    out = {}
+    for b in (1, 4, 8, 16):
+        runs = [measure("hf_generate", {"batch": b}) for _ in range(args.repeats)]
+        out[f"hf batch {b}"] = median_of(runs, "tokens_per_s")
+        print(f"  hf batch {b}: {out[f'hf batch {b}']:.1f} tokens/s", flush=True)
+    runs = [measure("llamacpp_generate", {}) for _ in range(args.repeats)]
+    out["llamacpp"] = median_of(runs, "tokens_per_s")
+    out["llamacpp prefill"] = median_of(runs, "prefill_tokens_per_s")
+    print(f"  llamacpp: {out['llamacpp']:.1f} tokens/s decode, {out['llamacpp prefill']:.0f} tokens/s prefill")
+    out["best generation tokens/s"] = max(v for k, v in out.items() if "prefill" not in k)
+    return out
+
+
+def part_synth(args) -> list[dict]:
+    res = []
+    for backend in args.backends.split(","):
+        variants = {"naive (1 at a time)": 1, "mtr (16 concurrent)": 16}
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for i in range(args.repeats):
+            for v, conc in variants.items():
+                runs[v].append(measure("synth", {"n": args.n, "preset": "cpu-tiny.yaml", "backend": backend,
+                                                 "concurrency": conc, "teacher": "model"}))
+                print(f"  synth {backend} [{v}] run {i + 1}: {runs[v][-1]['episodes_per_s']:.4f} episodes/s",
+                      flush=True)
+        med = {v: {"episodes_per_s": median_of(rs, "episodes_per_s"), "tokens_per_s": median_of(rs, "tokens_per_s")}
+               for v, rs in runs.items()}
+        naive, mtr_ = med["naive (1 at a time)"], med["mtr (16 concurrent)"]
+        res.append({"backend": backend, "n": args.n, "median": med, "runs": runs,
+                    "speedup_episodes_per_s": mtr_["episodes_per_s"] / naive["episodes_per_s"]})
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker")
+    ap.add_argument("--kwargs", default="{}")
+    ap.add_argument("--parts", default="omp,limit,synth")
+    ap.add_argument("--n", type=int, default=4, help="questions per synthesis run")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backends", default="llamacpp,hf", help="synth part: backends of the simulated roles")
+    args = ap.parse_args()
+    if args.worker:
+        sys.path.insert(0, str(ROOT / "src"))
+        print(json.dumps(WORKERS[args.worker](**json.loads(args.kwargs))))
+        return
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    for part in args.parts.split(","):
+        print(f"== {part}", flush=True)
+        t = time.perf_counter()
+        value = {"omp": part_omp, "limit": part_limit, "synth": part_synth}[part](args)
+        results[part] = {"value": value, "repeats": args.repeats, "n": args.n, "wall_s": time.perf_counter() - t,
+                         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(results, indent=2))
+    print_tables(results)
+
+
+def print_tables(results: dict) -> None:
+    if "omp" in results:
+        print("\nOpenMP wait policy (median; ratio to libgomp's default)")
+        for c in results["omp"]["value"]:
+            cells = ", ".join(f"{v}: {m:.3f} ({c['ratio_to_default'][v]:.2f}x)" for v, m in c["median"].items())
+            print(f"  {c['workload']} [{c['key']}]: {cells}")
+    if "limit" in results:
+        print("\nthe limit (generation tokens/s, median)")
+        for k, v in results["limit"]["value"].items():
+            print(f"  {k}: {v:.1f}")
+    if "synth" in results:
+        print("\nsynthesis, mtr vs the naive loop (median)")
+        for r in results["synth"]["value"]:
+            cells = ", ".join(f"{v}: {m['episodes_per_s']:.4f} ep/s, {m['tokens_per_s']:.1f} tok/s"
+                              for v, m in r["median"].items())
+            print(f"  {r['backend']} (n={r['n']}): {cells}; speed-up {r['speedup_episodes_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
