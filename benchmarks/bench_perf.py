@@ -143,18 +143,25 @@ OMP_VARIANTS = {"default": {"OMP_WAIT_POLICY": ""}, "active": {"OMP_WAIT_POLICY"
                 "passive (mtr)": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
 
-def part_omp(args) -> list[dict]:
-    return [
-        compare("synth: demo preset (scripted teacher; ToolMaker, ToolActor on llama.cpp)", "synth",
-                {"n": args.n, "preset": "demo.yaml", "backend": None, "concurrency": 16, "teacher": None},
-                OMP_VARIANTS, args.repeats, "episodes_per_s"),
-        compare("transformers generate, batch 8", "hf_generate", {"batch": 8}, OMP_VARIANTS, args.repeats,
-                "tokens_per_s"),
-        compare("llama.cpp generate", "llamacpp_generate", {}, OMP_VARIANTS, args.repeats, "tokens_per_s"),
-    ]
+OMP_WORKLOADS = {
+    "synth": ("synth: demo preset (scripted teacher; ToolMaker, ToolActor on llama.cpp)", "synth",
+              lambda a: {"n": a.n, "preset": "demo.yaml", "backend": None, "concurrency": 16, "teacher": None},
+              "episodes_per_s"),
+    "hf": ("transformers generate, batch 8", "hf_generate", lambda a: {"batch": 8}, "tokens_per_s"),
+    "llamacpp": ("llama.cpp generate", "llamacpp_generate", lambda a: {}, "tokens_per_s"),
+}
 
 
-def part_limit(args) -> dict:
+def part_omp(args, save) -> list[dict]:
+    done = []
+    for key in args.omp_workloads.split(","):
+        name, worker, kwargs, metric = OMP_WORKLOADS[key]
+        done.append(compare(name, worker, kwargs(args), OMP_VARIANTS, args.repeats, metric))
+        save(done)  # each comparison is kept as soon as it is measured
+    return done
+
+
+def part_limit(args, save) -> dict:
     out = {}
     for b in (1, 4, 8, 16):
         runs = [measure("hf_generate", {"batch": b}) for _ in range(args.repeats)]
@@ -168,7 +175,7 @@ def part_limit(args) -> dict:
     return out
 
 
-def part_synth(args) -> list[dict]:
+def part_synth(args, save) -> list[dict]:
     res = []
     for backend in args.backends.split(","):
         variants = {"naive (1 at a time)": 1, "mtr (16 concurrent)": 16}
@@ -184,6 +191,7 @@ def part_synth(args) -> list[dict]:
         naive, mtr_ = med["naive (1 at a time)"], med["mtr (16 concurrent)"]
         res.append({"backend": backend, "n": args.n, "median": med, "runs": runs,
                     "speedup_episodes_per_s": mtr_["episodes_per_s"] / naive["episodes_per_s"]})
+        save(res)
     return res
 
 
@@ -195,6 +203,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="questions per synthesis run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="llamacpp,hf", help="synth part: backends of the simulated roles")
+    ap.add_argument("--omp-workloads", default="synth,hf,llamacpp", help="omp part: " + ",".join(OMP_WORKLOADS))
     args = ap.parse_args()
     if args.worker:
         sys.path.insert(0, str(ROOT / "src"))
@@ -204,11 +213,19 @@ def main() -> None:
     for part in args.parts.split(","):
         print(f"== {part}", flush=True)
         t = time.perf_counter()
-        value = {"omp": part_omp, "limit": part_limit, "synth": part_synth}[part](args)
-        results[part] = {"value": value, "repeats": args.repeats, "n": args.n, "wall_s": time.perf_counter() - t,
-                         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(results, indent=2))
+
+        earlier = results.get(part, {}).get("value")
+
+        def save(value, part=part, t=t, earlier=earlier):
+            if isinstance(value, list) and isinstance(earlier, list):  # keep workloads measured by earlier runs
+                names = {v.get("workload", v.get("backend")) for v in value}
+                value = [e for e in earlier if e.get("workload", e.get("backend")) not in names] + value
+            results[part] = {"value": value, "repeats": args.repeats, "n": args.n, "wall_s": time.perf_counter() - t,
+                             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            OUT.parent.mkdir(parents=True, exist_ok=True)
+            OUT.write_text(json.dumps(results, indent=2))
+
+        save({"omp": part_omp, "limit": part_limit, "synth": part_synth}[part](args, save))
     print_tables(results)
 
 

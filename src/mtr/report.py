@@ -187,8 +187,8 @@ def sft_section(run: Path, notes: Notes) -> dict[str, Any] | None:
         notes.add("sft/ not found: no SFT loss plot (the sft stage has not run)")
         return None
     log = read_records(run / "sft" / "log.jsonl", notes, "SFT loss plot")
-    stats = read_json(run / "sft" / "train_stats.json", notes, "SFT summary") if (run / "sft" / "stage_done.json").exists() \
-        or (run / "sft" / "train_stats.json").exists() else None
+    stats = read_json(run / "sft" / "train_stats.json", notes, "SFT summary (SFT did not finish)") \
+        if log or (run / "sft" / "train_stats.json").exists() else None
     plot = line_plot("SFT training loss", {"loss": _curve(log, "loss")}, "loss")
     if plot is None and log:
         notes.add("sft/log.jsonl has no loss values: no SFT loss plot")
