@@ -24,6 +24,7 @@ from mtr.manifest import write_manifest
 
 console = Console()
 DONE = "stage_done.json"
+STAGES = ("synth", "sft", "grpo", "eval")
 
 # Rough costs on a 2-core CPU with the embedded 135M model (benchmarks/results/*.json), used only to tell the
 # user up front how long a run should take; a server or a GPU is much faster, and then the estimate is moot.
@@ -106,7 +107,7 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
     train_path = resolve_benchmark(cfg.run.train_data)
     n_train = len(load_qa(train_path, cfg.run.train_limit))
     if overwrite and out.exists():
-        for stage in ("synth", "sft", "grpo", "eval", "eval-base"):
+        for stage in (*STAGES, "eval-base"):
             shutil.rmtree(out / stage, ignore_errors=True)
     write_manifest(out, "pipeline", cfg.model_dump(mode="json"), {"train_data": train_path}, cfg.seed, overwrite=overwrite)
     for b in cfg.eval.benchmarks if "eval" in cfg.run.stages else []:

@@ -312,16 +312,12 @@ def manifests_section(run: Path) -> list[tuple[str, str]]:
 
 
 def stages_section(run: Path) -> list[dict[str, Any]]:
+    from mtr.pipeline import STAGES, stage_done
+
     rows = []
-    for stage in ("synth", "sft", "grpo", "eval"):
-        d = run / stage
-        done = None
-        if (d / "stage_done.json").is_file():
-            try:
-                done = json.loads((d / "stage_done.json").read_text())
-            except json.JSONDecodeError:
-                done = None
-        rows.append({"stage": stage, "present": d.is_dir(), "done": done is not None,
+    for stage in STAGES:
+        done = stage_done(run / stage)
+        rows.append({"stage": stage, "present": (run / stage).is_dir(), "done": done is not None,
                      "wall_s": (done or {}).get("wall_s")})
     return rows
 
