@@ -16,6 +16,14 @@ from typing import Any, Awaitable, Callable, Iterable
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a whole file so that a reader (or a crash) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def is_retryable(record: dict[str, Any]) -> bool:
     """A record whose failure was the backend's (timeout, server down): a resume runs it again."""
     return bool(record.get("retryable") or (record.get("meta") or {}).get("retryable"))

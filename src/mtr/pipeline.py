@@ -20,6 +20,7 @@ from rich.console import Console
 
 from mtr.config import Config
 from mtr.data import load_qa, resolve_benchmark
+from mtr.jsonl import write_text_atomic
 from mtr.manifest import write_manifest
 
 console = Console()
@@ -41,10 +42,8 @@ def stage_done(stage_dir: Path) -> dict[str, Any] | None:
 
 def mark_done(stage_dir: Path, wall_s: float, **extra: Any) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
-    tmp = stage_dir / (DONE + ".tmp")
-    tmp.write_text(json.dumps({"wall_s": wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               **extra}, indent=2))
-    tmp.replace(stage_dir / DONE)
+    write_text_atomic(stage_dir / DONE, json.dumps(
+        {"wall_s": wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}, indent=2))
 
 
 def eval_benchmark_sizes(cfg: Config) -> dict[str, int]:

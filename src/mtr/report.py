@@ -17,6 +17,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from mtr.jsonl import write_text_atomic
 from mtr.metrics import exact_match, f1_score
 from mtr.references import REFERENCE_EM
 
@@ -348,9 +349,6 @@ def build_report(run: Path) -> str:
 
 
 def write_report(run: Path) -> Path:
-    html = build_report(run)
     path = Path(run) / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, build_report(run))
     return path

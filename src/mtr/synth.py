@@ -9,7 +9,6 @@ AutoAgent (or the scripted teacher) runs the episode loop against the ToolActor.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,7 @@ from mtr.config import Config
 from mtr.data import load_qa
 from mtr.episode import malformed_steps, run_episode
 from mtr.filter import filter_traces
-from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
+from mtr.jsonl import JsonlAppender, read_jsonl, run_pool, write_text_atomic
 from mtr.manifest import write_manifest
 from mtr.prompts import fill
 from mtr.roles import AutoAgent, ScriptedTeacher, ToolActor, ToolCache, ToolMaker
@@ -52,12 +51,6 @@ def policy_token_counter(cfg: Config) -> Callable[[Trace], int]:
         return len(tok(render(tok, conv["messages"], conv["tools"]), add_special_tokens=False)["input_ids"])
 
     return count
-
-
-def write_atomic(path: Path, lines: list[str]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None = None,
@@ -123,9 +116,10 @@ def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: i
     traces = [Trace.model_validate(r) for r in read_jsonl(out_dir / "traces.jsonl", latest_by="id")]
     kept, rejected, verdicts = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
     # Per-trace verdicts let the report filter episodes by rejection reason without re-tokenising.
-    write_atomic(out_dir / "verdicts.jsonl", [json.dumps({"id": i, "rejected": r}) + "\n" for i, r in verdicts.items()])
-    write_atomic(out_dir / "sft.jsonl", [json.dumps(t.to_conversation(for_storage=True), ensure_ascii=False) + "\n"
-                                            for t in kept])
+    write_text_atomic(out_dir / "verdicts.jsonl",
+                      "".join(json.dumps({"id": i, "rejected": r}) + "\n" for i, r in verdicts.items()))
+    write_text_atomic(out_dir / "sft.jsonl", "".join(
+        json.dumps(t.to_conversation(for_storage=True), ensure_ascii=False) + "\n" for t in kept))
     steps = sum(len(t.steps) for t in traces)
     tokens = sum(t.meta.get("agent_tokens", 0) + t.meta.get("actor_tokens", 0) + t.meta.get("toolmaker_tokens", 0)
                  for t in traces)
