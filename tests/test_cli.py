@@ -86,3 +86,11 @@ def test_importing_mtr_makes_openmp_wait_passively_unless_the_user_chose():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_importing_mtr_turns_hub_telemetry_off():
+    code = ("import mtr; from huggingface_hub import constants; "
+            "print(constants.HF_HUB_DISABLE_TELEMETRY)")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "True"

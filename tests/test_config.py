@@ -67,9 +67,10 @@ def test_stage_presets_parse_and_budgets_are_distinct():
     from mtr.config import DEFAULT_CONFIG
 
     cfg = load_config(DEFAULT_CONFIG.parent / "grpo-cpu.yaml")
-    assert cfg.grpo.num_generations == 4 and cfg.grpo.train_steps == 20 and cfg.grpo.max_steps == 2
+    assert cfg.grpo.num_generations == 4 and cfg.grpo.train_steps == 12 and cfg.grpo.max_steps == 2
+    assert cfg.grpo.lora and cfg.grpo.peft_config().r == 16 and cfg.sft.peft_config() is None
     gpu = load_config(DEFAULT_CONFIG.parent / "gpu-vllm.yaml")
-    assert gpu.grpo.num_generations == 8 and gpu.sft.bf16 and gpu.grpo.bf16
+    assert gpu.grpo.num_generations == 8 and gpu.sft.bf16 and gpu.grpo.bf16 and gpu.grpo.use_vllm
 
 
 @pytest.mark.parametrize("text,expected", [

@@ -1,14 +1,15 @@
 import asyncio
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
-from mtr.backends import BackendError
+from mtr.backends import BackendError, MicroBatcher
 from mtr.chat_template import render
 from mtr.config import Config
 from mtr.episode import run_episode
-from mtr.grpo import FINAL_NUDGE, RolloutAgent, prepare_tools, train_grpo
+from mtr.grpo import FINAL_NUDGE, RolloutAgent, make_rollout_func, prepare_tools, train_grpo
 from mtr.prompts import fill
 from mtr.rewards import (RewardError, answer_reward, consistency_reward, efficiency_reward, format_reward,
                          trl_reward_funcs)
@@ -57,7 +58,7 @@ def test_env_mask_matches_the_rendered_multi_turn_text(tok):
     assert [s.call.name if s.call else s.answer for s in trace.steps] == ["search", "search", "1755"]
     # prompt + completion is exactly the chat template's rendering of the whole conversation
     text = tok.decode(st.prompt_ids + st.completion_ids)
-    assert text == render(tok, st.messages, [t.as_dict() for t in trace.tools]).rstrip("\n")
+    assert text == render(tok, st.messages, trace.policy_tools()).rstrip("\n")
     model_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 1])
     env_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 0])
     assert model_text == "".join(turn + "<|im_end|>" for turn in TURNS)
@@ -89,6 +90,108 @@ def test_policy_that_never_stops_hits_the_budget(tok):
     assert trace.steps[0].parse_error.startswith("length:") and len(agent.episodes["e"].completion_ids) == 16
 
 
+def test_lockstep_batches_wait_for_every_live_episode():
+    """Episodes whose tools answer at different times still share one policy batch per turn; an episode
+    that ends no longer holds the batch up."""
+    batches = []
+    alive = {"n": 3}
+    batcher = MicroBatcher(lambda items: batches.append(sorted(items)) or items, 8, expected=lambda: alive["n"])
+
+    async def episode(i, tool_delays):
+        try:
+            for turn, delay in enumerate(tool_delays):
+                await batcher.submit((turn, i))
+                await asyncio.sleep(delay)  # the tool call between two turns
+        finally:
+            alive["n"] -= 1
+            batcher.notify()
+
+    async def main():
+        await asyncio.gather(episode(0, [0.05, 0.0]), episode(1, [0.0, 0.0]), episode(2, [0.02]))
+
+    asyncio.run(main())
+    assert batches == [[(0, 0), (0, 1), (0, 2)], [(1, 0), (1, 1)]]
+
+    # without `expected` the same episodes get the second turn in pieces, as their tools come back
+    batches.clear()
+    alive["n"] = 3
+    batcher = MicroBatcher(lambda items: batches.append(sorted(items)) or items, 8)
+    asyncio.run(main())
+    assert len(batches) > 2
+
+
+class FakeVLLMGeneration:
+    """TRL's `trainer.vllm_generation` as the rollout uses it: token-id prompts in, completions with top-1
+    logprobs out. Writes a call until the prompt holds a tool response, then an answer; tokens after EOS
+    (vLLM never gives them, but a budget cut must never keep them) are there to be cut."""
+
+    def __init__(self, tok):
+        self.tok, self.batches = tok, []
+
+    def generate(self, prompts, images, num_generations):
+        assert images is None and num_generations == 1
+        self.batches.append(len(prompts))
+        completions = []
+        for ids in prompts:
+            text = TURNS[0] if "<tool_response>" not in self.tok.decode(ids) else TURNS[2]
+            completions.append(self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id, 42])
+        return prompts, completions, [[[-0.5]] * len(c) for c in completions], None
+
+
+def test_vllm_rollout_batches_every_live_episode_and_returns_logprobs(tok, tmp_path):
+    cfg = Config()
+    cfg.grpo.use_vllm, cfg.grpo.max_steps, cfg.grpo.max_turn_tokens = True, 2, 200
+    examples = {f"q{i}": EX.model_copy(update={"id": f"q{i}", "question": f"{EX.question} ({i})"}) for i in range(2)}
+    actor = ToolActor(ScriptedBackend(actor=lambda m: json.dumps({"results": [{"title": "MSU", "text": "1755."}]})))
+    rollout = make_rollout_func(cfg, examples, {k: utility_tools(["search"]) for k in examples}, actor, tok, tmp_path)
+    gen = FakeVLLMGeneration(tok)
+    trainer = SimpleNamespace(vllm_generation=gen, state=SimpleNamespace(global_step=0))
+    prompts = [[{"role": "user", "content": ex.question}] for ex in examples.values() for _ in range(2)]
+    out = rollout(prompts, trainer)
+    assert gen.batches == [4, 4]  # two turns, each one call for all four episodes
+    assert [e["steps"][-1]["answer"] for e in out["episode"]] == ["1755"] * 4
+    for ids, mask, lps in zip(out["completion_ids"], out["env_mask"], out["logprobs"]):
+        assert len(ids) == len(mask) == len(lps) and 42 not in ids
+        assert all(lp == -0.5 for lp, m in zip(lps, mask) if m == 1)
+        assert all(lp == 0.0 for lp, m in zip(lps, mask) if m == 0) and 0 in mask
+
+
+def test_policy_for_generation_gives_the_live_lora_policy_in_eval_mode_and_restores_it():
+    import torch
+    from accelerate import Accelerator
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mtr.grpo import policy_for_generation
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4))
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules="all-linear",
+                                            task_type="CAUSAL_LM"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # a trained adapter: not the zero init
+    x = torch.tensor([[1, 2, 3, 4]])
+    model.eval()
+    with torch.no_grad():
+        expected = model(x).logits
+    model.train()
+    trainer = SimpleNamespace(model_wrapped=model, accelerator=Accelerator(cpu=True),
+                              args=SimpleNamespace(ds3_gather_for_generation=True))
+    with policy_for_generation(trainer) as m, torch.no_grad():
+        assert not m.training  # no dropout while sampling: the adapter's output, deterministic
+        assert torch.allclose(m(x).logits, expected) and torch.allclose(m(x).logits, expected)
+    assert model.training
+
+
+def test_use_vllm_without_vllm_is_one_clear_line(tmp_path):
+    cfg = Config()
+    cfg.grpo.use_vllm = True
+    with pytest.raises(ValueError, match="grpo.use_vllm: vLLM is not installed"):
+        train_grpo(cfg, qa_file(tmp_path / "qa.jsonl"), tmp_path, tmp_path / "out")
+
+
 def trace_with(steps, answers=("1755",)):
     return Trace(id="t", question="In what year was Moscow State University founded?", answers=list(answers),
                  steps=steps)
@@ -109,7 +212,14 @@ def test_reward_components():
                            Step(answer="1755")])
     assert consistency_reward(disagree) == 0.0
     bad_args = trace_with([call_step("MSU", "{}", ok=False), Step(answer="1755")])
-    assert format_reward(bad_args) == 0.0
+    assert format_reward(bad_args) == 0.5
+    no_answer = trace_with([call_step("MSU", "{}")])
+    assert format_reward(no_answer) == 0.5  # the missing answer is a missing turn
+    over_budget = call_step("MSU", "{}")
+    over_budget.checks.append(Check(code="step_budget", ok=False))
+    assert format_reward(trace_with([call_step("MSU", "{}"), over_budget])) == pytest.approx(1 / 3)
+    rambling = trace_with([Step(raw="blah", parse_error="no_action: neither <tool_call> nor <answer> found")])
+    assert format_reward(rambling) == 0.0
     many = trace_with([call_step(f"q{i}", "{}") for i in range(5)] + [Step(answer="x")])
     assert efficiency_reward(many, call_budget=2, call_penalty=0.1) == pytest.approx(-0.3)
     assert efficiency_reward(trace_with([call_step("a", "{}")])) == -1.0

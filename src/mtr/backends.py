@@ -144,27 +144,47 @@ class MicroBatcher:
     """
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], batch_size: int,
-                 key: Callable[[Any], Any] = lambda item: None, describe: str = "batch"):
+                 key: Callable[[Any], Any] = lambda item: None, describe: str = "batch",
+                 expected: Callable[[], int] | None = None):
         self.run, self.batch_size, self.key, self.describe = run, batch_size, key, describe
+        # `expected`: how many requests are still to come in this round (e.g. the live episodes of a GRPO
+        # rollout). With it the batch is cut only when all of them are pending (lockstep): on a CPU the
+        # ToolActor and the policy share the cores, so a batch of 8 costs about what a batch of 1 does.
+        self.expected = expected
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
 
     def submit(self, item: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         if self._drainer is not None and self._drainer.get_loop() is not loop:
             # A new event loop (each asyncio.run): whatever the old one left pending died with it.
             self._pending, self._drainer = [], None
+        if self._wake is None or self._drainer is None:
+            self._wake = asyncio.Event()
         fut = loop.create_future()
         self._pending.append((item, fut))
+        self._wake.set()
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
         return fut
+
+    def notify(self) -> None:
+        """Something `expected` counts has changed (an episode ended): look again whether to cut a batch."""
+        if self._wake is not None:
+            self._wake.set()
 
     async def _drain(self) -> None:
         while self._pending:
             # Let every runnable coroutine submit its request before the batch is cut.
             for _ in range(3):
                 await asyncio.sleep(0)
+            if self.expected is not None:
+                while self._pending and len(self._pending) < min(self.batch_size, self.expected()):
+                    self._wake.clear()
+                    await self._wake.wait()
+                if not self._pending:
+                    break
             key = self.key(self._pending[0][0])
             batch = [p for p in self._pending if self.key(p[0]) == key][: self.batch_size]
             taken = {id(p) for p in batch}

@@ -112,14 +112,26 @@ class FilterConfig(_Strict):
     require_tool_call: bool = Field(True, description="reject episodes that answer without any tool call")
 
 
-class SFTStageConfig(_Strict):
-    """Stage 1 (`mtr sft`): TRL's SFTTrainer on sft.jsonl, loss on the assistant's own tokens only."""
-
+class LoraSettings(_Strict):
     lora: bool = Field(False, description="train a LoRA adapter (peft) instead of all weights")
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
     lora_target_modules: str | list[str] = "all-linear"
+
+    def peft_config(self) -> Any:
+        """peft's LoraConfig for these settings, or None without `lora`."""
+        if not self.lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM")
+
+
+class SFTStageConfig(LoraSettings):
+    """Stage 1 (`mtr sft`): TRL's SFTTrainer on sft.jsonl, loss on the assistant's own tokens only."""
+
     learning_rate: float = Field(5e-5, gt=0)
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, ge=-1, description="stop after N optimizer steps (-1: run the epochs)")
@@ -138,7 +150,7 @@ class SFTStageConfig(_Strict):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
 
 
-class GRPOStageConfig(EpisodeConfig):
+class GRPOStageConfig(EpisodeConfig, LoraSettings):
     """Stage 2 (`mtr grpo`): TRL's GRPOTrainer with MTR's multi-turn rollout and composite reward."""
 
     num_generations: int = Field(8, ge=2, description="group size: rollouts per question (paper: 8)")
@@ -160,7 +172,9 @@ class GRPOStageConfig(EpisodeConfig):
         "skip", description="skip (and count) questions whose ToolMaker failed, or give them the utility tools")
     bf16: bool = False
     gradient_checkpointing: bool = False
-    use_vllm: bool = Field(False, description="GPU: generate with vLLM through TRL (colocate mode)")
+    use_vllm: bool = Field(False, description="GPU: sample the policy's turns with vLLM through TRL (colocate mode)")
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0,
+                                               description="share of each GPU's memory vLLM may take beside training")
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(25, ge=1)
     save_total_limit: int = Field(2, ge=1)

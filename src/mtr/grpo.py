@@ -17,9 +17,11 @@ import json
 import resource
 import shutil
 import time
+from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, NamedTuple, Protocol
 
 from rich.console import Console
 
@@ -40,24 +42,64 @@ console = Console()
 FINAL_NUDGE = "No more tool calls: give your final answer now."
 
 
+class Sampled(NamedTuple):
+    ids: list[int]                       # new token ids, ending with EOS when the model ended its turn
+    ended: bool                          # whether it did (else the turn ran out of tokens)
+    logprobs: list[float] | None = None  # the sampler's log-probability of each new token, where it has them
+
+
 class TokenSampler(Protocol):
-    async def sample(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
-        """New token ids after `ids` (ending with EOS when the model ended its turn), and whether it did."""
+    async def sample(self, ids: list[int], max_new_tokens: int) -> tuple:
+        """A `Sampled` (or the plain tuple `(ids, ended)`) for the turn after `ids`."""
 
 
-class ModelSampler:
-    """Samples from a live transformers model on token ids; concurrent episodes share batches."""
+def cut_turn(row: list[int], budget: int, eos: int, logprobs: list[float] | None = None) -> Sampled:
+    """One row of a batch generated to the largest budget, cut to this episode's own budget and at EOS."""
+    row = list(row)[:budget]
+    lps = list(logprobs)[: len(row)] if logprobs is not None else None
+    if eos in row:
+        k = row.index(eos) + 1
+        return Sampled(row[:k], True, lps[:k] if lps is not None else None)
+    return Sampled(row, False, lps)
 
-    def __init__(self, model: Any, tokenizer: Any, temperature: float, batch_size: int,
-                 timing: dict[str, float] | None = None):
-        self.model, self.tok, self.temperature = model, tokenizer, temperature
-        self.batcher = MicroBatcher(self._run, batch_size, key=lambda item: item[1], describe="policy")
+
+class BatchedSampler(ABC):
+    """Turns from concurrent episodes go to the model in batches: with `expected` (the live episodes) one
+    batch per turn holds every live episode (lockstep), and rows are cut to each episode's own budget."""
+
+    describe = "policy"
+
+    def __init__(self, batch_size: int, timing: dict[str, float] | None = None, expected: Any = None):
+        self.batcher = MicroBatcher(self._run, batch_size, describe=self.describe, expected=expected)
         self.timing = timing if timing is not None else {}
 
-    async def sample(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
+    async def sample(self, ids: list[int], max_new_tokens: int) -> Sampled:
         return await self.batcher.submit((ids, max_new_tokens))
 
-    def _run(self, items: list[tuple[list[int], int]]) -> list[tuple[list[int], bool]]:
+    def episode_ended(self) -> None:
+        self.batcher.notify()
+
+    def _run(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
+        t0 = time.perf_counter()
+        results = self.generate(items)
+        self.timing["generate_s"] = self.timing.get("generate_s", 0.0) + time.perf_counter() - t0
+        self.timing["generated_tokens"] = self.timing.get("generated_tokens", 0) + sum(len(r.ids) for r in results)
+        return results
+
+    @abstractmethod
+    def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
+        """One batch of turns: (prompt ids, budget) in, one `Sampled` per item out."""
+
+
+class ModelSampler(BatchedSampler):
+    """Samples from the trainer's live transformers model on token ids."""
+
+    def __init__(self, model: Any, tokenizer: Any, temperature: float, batch_size: int,
+                 timing: dict[str, float] | None = None, expected: Any = None):
+        super().__init__(batch_size, timing, expected)
+        self.model, self.tok, self.temperature = model, tokenizer, temperature
+
+    def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
         import torch
 
         pad, eos = self.tok.pad_token_id, self.tok.eos_token_id
@@ -65,22 +107,63 @@ class ModelSampler:
         device = next(self.model.parameters()).device
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in items], device=device)
         attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in items], device=device)
-        t0 = time.perf_counter()
         with torch.no_grad():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=items[0][1],
+            # one batch whatever each episode's remaining budget (a batch per budget split every turn)
+            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
+                                      max_new_tokens=max(n for _, n in items),
                                       do_sample=True, temperature=self.temperature, top_p=1.0, top_k=0,
                                       pad_token_id=pad, eos_token_id=eos)
         results = []
-        for row in out[:, width:].tolist():
-            if eos in row:
-                results.append((row[: row.index(eos) + 1], True))
-            else:
-                while row and row[-1] == pad:
-                    row.pop()
-                results.append((row, False))
-        self.timing["generate_s"] = self.timing.get("generate_s", 0.0) + time.perf_counter() - t0
-        self.timing["generated_tokens"] = self.timing.get("generated_tokens", 0) + sum(len(r) for r, _ in results)
+        for row, (_, budget) in zip(out[:, width:].tolist(), items):
+            turn = cut_turn(row, budget, eos)
+            while not turn.ended and turn.ids and turn.ids[-1] == pad:
+                turn.ids.pop()
+            results.append(turn)
         return results
+
+
+class VLLMSampler(BatchedSampler):
+    """Samples the policy's turns with TRL's vLLM engine (`trainer.vllm_generation`, colocate mode).
+
+    TRL pushes the current weights into vLLM before it calls the rollout. One `generate` call per turn holds
+    every live episode; vLLM's prefix cache reuses the shared system prompt, tools and question across the
+    group, and each episode's earlier turns. The turn budget is TRL's `generation_kwargs.max_tokens`
+    (= `max_turn_tokens`). The sampling log-probabilities go back to TRL for its importance-sampling correction.
+    """
+
+    describe = "policy:vllm"
+
+    def __init__(self, generation: Any, tokenizer: Any, batch_size: int, timing: dict[str, float] | None = None,
+                 expected: Any = None):
+        super().__init__(batch_size, timing, expected)
+        self.gen, self.eos = generation, tokenizer.eos_token_id
+
+    def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
+        _, completions, logprobs, _ = self.gen.generate(prompts=[ids for ids, _ in items], images=None,
+                                                        num_generations=1)
+        # vLLM gives each token's top-k as a list with the sampled token first
+        return [cut_turn(row, budget, self.eos, [lp[0] for lp in logprobs[i]] if logprobs is not None else None)
+                for i, (row, (_, budget)) in enumerate(zip(completions, items))]
+
+
+@contextmanager
+def policy_for_generation(trainer: Any) -> Iterator[Any]:
+    """The trainer's live policy, whole, for `generate`: unwrapped from DDP/DeepSpeed/FSDP, ZeRO-3 shards
+    gathered, FSDP-1 parameters summoned, gradient checkpointing off (TRL's own generation path does the same).
+    Episodes on different ranks take different numbers of turns, so generation must not run collectives:
+    keep `ds3_gather_for_generation` on (TRL's default) under ZeRO-3."""
+    from trl.distributed import DistributedBackend
+    from trl.models import unwrap_model_for_generation
+
+    with (unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                      gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model,
+          DistributedBackend(trainer.accelerator).summon_full_params(trainer.model_wrapped, recurse=False)):
+        was_training = model.training
+        model.eval()
+        try:
+            yield model
+        finally:
+            model.train(was_training)
 
 
 @dataclass
@@ -89,6 +172,7 @@ class EpisodeTokens:
     messages: list[dict]
     completion_ids: list[int] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = field(default_factory=list)  # None once a turn came without them
 
 
 class RolloutAgent:
@@ -100,7 +184,7 @@ class RolloutAgent:
         self.episodes: dict[str, EpisodeTokens] = {}
 
     def _tools(self, trace: Trace) -> list[dict] | None:
-        return [t.as_dict() for t in trace.tools] or None
+        return trace.policy_tools() or None
 
     def env_ids(self, st: EpisodeTokens, trace: Trace, final: bool) -> list[int]:
         """The tokens the environment inserts after the model's last turn, read off the chat template: what
@@ -133,10 +217,13 @@ class RolloutAgent:
                 return Step(parse_error=f"length: the episode's {self.max_completion_tokens}-token budget is spent")
             st.completion_ids += env
             st.env_mask += [0] * len(env)
+            if st.logprobs is not None:
+                st.logprobs += [0.0] * len(env)  # masked out of the loss and of TRL's sampling correction
         budget = min(self.max_turn_tokens, self.max_completion_tokens - len(st.completion_ids))
-        new, ended = await self.sampler.sample(st.prompt_ids + st.completion_ids, budget)
+        new, ended, lps = Sampled(*await self.sampler.sample(st.prompt_ids + st.completion_ids, budget))
         st.completion_ids += new
         st.env_mask += [1] * len(new)
+        st.logprobs = st.logprobs + list(lps) if st.logprobs is not None and lps is not None else None
         text = self.tok.decode(new, skip_special_tokens=True)
         st.messages.append({"role": "assistant", "content": text})
         if not ended:
@@ -182,7 +269,7 @@ def prepare_tools(cfg: Config, examples: list[QAExample], pool: Any, out: Path) 
 
 
 def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[str, list[ToolSchema]],
-                      actor: ToolActor, tokenizer: Any, out: Path, sampler_factory=None):
+                      actor: ToolActor, tokenizer: Any, out: Path):
     """The MTR rollout as TRL's `rollout_func`."""
     g = cfg.grpo
     by_question = {ex.question: ex for ex in examples.values()}
@@ -192,25 +279,35 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        sampler = (sampler_factory(model) if sampler_factory is not None
-                   else ModelSampler(model, tokenizer, g.temperature, batch_size=len(prompts), timing=timing))
-        agent = RolloutAgent(sampler, tokenizer, g.max_turn_tokens, g.max_completion_tokens)
+        alive = {"n": len(prompts)}
         batch = [by_question[p[-1]["content"] if isinstance(p, list) else p] for p in prompts]
         step = getattr(getattr(trainer, "state", None), "global_step", 0)
 
-        async def episodes():
-            return await asyncio.gather(*[
-                run_episode(ex, f"{ex.id}#{i}", tools[ex.id], agent, actor, system, max_steps=g.max_steps,
-                            seed=cfg.seed + 1000 * step + i, meta={"seed": cfg.seed + 1000 * step + i})
-                for i, ex in enumerate(batch)])
+        async def episode(i: int, ex: QAExample) -> Trace:
+            try:
+                return await run_episode(ex, f"{ex.id}#{i}", tools[ex.id], agent, actor, system,
+                                         max_steps=g.max_steps, seed=cfg.seed + 1000 * step + i,
+                                         meta={"seed": cfg.seed + 1000 * step + i})
+            finally:
+                # the policy's batch waits for every live episode; one that ended no longer counts
+                alive["n"] -= 1
+                sampler.episode_ended()
 
-        was_training = model.training
-        model.eval()
-        try:
+        async def episodes():
+            return await asyncio.gather(*[episode(i, ex) for i, ex in enumerate(batch)])
+
+        def expected() -> int:
+            return alive["n"]
+
+        if g.use_vllm:
+            sampler = VLLMSampler(trainer.vllm_generation, tokenizer, len(prompts), timing, expected)
+            agent = RolloutAgent(sampler, tokenizer, g.max_turn_tokens, g.max_completion_tokens)
             traces = asyncio.run(episodes())
-        finally:
-            model.train(was_training)
+        else:
+            with policy_for_generation(trainer) as model:
+                sampler = ModelSampler(model, tokenizer, g.temperature, len(prompts), timing, expected)
+                agent = RolloutAgent(sampler, tokenizer, g.max_turn_tokens, g.max_completion_tokens)
+                traces = asyncio.run(episodes())
         toks = [agent.episodes[t.id] for t in traces]
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
         if step % g.sample_every == 0 and calls["n"] != step + 1:
@@ -218,8 +315,9 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
             with (out / "samples.jsonl").open("a") as f:
                 for t in traces[:2]:
                     f.write(json.dumps({"step": step, "trace": t.model_dump(mode="json", exclude_none=True)}) + "\n")
+        logprobs = [t.logprobs for t in toks] if all(t.logprobs is not None for t in toks) else None
         return {"prompt_ids": [t.prompt_ids for t in toks], "completion_ids": [t.completion_ids for t in toks],
-                "logprobs": None, "env_mask": [t.env_mask for t in toks],
+                "logprobs": logprobs, "env_mask": [t.env_mask for t in toks],
                 "episode": [t.model_dump(mode="json", exclude_none=True) for t in traces]}
 
     rollout_func.timing = timing  # type: ignore[attr-defined]
@@ -256,8 +354,11 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     g = cfg.grpo
     if g.use_vllm:
-        raise ValueError("grpo.use_vllm: vLLM-backed rollouts are not implemented yet (the rollout samples with "
-                         "transformers on the training GPU); set grpo.use_vllm: false")
+        from trl.import_utils import is_vllm_available
+
+        if not is_vllm_available():
+            raise ValueError("grpo.use_vllm: vLLM is not installed here (it needs a CUDA GPU; pip install "
+                             "'trl[vllm]'); set grpo.use_vllm: false to sample with transformers")
     if not (Path(init) / "config.json").is_file():
         raise ValueError(f"--init {init}: not a Hugging Face checkpoint directory (e.g. the output of `mtr sft`)")
     examples = load_qa(data, limit)
@@ -291,6 +392,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=g.save_total_limit,
         report_to=g.report_to, seed=cfg.seed, bf16=g.bf16 and cuda, gradient_checkpointing=g.gradient_checkpointing,
         use_cpu=not cuda, use_vllm=g.use_vllm, vllm_mode="colocate", dataloader_num_workers=0,
+        vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+        # with vLLM, one request is one turn: TRL's max_completion_length stays the whole episode's budget
+        generation_kwargs={"max_tokens": g.max_turn_tokens, "stop_token_ids": [tok.eos_token_id]} if g.use_vllm else None,
     )
     log_path = out / "log.jsonl"
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.question}], "qid": ex.id}
@@ -298,7 +402,8 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     rewards = health_reward_logger(trl_reward_funcs(g.answer_metric, g.call_budget, g.call_penalty))
     rollout = make_rollout_func(cfg, {ex.id: ex for ex in train}, tools, actor, tok, out)
     trainer = GRPOTrainer(model=str(init), reward_funcs=rewards, args=args, train_dataset=dataset,
-                          processing_class=tok, callbacks=[jsonl_log_callback(log_path)], rollout_func=rollout)
+                          processing_class=tok, callbacks=[jsonl_log_callback(log_path)], rollout_func=rollout,
+                          peft_config=g.peft_config())
     ckpt = last_checkpoint(out) if resume else None
     if resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
@@ -309,7 +414,13 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         if own_pool:
             asyncio.run(pool.aclose())
     wall = time.perf_counter() - t0
-    trainer.save_model(str(out))
+    if g.lora:
+        # the adapter for whoever wants it, and merged weights so that eval (and anyone) loads a plain checkpoint
+        final = trainer.accelerator.unwrap_model(trainer.model)
+        final.save_pretrained(out / "adapter")
+        final.merge_and_unload().save_pretrained(out, safe_serialization=True)
+    else:
+        trainer.save_model(str(out))
     tok.save_pretrained(out)
     logs = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
     steps = [e for e in logs if "reward" in e]

@@ -3,8 +3,12 @@
 All components score one episode (`Trace`):
 
 - answer       EM (1/0) or token F1 of the final answer against the gold answers (`answer_metric`).
-- format       1 if every turn parsed, every call passed the pre-check (`tool_exists`, `args_valid`) and
-               the episode ended with a non-empty answer; else 0.
+- format       the share of well-formed turns: a turn is well-formed if it parsed and its call (if any) passed
+               the pre-check (`tool_exists`, `args_valid`) within the call budget; an episode without a
+               non-empty final answer counts one more, missing, turn. So 1 exactly when every turn parsed,
+               every call validated and the episode answered, and a partly well-formed episode scores
+               between 0 and 1 (an all-or-nothing score left most groups of a 135M policy without any
+               difference to learn from: docs/grpo.md). An episode cut short by a tool failure scores 0.
 - consistency  1 if (a) the final answer is *supported*: its normalised tokens all occur in the normalised
                text of the episode's valid observations (calls that passed every check, observations that
                are well-formed), and (b) no two valid observations of the same call (same tool, same
@@ -24,7 +28,7 @@ from typing import Any, Callable
 from mtr.metrics import exact_match, f1_score, normalize_answer
 from mtr.trace import Step, Trace
 
-PRECHECK = ("tool_exists", "args_valid")
+PRECHECK = ("tool_exists", "args_valid", "step_budget")
 
 
 def answer_reward(trace: Trace, metric: str = "em") -> float:
@@ -32,16 +36,16 @@ def answer_reward(trace: Trace, metric: str = "em") -> float:
     return exact_match(pred, trace.answers) if metric == "em" else f1_score(pred, trace.answers)
 
 
+def well_formed(step: Step) -> bool:
+    return step.parse_error is None and not any(c.code in PRECHECK and not c.ok for c in step.checks)
+
+
 def format_reward(trace: Trace) -> float:
     if trace.error is not None or not trace.steps:
         return 0.0
-    for step in trace.steps:
-        if step.parse_error is not None:
-            return 0.0
-        if any(c.code in PRECHECK and not c.ok for c in step.checks):
-            return 0.0
     answer = trace.final_answer
-    return 1.0 if answer is not None and answer.strip() else 0.0
+    missing = 0 if answer is not None and answer.strip() else 1
+    return sum(1 for s in trace.steps if well_formed(s)) / (len(trace.steps) + missing)
 
 
 def _valid_observations(trace: Trace) -> list[Step]:

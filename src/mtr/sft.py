@@ -136,13 +136,7 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
         seed=cfg.seed, bf16=s.bf16 and cuda, gradient_checkpointing=s.gradient_checkpointing, use_cpu=not cuda,
         dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
     )
-    peft_config = None
-    if s.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                                 target_modules=s.lora_target_modules, task_type="CAUSAL_LM")
-
+    peft_config = s.peft_config()
     log_path = out / "log.jsonl"
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config, callbacks=[jsonl_log_callback(log_path)])

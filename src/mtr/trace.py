@@ -187,8 +187,13 @@ class Trace(BaseModel):
             if step.call is not None and step.observation is not None:
                 messages.append({"role": "tool", "tool_call_id": step.call.id, "name": step.call.name,
                                  "content": step.observation})
-        tools = [t.as_dict() for t in self.tools]
+        tools = self.policy_tools()
         return {"messages": messages, "tools": json.dumps(tools, ensure_ascii=False) if for_storage else tools}
+
+    def policy_tools(self) -> list[dict[str, Any]]:
+        """The tools as the policy sees them: OpenAI function schemas. `returns` is the ToolActor's contract;
+        left in, it made up ~40% of the policy's prompt, paid again in every SFT and GRPO forward pass."""
+        return [t.openai() for t in self.tools]
 
     @classmethod
     def from_conversation(cls, conversation: dict[str, Any], id: str = "", answers: list[str] | None = None,
