@@ -10,6 +10,8 @@ Parts:
          1/4/8/16 and llama.cpp, greedy, 64 new tokens after a ~200-token prompt.
   synth  synthesis throughput, mtr's orchestrator (episodes concurrent, requests batched) versus the
          naive loop (one question at a time, one request at a time) on the same questions and backend.
+  rollout GRPO's multi-turn rollout (no update) versus `model.generate` one episode at a time, before and
+         after lockstep batching, and with a LoRA adapter unmerged or merged (`--init SFT_CHECKPOINT`).
 
 Every figure is the median over --repeats runs; ratios are of medians measured in the same invocation.
 Writes benchmarks/results/perf.json (merged with parts measured earlier).
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "perf.json"
@@ -104,7 +107,96 @@ def worker_llamacpp_generate(new_tokens: int = 64) -> dict:
             "generated_tokens": n, "tokens_per_s": n / max(wall - prefill, 1e-9)}
 
 
-WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "llamacpp_generate": worker_llamacpp_generate}
+def worker_rollout(variant: str, init: str | None, questions: int, group: int, seed: int = 0) -> dict:
+    """GRPO's multi-turn rollout at the CPU preset (grpo-cpu.yaml: ToolActor on llama.cpp, grounded, one call
+    then the answer), without the update: `questions` x `group` episodes, the policy sampled by
+    - naive:      one episode at a time, `model.generate` on one sequence (what a hand-written loop does);
+    - batched:    all episodes concurrent, a turn's batch cut once the pending requests stop arriving
+                  (mtr's rollout before lockstep: turns after a tool call trickle in one or two at a time);
+    - lockstep:   all episodes concurrent, one batch per turn holding every live episode (mtr's rollout);
+    - lora-unmerged / lora-merged: lockstep with a LoRA adapter on the policy, as `grpo.lora` trains it,
+                  sampled through the adapter (what mtr does) or with it merged into the weights (tried:
+                  no faster end to end here, docs/performance.md).
+    """
+    import asyncio
+    from types import SimpleNamespace
+
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from mtr.backends import BackendPool
+    from mtr.config import load_config
+    from mtr.data import load_qa, resolve_benchmark
+    from mtr.embedded import ensure_checkpoint
+    from mtr.episode import run_episode
+    from mtr.grpo import ModelSampler, RolloutAgent, policy_for_generation
+    from mtr.prompts import fill
+    from mtr.roles import ToolActor, utility_tools
+    from mtr.sft import load_policy_tokenizer
+
+    torch.manual_seed(seed)
+    cfg = load_config(ROOT / "src" / "mtr" / "configs" / "grpo-cpu.yaml")
+    g = cfg.grpo
+    path = Path(init) if init else ensure_checkpoint()
+    tok = load_policy_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    if variant.startswith("lora"):
+        from peft import get_peft_model
+
+        model = get_peft_model(model, g.model_copy(update={"lora": True}).peft_config())
+    model.eval()
+    lines = [x for x in resolve_benchmark("hotpotqa").read_text().splitlines()[100:]
+             if json.loads(x)["metadata"]["type"] == "comparison"][:questions]
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "qa.jsonl").write_text("\n".join(lines) + "\n")
+        examples = load_qa(Path(d) / "qa.jsonl")
+    pool = BackendPool(cfg)
+    actor = ToolActor(pool.get("toolactor"), grounding=g.grounding)
+    tools = utility_tools(g.utility_tools)
+    batch = [ex for ex in examples for _ in range(group)]
+    timing: dict[str, float] = {}
+    alive = {"n": len(batch)}
+
+    def agent_for(batch_size: int, lockstep: bool) -> RolloutAgent:
+        # near-greedy, so that every variant writes the same turns and so does the same work (sampled turns
+        # differ in length from run to run, and one run's longer episodes read as a slower variant)
+        sampler = ModelSampler(model, tok, 1e-3, batch_size, timing,
+                               expected=(lambda: alive["n"]) if lockstep else None)
+        return RolloutAgent(sampler, tok, g.max_turn_tokens, g.max_completion_tokens)
+
+    async def episode(agent: RolloutAgent, i: int, ex) -> Any:
+        try:
+            return await run_episode(ex, f"{ex.id}#{i}", tools, agent, actor, fill("policy"), max_steps=g.max_steps,
+                                     seed=seed + i)
+        finally:
+            alive["n"] -= 1
+            agent.sampler.episode_ended()
+
+    async def rollout() -> list:
+        if variant == "naive":
+            agent = agent_for(1, lockstep=False)
+            return [await episode(agent, i, ex) for i, ex in enumerate(batch)]
+        agent = agent_for(len(batch), lockstep=variant != "batched")
+        return await asyncio.gather(*[episode(agent, i, ex) for i, ex in enumerate(batch)])
+
+    trainer = SimpleNamespace(model_wrapped=model, accelerator=Accelerator(cpu=True),
+                              args=SimpleNamespace(ds3_gather_for_generation=True))
+    t = time.perf_counter()
+    with policy_for_generation(trainer) as policy:
+        if variant == "lora-merged":
+            policy.base_model.merge_adapter()
+        traces = asyncio.run(rollout())
+    wall = time.perf_counter() - t
+    asyncio.run(pool.aclose())
+    gen = timing["generated_tokens"]
+    return {"wall_s": wall, "episodes": len(traces), "generated_tokens": gen, "generate_s": timing["generate_s"],
+            "tokens_per_s": gen / wall, "generate_tokens_per_s": gen / timing["generate_s"],
+            "episodes_per_s": len(traces) / wall, "turns": sum(len(tr.steps) for tr in traces)}
+
+
+WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "llamacpp_generate": worker_llamacpp_generate,
+           "rollout": worker_rollout}
 
 
 # ------------------------------------------------------------------ the parent: variants in fresh processes
@@ -195,6 +287,24 @@ def part_synth(args, save) -> list[dict]:
     return res
 
 
+def part_rollout(args, save) -> dict:
+    variants = args.rollout_variants.split(",")
+    kwargs = {"init": args.init, "questions": args.questions, "group": 4}
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for i in range(args.repeats):
+        for v in variants:
+            runs[v].append(measure("rollout", {**kwargs, "variant": v, "seed": i}))
+            r = runs[v][-1]
+            print(f"  rollout [{v}] run {i + 1}: {r['tokens_per_s']:.1f} tokens/s of rollout, "
+                  f"{r['generate_tokens_per_s']:.1f} while generating, {r['wall_s']:.0f} s", flush=True)
+    keys = ("tokens_per_s", "generate_tokens_per_s", "episodes_per_s", "wall_s")
+    med = {v: {k: median_of(rs, k) for k in keys} for v, rs in runs.items()}
+    res = {"kwargs": kwargs, "median": med, "runs": runs,
+           "speedup_vs_first": {v: med[v]["tokens_per_s"] / med[variants[0]]["tokens_per_s"] for v in variants}}
+    save(res)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker")
@@ -203,6 +313,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="questions per synthesis run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="llamacpp,hf", help="synth part: backends of the simulated roles")
+    ap.add_argument("--init", default=None, help="rollout part: the policy checkpoint (an SFT output; "
+                                                   "default: the embedded model)")
+    ap.add_argument("--questions", type=int, default=2, help="rollout part: questions, each a group of 4")
+    ap.add_argument("--rollout-variants", default="naive,batched,lockstep,lora-unmerged,lora-merged",
+                    help="rollout part: variants, ratios are to the first")
     ap.add_argument("--omp-workloads", default="synth,hf,llamacpp", help="omp part: " + ",".join(OMP_WORKLOADS))
     args = ap.parse_args()
     if args.worker:
@@ -225,7 +340,7 @@ def main() -> None:
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=2))
 
-        save({"omp": part_omp, "limit": part_limit, "synth": part_synth}[part](args, save))
+        save({"omp": part_omp, "limit": part_limit, "synth": part_synth, "rollout": part_rollout}[part](args, save))
     print_tables(results)
 
 
@@ -239,6 +354,13 @@ def print_tables(results: dict) -> None:
         print("\nthe limit (generation tokens/s, median)")
         for k, v in results["limit"]["value"].items():
             print(f"  {k}: {v:.1f}")
+    if "rollout" in results:
+        r = results["rollout"]["value"]
+        print(f"\nGRPO rollout ({r['kwargs']['questions']} questions x group 4; median)")
+        for v, m in r["median"].items():
+            ratio = r.get("speedup_vs_first", r.get("speedup_vs_naive"))[v]
+            print(f"  {v}: {m['tokens_per_s']:.1f} tokens/s of rollout ({ratio:.2f}x the first), "
+                  f"{m['generate_tokens_per_s']:.1f} tokens/s while generating, {m['episodes_per_s']:.3f} episodes/s")
     if "synth" in results:
         print("\nsynthesis, mtr vs the naive loop (median)")
         for r in results["synth"]["value"]:
