@@ -156,13 +156,11 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     tools = utility_tools(g.utility_tools)
     batch = [ex for ex in examples for _ in range(group)]
     timing: dict[str, float] = {}
-    alive = {"n": len(batch)}
 
     def agent_for(batch_size: int, lockstep: bool) -> RolloutAgent:
         # near-greedy, so that every variant writes the same turns and so does the same work (sampled turns
         # differ in length from run to run, and one run's longer episodes read as a slower variant)
-        sampler = ModelSampler(model, tok, 1e-3, batch_size, timing,
-                               expected=(lambda: alive["n"]) if lockstep else None)
+        sampler = ModelSampler(model, tok, 1e-3, batch_size, timing, episodes=len(batch) if lockstep else None)
         return RolloutAgent(sampler, tok, g.max_turn_tokens, g.max_completion_tokens)
 
     async def episode(agent: RolloutAgent, i: int, ex) -> Any:
@@ -170,7 +168,6 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
             return await run_episode(ex, f"{ex.id}#{i}", tools, agent, actor, fill("policy"), max_steps=g.max_steps,
                                      seed=seed + i)
         finally:
-            alive["n"] -= 1
             agent.sampler.episode_ended()
 
     async def rollout() -> list:

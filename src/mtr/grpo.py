@@ -18,7 +18,7 @@ import resource
 import shutil
 import time
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Protocol
@@ -64,20 +64,25 @@ def cut_turn(row: list[int], budget: int, eos: int, logprobs: list[float] | None
 
 
 class BatchedSampler(ABC):
-    """Turns from concurrent episodes go to the model in batches: with `expected` (the live episodes) one
-    batch per turn holds every live episode (lockstep), and rows are cut to each episode's own budget."""
+    """Turns from concurrent episodes go to the model in batches, rows cut to each episode's own budget.
+    Given the number of `episodes` it serves, one batch per turn holds every live episode (lockstep); each
+    episode calls `episode_ended` when it ends, so the batch stops waiting for it."""
 
     describe = "policy"
 
-    def __init__(self, batch_size: int, timing: dict[str, float] | None = None, expected: Any = None):
-        self.batcher = MicroBatcher(self._run, batch_size, describe=self.describe, expected=expected)
+    def __init__(self, batch_size: int, timing: dict[str, float] | None = None, episodes: int | None = None):
+        self.live = episodes
+        self.batcher = MicroBatcher(self._run, batch_size, describe=self.describe,
+                                    expected=(lambda: self.live) if episodes is not None else None)
         self.timing = timing if timing is not None else {}
 
     async def sample(self, ids: list[int], max_new_tokens: int) -> Sampled:
         return await self.batcher.submit((ids, max_new_tokens))
 
     def episode_ended(self) -> None:
-        self.batcher.notify()
+        if self.live is not None:
+            self.live -= 1
+            self.batcher.notify()
 
     def _run(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
         t0 = time.perf_counter()
@@ -95,8 +100,8 @@ class ModelSampler(BatchedSampler):
     """Samples from the trainer's live transformers model on token ids."""
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float, batch_size: int,
-                 timing: dict[str, float] | None = None, expected: Any = None):
-        super().__init__(batch_size, timing, expected)
+                 timing: dict[str, float] | None = None, episodes: int | None = None):
+        super().__init__(batch_size, timing, episodes)
         self.model, self.tok, self.temperature = model, tokenizer, temperature
 
     def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
@@ -134,8 +139,8 @@ class VLLMSampler(BatchedSampler):
     describe = "policy:vllm"
 
     def __init__(self, generation: Any, tokenizer: Any, batch_size: int, timing: dict[str, float] | None = None,
-                 expected: Any = None):
-        super().__init__(batch_size, timing, expected)
+                 episodes: int | None = None):
+        super().__init__(batch_size, timing, episodes)
         self.gen, self.eos = generation, tokenizer.eos_token_id
 
     def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
@@ -279,35 +284,28 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
-        alive = {"n": len(prompts)}
         batch = [by_question[p[-1]["content"] if isinstance(p, list) else p] for p in prompts]
         step = getattr(getattr(trainer, "state", None), "global_step", 0)
 
-        async def episode(i: int, ex: QAExample) -> Trace:
+        async def episode(agent: RolloutAgent, i: int, ex: QAExample) -> Trace:
             try:
                 return await run_episode(ex, f"{ex.id}#{i}", tools[ex.id], agent, actor, system,
                                          max_steps=g.max_steps, seed=cfg.seed + 1000 * step + i,
                                          meta={"seed": cfg.seed + 1000 * step + i})
             finally:
-                # the policy's batch waits for every live episode; one that ended no longer counts
-                alive["n"] -= 1
-                sampler.episode_ended()
+                agent.sampler.episode_ended()  # the policy's next batch no longer waits for this episode
 
-        async def episodes():
-            return await asyncio.gather(*[episode(i, ex) for i, ex in enumerate(batch)])
-
-        def expected() -> int:
-            return alive["n"]
-
-        if g.use_vllm:
-            sampler = VLLMSampler(trainer.vllm_generation, tokenizer, len(prompts), timing, expected)
+        # with vLLM the trainer's model is not needed for sampling (TRL has pushed its weights into vLLM)
+        with nullcontext() if g.use_vllm else policy_for_generation(trainer) as model:
+            sampler = (VLLMSampler(trainer.vllm_generation, tokenizer, len(prompts), timing, len(prompts))
+                       if g.use_vllm else
+                       ModelSampler(model, tokenizer, g.temperature, len(prompts), timing, len(prompts)))
             agent = RolloutAgent(sampler, tokenizer, g.max_turn_tokens, g.max_completion_tokens)
+
+            async def episodes():
+                return await asyncio.gather(*[episode(agent, i, ex) for i, ex in enumerate(batch)])
+
             traces = asyncio.run(episodes())
-        else:
-            with policy_for_generation(trainer) as model:
-                sampler = ModelSampler(model, tokenizer, g.temperature, len(prompts), timing, expected)
-                agent = RolloutAgent(sampler, tokenizer, g.max_turn_tokens, g.max_completion_tokens)
-                traces = asyncio.run(episodes())
         toks = [agent.episodes[t.id] for t in traces]
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
         if step % g.sample_every == 0 and calls["n"] != step + 1:
