@@ -38,7 +38,8 @@ PY = sys.executable
 # ------------------------------------------------------------------ workers (run in a fresh process)
 
 
-def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None) -> dict:
+def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None,
+                 n_slots: int | None = None) -> dict:
     import asyncio
 
     from mtr.config import load_config
@@ -49,6 +50,9 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
     if backend:
         for role in ("toolmaker", "autoagent", "toolactor"):
             setattr(cfg.roles, role, cfg.role(role).model_copy(update={"backend": backend}))
+    if n_slots:
+        for role in ("toolmaker", "autoagent", "toolactor"):
+            setattr(cfg.roles, role, cfg.role(role).model_copy(update={"n_slots": n_slots}))
     if teacher:
         cfg.synth.teacher = teacher
     cfg.synth.concurrency = concurrency
@@ -264,22 +268,34 @@ def part_limit(args, save) -> dict:
     return out
 
 
+def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int]]:
+    """`1/1,16/4`: episodes in flight / llama.cpp slots per variant (slots only matter on llamacpp)."""
+    out = {}
+    for item in spec.split(","):
+        conc, slots = (int(x) for x in item.split("/"))
+        if backend != "llamacpp":
+            slots = 1
+        who = "naive (1 at a time)" if conc == 1 else f"mtr ({conc} concurrent)"
+        out[who + (f", {slots} slot{'s' * (slots > 1)}" if backend == "llamacpp" else "")] = (conc, slots)
+    return out
+
+
 def part_synth(args, save) -> list[dict]:
     res = []
     for backend in args.backends.split(","):
-        variants = {"naive (1 at a time)": 1, "mtr (16 concurrent)": 16}
+        variants = synth_variants(args.synth_variants, backend)
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for i in range(args.repeats):
-            for v, conc in variants.items():
+            for v, (conc, slots) in variants.items():
                 runs[v].append(measure("synth", {"n": args.n, "preset": "cpu-tiny.yaml", "backend": backend,
-                                                 "concurrency": conc, "teacher": "model"}))
+                                                 "concurrency": conc, "teacher": "model", "n_slots": slots}))
                 print(f"  synth {backend} [{v}] run {i + 1}: {runs[v][-1]['episodes_per_s']:.4f} episodes/s",
                       flush=True)
         med = {v: {"episodes_per_s": median_of(rs, "episodes_per_s"), "tokens_per_s": median_of(rs, "tokens_per_s")}
                for v, rs in runs.items()}
-        naive, mtr_ = med["naive (1 at a time)"], med["mtr (16 concurrent)"]
+        first = next(iter(med))
         res.append({"backend": backend, "n": args.n, "median": med, "runs": runs,
-                    "speedup_episodes_per_s": mtr_["episodes_per_s"] / naive["episodes_per_s"]})
+                    "ratio_to_first": {v: m["episodes_per_s"] / med[first]["episodes_per_s"] for v, m in med.items()}})
         save(res)
     return res
 
@@ -310,6 +326,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="questions per synthesis run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="llamacpp,hf", help="synth part: backends of the simulated roles")
+    ap.add_argument("--synth-variants", default="1/1,16/1,1/4,4/4,16/4",
+                    help="synth part: episodes in flight / llama.cpp slots, one pair per variant; the first is "
+                         "the baseline")
     ap.add_argument("--init", default=None, help="rollout part: the policy checkpoint (an SFT output; "
                                                    "default: the embedded model)")
     ap.add_argument("--questions", type=int, default=2, help="rollout part: questions, each a group of 4")
@@ -363,7 +382,10 @@ def print_tables(results: dict) -> None:
         for r in results["synth"]["value"]:
             cells = ", ".join(f"{v}: {m['episodes_per_s']:.4f} ep/s, {m['tokens_per_s']:.1f} tok/s"
                               for v, m in r["median"].items())
-            print(f"  {r['backend']} (n={r['n']}): {cells}; speed-up {r['speedup_episodes_per_s']:.2f}x")
+            ratios = r.get("ratio_to_first") or {}
+            ratio = ", ".join(f"{v}: {x:.2f}x" for v, x in ratios.items()) or \
+                f"speed-up {r['speedup_episodes_per_s']:.2f}x"
+            print(f"  {r['backend']} (n={r['n']}): {cells}; episodes/s vs the first: {ratio}")
 
 
 if __name__ == "__main__":

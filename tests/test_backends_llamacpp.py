@@ -44,3 +44,33 @@ def test_stop_strings(llamacpp):
 def test_missing_gguf_is_one_line(tmp_path):
     with pytest.raises(BackendError, match="GGUF file not found"):
         LlamaCppBackend(RoleConfig(backend="llamacpp", model=str(tmp_path / "x.gguf"))).load()
+
+
+def _long(topic: str) -> list[dict]:
+    return [{"role": "user", "content": f"Notes on {topic}: " + f"The {topic} is described here in detail. " * 30}]
+
+
+def test_slots_keep_each_prompt_cached_and_evict_least_recent():
+    b = LlamaCppBackend(RoleConfig(backend="llamacpp", n_threads=2, n_ctx=1024, n_slots=2))
+    river, mountain, forest = _long("river"), _long("mountain"), _long("forest")
+    greedy = SamplingParams(temperature=0, max_tokens=1)
+
+    chosen = []
+    pick = b.slot_for
+    b.slot_for = lambda prompt: chosen.append(pick(prompt)) or chosen[-1]
+
+    def run(messages):
+        [c] = asyncio.run(b.chat(messages, greedy))
+        return chosen[-1], c
+
+    a, first = run(river)
+    m, _ = run(mountain)
+    assert a is not m and len(b.slots) == 2
+    # Alternating prompts each find their own slot, so neither evicts the other's cached prefix.
+    again, second = run(river)
+    assert again is a and second.text == first.text
+    assert run(mountain)[0] is m
+    # A third prompt takes the least recently used slot (river's: mountain ran last).
+    f, _ = run(forest)
+    assert f is a and len(b.slots) == 2
+    assert run(mountain)[0] is m and run(forest)[0] is a

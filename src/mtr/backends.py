@@ -361,7 +361,10 @@ class LlamaCppBackend(_LocalBackend):
 
     def __init__(self, cfg: RoleConfig):
         super().__init__(cfg)
-        self.llm: Any = None
+        self.llm: Any = None  # the first slot; the others are made when a prompt needs one
+        self.slots: list[Any] = []
+        self._last_used: list[int] = []
+        self._clock = 0
         self._grammars: dict[str, Any] = {}
 
     def gguf(self) -> Path:
@@ -385,6 +388,7 @@ class LlamaCppBackend(_LocalBackend):
             except ImportError as e:
                 raise BackendError("llamacpp backend: llama-cpp-python is not installed; "
                                    "fix: .venv/bin/pip install 'llama-cpp-python[server]'") from e
+            self._llama = Llama
             from transformers import AutoTokenizer
 
             path = self.gguf()
@@ -396,12 +400,45 @@ class LlamaCppBackend(_LocalBackend):
                 else:
                     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
                 install_chat_template(tok)
-                llm = Llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
-                            n_batch=512, seed=0, verbose=False)
+                llm = self._new_context(path)
             except Exception as e:  # noqa: BLE001 - llama.cpp and transformers raise many types for a bad file
                 raise BackendError(f"llamacpp backend: cannot load {path}: {type(e).__name__}: "
                                    f"{_one_line(e)}") from None
             self.tokenizer, self.llm = tok, llm
+            self.slots, self._last_used = [llm], [0]
+
+    def _new_context(self, path: Path):
+        # The weights are memory-mapped, so a further slot costs its KV cache and buffers, not the model.
+        return self._llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
+                     n_batch=512, seed=0, verbose=False)
+
+    def slot_for(self, prompt: str) -> Any:
+        """The context to run `prompt` on: the one whose cached tokens share the longest prefix with it.
+
+        llama-cpp-python reuses the cached prefix of a context's previous prompt and re-reads only the rest,
+        and on a CPU reading the prompt is most of a call's cost. With one context, roles and episodes that
+        take turns (agent, ToolActor, agent...) evict each other's prefix every call; with several, an
+        agent's next turn finds its own history. The rule is llama.cpp server's slot choice: take the best
+        match if it covers at least half the prompt, else a new slot while there is room, else the least
+        recently used one. (Hand-written: llama-cpp-python keeps one sequence per context and no pool.)
+        """
+        # As create_completion tokenises it (BOS when the model wants one), so the prefixes compare.
+        tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        shared = [self._llama.longest_token_prefix(s._input_ids.tolist(), tokens) for s in self.slots]
+        best = max(range(len(self.slots)), key=lambda i: (shared[i], self._last_used[i]))
+        if shared[best] * 2 < len(tokens):
+            empty = [i for i, s in enumerate(self.slots) if s.n_tokens == 0]
+            if empty:
+                best = empty[0]
+            elif len(self.slots) < self.cfg.n_slots:
+                self.slots.append(self._new_context(self.gguf()))
+                self._last_used.append(0)
+                best = len(self.slots) - 1
+            else:
+                best = min(range(len(self.slots)), key=lambda i: self._last_used[i])
+        self._clock += 1
+        self._last_used[best] = self._clock
+        return self.slots[best]
 
     def _grammar(self, schema: dict):
         from llama_cpp import LlamaGrammar
@@ -417,7 +454,7 @@ class LlamaCppBackend(_LocalBackend):
         results = []
         for i, prompt in enumerate(prompts):
             schema = self._row_schemas[i]
-            out = self.llm.create_completion(
+            out = self.slot_for(prompt).create_completion(
                 prompt=prompt, max_tokens=params.max_tokens, temperature=params.temperature,
                 top_p=params.top_p, stop=list(params.stop) or None,
                 grammar=self._grammar(schema) if schema is not None else None,
@@ -600,7 +637,7 @@ class BackendPool:
     """One backend per distinct (backend, model, connection) so that roles sharing a model load it once."""
 
     _SHARED_FIELDS = ("backend", "model", "base_url", "api_key_env", "device", "dtype", "n_ctx", "n_threads",
-                      "max_concurrency", "timeout_s", "max_retries", "batch_size", "json_mode")
+                      "n_slots", "max_concurrency", "timeout_s", "max_retries", "batch_size", "json_mode")
 
     def __init__(self, config):
         self.config = config

@@ -47,6 +47,8 @@ class RoleConfig(_Strict):
     batch_size: int = Field(16, ge=1, le=1024)
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
+    n_slots: int = Field(4, ge=1, le=64, description="llamacpp: contexts kept, each caching its last prompt; a "
+                         "request goes to the one whose cache shares the most of its prompt")
     # sampling defaults for this role
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
