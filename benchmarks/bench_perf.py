@@ -317,7 +317,8 @@ def part_synth(args, save) -> list[dict]:
         med = {v: {"episodes_per_s": median_of(rs, "episodes_per_s"), "tokens_per_s": median_of(rs, "tokens_per_s")}
                for v, rs in runs.items()}
         first = next(iter(med))
-        res.append({"backend": backend, "n": args.n, "median": med, "runs": runs,
+        res.append({"workload": f"{backend}, {args.n} questions", "backend": backend, "n": args.n,
+                    "median": med, "runs": runs,
                     "ratio_to_first": {v: m["episodes_per_s"] / med[first]["episodes_per_s"] for v, m in med.items()}})
         save(res)
     return res
