@@ -362,9 +362,7 @@ class LlamaCppBackend(_LocalBackend):
     def __init__(self, cfg: RoleConfig):
         super().__init__(cfg)
         self.llm: Any = None  # the first slot; the others are made when a prompt needs one
-        self.slots: list[Any] = []
-        self._last_used: list[int] = []
-        self._clock = 0
+        self.slots: list[Any] = []  # least recently used first
         self._grammars: dict[str, Any] = {}
 
     def gguf(self) -> Path:
@@ -405,12 +403,12 @@ class LlamaCppBackend(_LocalBackend):
                 raise BackendError(f"llamacpp backend: cannot load {path}: {type(e).__name__}: "
                                    f"{_one_line(e)}") from None
             self.tokenizer, self.llm = tok, llm
-            self.slots, self._last_used = [llm], [0]
+            self.slots = [llm]
 
     def _new_context(self, path: Path):
         # The weights are memory-mapped, so a further slot costs its KV cache and buffers, not the model.
         return self._llama(model_path=str(path), n_ctx=self.cfg.n_ctx, n_threads=self.cfg.n_threads,
-                     n_batch=512, seed=0, verbose=False)
+                           n_batch=512, seed=0, verbose=False)
 
     def slot_for(self, prompt: str) -> Any:
         """The context to run `prompt` on: the one whose cached tokens share the longest prefix with it.
@@ -425,20 +423,19 @@ class LlamaCppBackend(_LocalBackend):
         # As create_completion tokenises it (BOS when the model wants one), so the prefixes compare.
         tokens = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         shared = [self._llama.longest_token_prefix(s._input_ids.tolist(), tokens) for s in self.slots]
-        best = max(range(len(self.slots)), key=lambda i: (shared[i], self._last_used[i]))
+        best = max(range(len(self.slots)), key=lambda i: (shared[i], i))  # ties: the most recent
         if shared[best] * 2 < len(tokens):
             empty = [i for i, s in enumerate(self.slots) if s.n_tokens == 0]
             if empty:
                 best = empty[0]
             elif len(self.slots) < self.cfg.n_slots:
                 self.slots.append(self._new_context(self.gguf()))
-                self._last_used.append(0)
                 best = len(self.slots) - 1
             else:
-                best = min(range(len(self.slots)), key=lambda i: self._last_used[i])
-        self._clock += 1
-        self._last_used[best] = self._clock
-        return self.slots[best]
+                best = 0
+        slot = self.slots.pop(best)
+        self.slots.append(slot)
+        return slot
 
     def _grammar(self, schema: dict):
         from llama_cpp import LlamaGrammar
