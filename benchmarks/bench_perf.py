@@ -125,10 +125,13 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     - naive:      one episode at a time, `model.generate` on one sequence (what a hand-written loop does);
     - batched:    all episodes concurrent, a turn's batch cut once the pending requests stop arriving
                   (mtr's rollout before lockstep: turns after a tool call trickle in one or two at a time);
-    - lockstep:   all episodes concurrent, one batch per turn holding every live episode (mtr's rollout);
+    - lockstep:   all episodes concurrent, one batch per turn holding every live episode (mtr's rollout
+                  before the prefix cache: every turn re-reads the episode's whole history);
+    - cached:     lockstep, each turn reading only what the prefix cache does not hold (mtr's rollout);
     - lora-unmerged / lora-merged: lockstep with a LoRA adapter on the policy, as `grpo.lora` trains it,
-                  sampled through the adapter (what mtr does) or with it merged into the weights (tried:
-                  no faster end to end here, docs/performance.md).
+                  sampled through the adapter (what mtr did) or with it merged into the weights (tried:
+                  no faster end to end here, docs/performance.md);
+    - lora-cached: lora-unmerged with the prefix cache (what mtr does with `grpo.lora`).
     """
     import asyncio
     from types import SimpleNamespace
@@ -172,7 +175,8 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     def agent_for(batch_size: int, lockstep: bool) -> RolloutAgent:
         # near-greedy, so that every variant writes the same turns and so does the same work (sampled turns
         # differ in length from run to run, and one run's longer episodes read as a slower variant)
-        sampler = ModelSampler(model, tok, 1e-3, batch_size, timing, episodes=len(batch) if lockstep else None)
+        sampler = ModelSampler(model, tok, 1e-3, batch_size, timing, episodes=len(batch) if lockstep else None,
+                               prefix_cache=variant in ("cached", "lora-cached"))
         return RolloutAgent(sampler, tok, g.max_turn_tokens, g.max_completion_tokens)
 
     async def episode(agent: RolloutAgent, i: int, ex) -> Any:
@@ -356,8 +360,10 @@ def main() -> None:
     ap.add_argument("--init", default=None, help="rollout part: the policy checkpoint (an SFT output; "
                                                    "default: the embedded model)")
     ap.add_argument("--questions", type=int, default=2, help="rollout part: questions, each a group of 4")
-    ap.add_argument("--rollout-variants", default="naive,batched,lockstep,lora-unmerged,lora-merged",
+    ap.add_argument("--rollout-variants", default="naive,batched,lockstep,cached,lora-unmerged,lora-cached",
                     help="rollout part: variants, ratios are to the first")
+    ap.add_argument("--rollout-key", default="rollout", help="rollout part: where in perf.json the figures go, "
+                    "so that a comparison of other variants is kept beside the earlier one")
     ap.add_argument("--omp-variants", default="default,active,passive",
                     help="omp part: default, active, passive, spinN (GOMP_SPINCOUNT=N)")
     ap.add_argument("--omp-label", default="", help="omp part: appended to each workload's name (e.g. "
@@ -373,9 +379,10 @@ def main() -> None:
         print(f"== {part}", flush=True)
         t = time.perf_counter()
 
-        earlier = results.get(part, {}).get("value")
+        key = args.rollout_key if part == "rollout" else part
+        earlier = results.get(key, {}).get("value")
 
-        def save(value, part=part, t=t, earlier=earlier):
+        def save(value, part=key, t=t, earlier=earlier):
             if isinstance(value, list) and isinstance(earlier, list):  # keep workloads measured by earlier runs
                 names = {v.get("workload", v.get("backend")) for v in value}
                 value = [e for e in earlier if e.get("workload", e.get("backend")) not in names] + value
@@ -399,9 +406,9 @@ def print_tables(results: dict) -> None:
         print("\nthe limit (generation tokens/s, median)")
         for k, v in results["limit"]["value"].items():
             print(f"  {k}: {v:.1f}")
-    if "rollout" in results:
-        r = results["rollout"]["value"]
-        print(f"\nGRPO rollout ({r['kwargs']['questions']} questions x group 4; median)")
+    for key in [k for k in results if k.startswith("rollout")]:
+        r = results[key]["value"]
+        print(f"\nGRPO rollout, {key} ({r['kwargs']['questions']} questions x group 4; median)")
         for v, m in r["median"].items():
             ratio = r.get("speedup_vs_first", r.get("speedup_vs_naive"))[v]
             print(f"  {v}: {m['tokens_per_s']:.1f} tokens/s of rollout ({ratio:.2f}x the first), "

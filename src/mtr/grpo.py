@@ -31,6 +31,7 @@ from mtr.config import Config
 from mtr.data import load_qa
 from mtr.episode import run_episode
 from mtr.jsonl import JsonlAppender, jsonl_log_callback, read_jsonl
+from mtr.kvcache import PrefixCache, generate_with_prefix_cache
 from mtr.manifest import write_manifest
 from mtr.prompts import fill
 from mtr.rewards import REWARD_NAMES, trl_reward_funcs
@@ -100,26 +101,33 @@ class ModelSampler(BatchedSampler):
     """Samples from the trainer's live transformers model on token ids."""
 
     def __init__(self, model: Any, tokenizer: Any, temperature: float, batch_size: int,
-                 timing: dict[str, float] | None = None, episodes: int | None = None):
+                 timing: dict[str, float] | None = None, episodes: int | None = None, prefix_cache: bool = True):
         super().__init__(batch_size, timing, episodes)
         self.model, self.tok, self.temperature = model, tokenizer, temperature
+        # An episode's next turn starts with its previous turn's tokens, and a group's first turns are the
+        # same prompt: read each once. The sampler lives for one rollout, so the cache never outlives the
+        # weights it was computed with.
+        self.cache = PrefixCache() if prefix_cache else None
 
     def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
         import torch
 
         pad, eos = self.tok.pad_token_id, self.tok.eos_token_id
-        width = max(len(ids) for ids, _ in items)
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in items], device=device)
-        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in items], device=device)
-        with torch.no_grad():
-            # one batch whatever each episode's remaining budget (a batch per budget split every turn)
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention,
-                                      max_new_tokens=max(n for _, n in items),
-                                      do_sample=True, temperature=self.temperature, top_p=1.0, top_k=0,
-                                      pad_token_id=pad, eos_token_id=eos)
+        # one batch whatever each episode's remaining budget (a batch per budget split every turn)
+        kwargs = dict(max_new_tokens=max(n for _, n in items), do_sample=True, temperature=self.temperature,
+                      top_p=1.0, top_k=0, eos_token_id=eos)
+        if self.cache is not None:
+            new = generate_with_prefix_cache(self.model, [ids for ids, _ in items], self.cache, pad, {eos}, **kwargs)
+        else:
+            width = max(len(ids) for ids, _ in items)
+            device = next(self.model.parameters()).device
+            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in items], device=device)
+            attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in items], device=device)
+            with torch.no_grad():
+                new = self.model.generate(input_ids=input_ids, attention_mask=attention, pad_token_id=pad,
+                                          **kwargs)[:, width:]
         results = []
-        for row, (_, budget) in zip(out[:, width:].tolist(), items):
+        for row, (_, budget) in zip(new.tolist(), items):
             turn = cut_turn(row, budget, eos)
             while not turn.ended and turn.ids and turn.ids[-1] == pad:
                 turn.ids.pop()

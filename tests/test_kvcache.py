@@ -1,0 +1,137 @@
+"""The prefix cache: generation that reuses earlier rows' keys and values gives what plain `generate` gives,
+reads only the tokens it does not hold, and stays within its memory budget.
+
+A tiny random Llama in float64, so that the cached and the plain computation agree to ~1e-15 and greedy
+decoding cannot flip on rounding."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mtr.kvcache import PrefixCache, common_prefix, generate_with_prefix_cache
+
+PAD, EOS = 0, 2
+GREEDY = dict(max_new_tokens=6, do_sample=False, eos_token_id=EOS)
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD)
+    return LlamaForCausalLM(cfg).double().eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama()
+
+
+def tokens(n: int, seed: int) -> list[int]:
+    return torch.randint(3, 97, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def plain(model, rows: list[list[int]], **kwargs) -> list[list[int]]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[PAD] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return model.generate(input_ids=ids, attention_mask=mask, pad_token_id=PAD, **kwargs)[:, width:].tolist()
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+    assert common_prefix([5], [1]) == 0
+
+
+def test_later_turns_read_only_their_new_tokens_and_generate_what_plain_generate_does(model):
+    cache = PrefixCache(min_reuse=4)
+    system = tokens(40, 1)
+    rows = [system + tokens(5, 2), system + tokens(12, 3)]
+    first = generate_with_prefix_cache(model, rows, cache, PAD, {EOS}, **GREEDY).tolist()
+    assert first == plain(model, rows, **GREEDY)
+    # the shared 40-token prefix was read once, then each row's own tokens
+    assert (cache.reused_tokens, cache.read_tokens) == (2 * 40, 40 + 5 + 12)
+
+    # next turn: each row goes on from its own history (prompt + its turn) with new, differently long tokens
+    observations = [tokens(7, 4), tokens(20, 5)]
+    rows2 = [r + t + o for r, t, o in zip(rows, first, observations)]
+    reused, read = cache.reused_tokens, cache.read_tokens
+    second = generate_with_prefix_cache(model, rows2, cache, PAD, {EOS}, **GREEDY).tolist()
+    assert second == plain(model, rows2, **GREEDY)
+    # all but the last generated token of each row was kept (that one was never read back)
+    assert cache.reused_tokens - reused == sum(len(r) + len(t) - 1 for r, t in zip(rows, first))
+    assert cache.read_tokens - read == sum(1 + len(o) for o in observations)
+    # an entry the new rows extend is dropped: one entry per row remains
+    assert sorted(len(e.ids) for e in cache.entries) == sorted(len(r) + 6 - 1 for r in rows2)
+
+
+def test_a_group_of_identical_prompts_is_read_once(model):
+    cache = PrefixCache(min_reuse=4)
+    prompt = tokens(30, 6)
+    out = generate_with_prefix_cache(model, [prompt] * 4, cache, PAD, {EOS}, **GREEDY).tolist()
+    assert out == plain(model, [prompt] * 4, **GREEDY)
+    assert cache.read_tokens == 29 + 4  # the prefix once, then each row's last token
+    assert cache.reused_tokens == 4 * 29
+
+
+def test_rows_that_end_early_keep_their_tokens_up_to_the_end(model):
+    cache = PrefixCache(min_reuse=4)
+    rows = [tokens(20, 7), tokens(25, 8)]
+    # make the model stop row 0 at once: whatever it would generate first counts as the end of its turn
+    first_token = plain(model, rows, max_new_tokens=1, do_sample=False)[0][0]
+    out = generate_with_prefix_cache(model, rows, cache, PAD, {first_token}, max_new_tokens=6, do_sample=False,
+                                     eos_token_id=first_token).tolist()
+    assert out[0][0] == first_token and all(t == PAD for t in out[0][1:])
+    end = out[1].index(first_token) + 1 if first_token in out[1] else len(out[1])
+    # row 0 keeps its prompt and the token that ended it; row 1 all it read (its last token was not read)
+    assert sorted(len(e.ids) for e in cache.entries) == sorted([20 + 1, 25 + min(end, len(out[1]) - 1)])
+
+
+def test_the_cache_keeps_within_its_budget_least_recently_used_first(model):
+    probe = PrefixCache(min_reuse=4)
+    generate_with_prefix_cache(model, [tokens(30, 9)], probe, PAD, {EOS}, max_new_tokens=1, do_sample=False)
+    per_token = probe.entries[0].nbytes // len(probe.entries[0].ids)
+    cache = PrefixCache(max_bytes=per_token * 70, min_reuse=4)
+    a, b, c = tokens(30, 10), tokens(30, 11), tokens(30, 12)
+    for ids in (a, b):
+        generate_with_prefix_cache(model, [ids], cache, PAD, {EOS}, max_new_tokens=1, do_sample=False)
+    generate_with_prefix_cache(model, [a + [5, 6]], cache, PAD, {EOS}, max_new_tokens=1, do_sample=False)
+    generate_with_prefix_cache(model, [c], cache, PAD, {EOS}, max_new_tokens=1, do_sample=False)
+    kept = [e.ids[:30] for e in cache.entries]
+    assert sum(e.nbytes for e in cache.entries) <= per_token * 70
+    assert kept == [a, c]  # b was least recently used; a's longer row replaced its own shorter one
+
+
+def test_model_sampler_with_and_without_the_cache_samples_the_same_turns(model):
+    from mtr.grpo import ModelSampler
+
+    tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS)
+    prompt = tokens(40, 13)
+    turns = {}
+    for cached in (False, True):
+        torch.manual_seed(0)
+        sampler = ModelSampler(model, tok, 1e-4, batch_size=4, prefix_cache=cached)
+        first = sampler.generate([(prompt, 5)] * 3)
+        second = sampler.generate([(prompt + t.ids + tokens(9, 14 + i), 5) for i, t in enumerate(first)])
+        turns[cached] = [t.ids for t in first + second]
+    assert turns[True] == turns[False]
+    assert sampler.cache.reused_tokens > 0
+
+
+def test_a_lora_policy_generates_the_same_through_the_cache():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lora = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                   init_lora_weights=False)).double().eval()
+    cache = PrefixCache(min_reuse=4)
+    rows = [tokens(30, 15), tokens(35, 16)]
+    first = generate_with_prefix_cache(lora, rows, cache, PAD, {EOS}, **GREEDY).tolist()
+    rows2 = [r + t + tokens(5, 17) for r, t in zip(rows, first)]
+    second = generate_with_prefix_cache(lora, rows2, cache, PAD, {EOS}, **GREEDY).tolist()
+    assert first == plain(lora, rows, **GREEDY) and second == plain(lora, rows2, **GREEDY)
+    assert cache.reused_tokens > 0
