@@ -39,7 +39,7 @@ PY = sys.executable
 
 
 def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None,
-                 n_slots: int | None = None) -> dict:
+                 n_slots: int | None = None, prefix_cache_mb: int | None = None) -> dict:
     import asyncio
 
     from mtr.config import load_config
@@ -50,9 +50,10 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
     if backend:
         for role in ("toolmaker", "autoagent", "toolactor"):
             setattr(cfg.roles, role, cfg.role(role).model_copy(update={"backend": backend}))
-    if n_slots:
-        for role in ("toolmaker", "autoagent", "toolactor"):
-            setattr(cfg.roles, role, cfg.role(role).model_copy(update={"n_slots": n_slots}))
+    for field, value in (("n_slots", n_slots), ("prefix_cache_mb", prefix_cache_mb)):
+        if value is not None:
+            for role in ("toolmaker", "autoagent", "toolactor"):
+                setattr(cfg.roles, role, cfg.role(role).model_copy(update={field: value}))
     if teacher:
         cfg.synth.teacher = teacher
     cfg.synth.concurrency = concurrency
@@ -295,15 +296,20 @@ def part_limit(args, save) -> dict:
     return out
 
 
-def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int]]:
-    """`1/1,16/4`: episodes in flight / llama.cpp slots per variant (slots only matter on llamacpp)."""
+def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int, int | None]]:
+    """`1/1,16/4,16/1/0`: episodes in flight / llama.cpp slots [/ hf prefix cache MB] per variant (slots only
+    matter on llamacpp, the prefix cache only on hf; without a third number, the config's default)."""
     out = {}
     for item in spec.split(","):
-        conc, slots = (int(x) for x in item.split("/"))
+        conc, slots, *rest = (int(x) for x in item.split("/"))
+        cache_mb = rest[0] if rest else None
         if backend != "llamacpp":
             slots = 1
         who = "naive (1 at a time)" if conc == 1 else f"mtr ({conc} concurrent)"
-        out[who + (f", {slots} slot{'s' * (slots > 1)}" if backend == "llamacpp" else "")] = (conc, slots)
+        who += f", {slots} slot{'s' * (slots > 1)}" if backend == "llamacpp" else ""
+        who += ("" if cache_mb is None or backend != "hf" else
+                ", no prefix cache" if cache_mb == 0 else f", prefix cache {cache_mb} MB")
+        out[who] = (conc, slots, cache_mb)
     return out
 
 
@@ -313,15 +319,17 @@ def part_synth(args, save) -> list[dict]:
         variants = synth_variants(args.synth_variants, backend)
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for i in range(args.repeats):
-            for v, (conc, slots) in variants.items():
-                runs[v].append(measure("synth", {"n": args.n, "preset": "cpu-tiny.yaml", "backend": backend,
-                                                 "concurrency": conc, "teacher": "model", "n_slots": slots}))
+            for v, (conc, slots, cache_mb) in variants.items():
+                runs[v].append(measure("synth", {"n": args.n, "preset": args.synth_preset, "backend": backend,
+                                                 "concurrency": conc, "teacher": args.teacher, "n_slots": slots,
+                                                 "prefix_cache_mb": cache_mb}))
                 print(f"  synth {backend} [{v}] run {i + 1}: {runs[v][-1]['episodes_per_s']:.4f} episodes/s",
                       flush=True)
         med = {v: {"episodes_per_s": median_of(rs, "episodes_per_s"), "tokens_per_s": median_of(rs, "tokens_per_s")}
                for v, rs in runs.items()}
         first = next(iter(med))
-        res.append({"workload": f"{backend}, {args.n} questions", "backend": backend, "n": args.n,
+        preset = "" if args.synth_preset == "cpu-tiny.yaml" else f", {args.synth_preset}, {args.teacher} teacher"
+        res.append({"workload": f"{backend}, {args.n} questions{preset}", "backend": backend, "n": args.n,
                     "median": med, "runs": runs,
                     "ratio_to_first": {v: m["episodes_per_s"] / med[first]["episodes_per_s"] for v, m in med.items()}})
         save(res)
@@ -357,6 +365,8 @@ def main() -> None:
     ap.add_argument("--synth-variants", default="1/1,16/1,1/4,4/4,16/4",
                     help="synth part: episodes in flight / llama.cpp slots, one pair per variant; the first is "
                          "the baseline")
+    ap.add_argument("--synth-preset", default="cpu-tiny.yaml", help="synth part: the preset (src/mtr/configs)")
+    ap.add_argument("--teacher", default="model", choices=["model", "scripted"], help="synth part: the AutoAgent")
     ap.add_argument("--init", default=None, help="rollout part: the policy checkpoint (an SFT output; "
                                                    "default: the embedded model)")
     ap.add_argument("--questions", type=int, default=2, help="rollout part: questions, each a group of 4")

@@ -84,3 +84,37 @@ def test_bad_stage_settings(tmp_path, text, expected):
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, text))
     assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,stage,expected", [
+    ("", "synth", 16),  # every role on hf: batched
+    ("roles:\n  toolmaker: {backend: llamacpp}\n  autoagent: {backend: llamacpp}\n  toolactor: {backend: llamacpp}\n",
+     "synth", 1),
+    # the AutoAgent on hf batches, so episodes in flight pay even with the other roles on llama.cpp
+    ("roles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp}\n", "synth", 16),
+    # ... unless the scripted teacher plays it: then an episode keeps one prompt cached, one slot each
+    ("synth: {teacher: scripted}\nroles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp, "
+     "n_slots: 6}\n", "synth", 6),
+    ("synth: {concurrency: 8}\nroles:\n  toolmaker: {backend: llamacpp}\n  autoagent: {backend: llamacpp}\n"
+     "  toolactor: {backend: llamacpp}\n", "synth", 8),  # a number is taken as given
+    ("roles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp}\n", "eval", 16),  # policy on hf
+    ("roles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp}\n  policy: {backend: llamacpp}\n",
+     "eval", 1),
+])
+def test_auto_concurrency_is_one_episode_at_a_time_only_when_every_role_is_on_llamacpp(tmp_path, text, stage,
+                                                                                      expected):
+    assert load_config(write(tmp_path, text)).episodes_in_flight(stage) == expected
+
+
+def test_demo_preset_synthesises_one_episode_per_llamacpp_slot():
+    from mtr.config import DEFAULT_CONFIG
+
+    cfg = load_config(DEFAULT_CONFIG.parent / "demo.yaml")
+    assert cfg.episodes_in_flight("synth") == cfg.role("toolactor").n_slots == 4
+    assert cfg.episodes_in_flight("eval") == 16  # the policy is on hf
+
+
+@pytest.mark.parametrize("value", ["0", "many"])
+def test_bad_concurrency_is_one_line(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"synth\.concurrency"):
+        load_config(write(tmp_path, f"synth: {{concurrency: {value}}}\n"))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ROLES = ("toolmaker", "autoagent", "toolactor", "policy", "reference")
 BACKENDS = ("hf", "openai", "llamacpp")
@@ -82,7 +82,18 @@ class EpisodeConfig(_Strict):
     grounding: Literal["none", "context"] = Field(
         "none", description="context: the ToolActor is given the record's paragraphs as its knowledge")
     actor_retries: int = Field(1, ge=0, le=5)
-    concurrency: int = Field(16, ge=1, le=4096, description="episodes in flight (batched on local backends)")
+    concurrency: int | Literal["auto"] = Field(
+        "auto", description="episodes in flight (batched on hf, requests in flight on a server); auto: 16, but when "
+        "every role the stage generates with is on llamacpp (one sequence at a time) 1, or with the scripted "
+        "teacher the ToolActor's n_slots")
+
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _concurrency_range(cls, v: Any) -> int | str:
+        # one message for both halves of the union (pydantic would report each half's failure)
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096):
+            return v
+        raise ValueError("must be `auto` or a number of episodes from 1 to 4096")
 
 
 class SynthConfig(EpisodeConfig):
@@ -228,6 +239,25 @@ class Config(_Strict):
         if name not in ROLES:
             raise ConfigError(f"unknown role {name!r}; roles are: {', '.join(ROLES)}")
         return getattr(self.roles, name)
+
+    def episodes_in_flight(self, stage: Literal["synth", "eval"]) -> int:
+        """The stage's `concurrency`, with `auto` resolved.
+
+        llama-cpp-python decodes one sequence at a time, so when every role a stage generates with is on
+        `llamacpp`, episodes in flight only take turns, and keep their cached prompts in the `n_slots`
+        contexts only while no more prompts than slots take turns. With a model playing the agent an episode
+        alternates between two prompts (agent, ToolActor), and one episode at a time was fastest (16 in
+        flight: 0.87x on 4 questions, 0.67x on 32; docs/performance.md). With the scripted teacher an
+        episode has one (the ToolActor's), and one episode per slot ran at 1.07x one at a time. Anywhere
+        else episodes in flight pay: `hf` batches them, a server serves them in parallel."""
+        section = self.synth if stage == "synth" else self.eval
+        if section.concurrency != "auto":
+            return section.concurrency
+        model_agent = stage == "eval" or self.synth.teacher == "model"
+        roles = ["toolmaker", "toolactor"] + ([("policy" if stage == "eval" else "autoagent")] if model_agent else [])
+        if not all(self.role(r).backend == "llamacpp" for r in roles):
+            return 16
+        return 1 if model_agent else self.role("toolactor").n_slots
 
 
 def _format_error(source: str, err: ValidationError) -> str:

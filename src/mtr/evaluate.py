@@ -152,7 +152,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: Ba
 
     t0 = time.perf_counter()
     try:
-        await run_pool(todo, worker, out, e.concurrency, "eval",
+        await run_pool(todo, worker, out, cfg.episodes_in_flight("eval"), "eval",
                        status=lambda r: f"EM {r['em']:.0f}")
     finally:
         out.close()

@@ -102,7 +102,7 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
 
     t0 = time.perf_counter()
     try:
-        written = await run_pool(todo, worker, out, s.concurrency, "synth", status)
+        written = await run_pool(todo, worker, out, cfg.episodes_in_flight("synth"), "synth", status)
     finally:
         out.close()
         if own_pool:
