@@ -108,3 +108,27 @@ def test_bad_checkpoint_path_is_one_line(tmp_path):
 
     with pytest.raises(BackendError, match="not a Hugging Face checkpoint directory"):
         HFBackend(RoleConfig(model=str(tmp_path))).load()
+
+
+def test_next_turn_reads_only_its_new_tokens_and_says_what_it_would_without_the_cache(embedded_backend):
+    from mtr.backends import HFBackend
+    from mtr.config import RoleConfig
+
+    p = SamplingParams(temperature=0, max_tokens=24)
+    system = [{"role": "system", "content": "You are a geography assistant. Answer in one short sentence."}]
+    cache = embedded_backend.prefix_cache
+    assert cache is not None  # on by default
+    turns = {}
+    for backend in (embedded_backend, HFBackend(RoleConfig(prefix_cache_mb=0))):
+        convs = [system + Q, system + [{"role": "user", "content": "What is the capital of Italy?"}]]
+        [[a], [b]] = run(backend.generate(convs, p))
+        read = cache.read_tokens
+        convs = [c + [{"role": "assistant", "content": x.text}, {"role": "user", "content": "And of Spain?"}]
+                 for c, x in zip(convs, (a, b))]
+        [[a2], [b2]] = run(backend.generate(convs, p))
+        turns[backend.prefix_cache is not None] = [a.text, b.text, a2.text, b2.text]
+        if backend is embedded_backend:
+            # each second turn read its new user message and header (tens of tokens), not its whole history
+            assert 0 < cache.read_tokens - read < (a2.prompt_tokens + b2.prompt_tokens) / 2
+    assert turns[True] == turns[False]
+    assert "Madrid" in turns[True][2]

@@ -5,7 +5,9 @@
 
 - `hf`: a local transformers checkpoint (the embedded model by default). Concurrent callers are gathered
   into batches (left padding) by a small micro-batcher, so that many episodes running as independent
-  coroutines share one `model.generate` call. JSON-schema-constrained decoding through xgrammar.
+  coroutines share one `model.generate` call; a prefix cache (`mtr.kvcache`) lets a prompt that starts
+  like an earlier one (an episode's next turn) read only the rest. JSON-schema-constrained decoding
+  through xgrammar.
 - `llamacpp`: llama-cpp-python in-process on a GGUF file, with a grammar compiled from the JSON schema.
 - `openai`: any OpenAI-compatible server through the `openai` client: bounded requests in flight,
   timeouts, and the client's own retries with exponential backoff on 429/5xx/connection errors.
@@ -30,6 +32,7 @@ import jsonschema
 
 from mtr.chat_template import install_chat_template, render
 from mtr.config import RoleConfig
+from mtr.kvcache import PrefixCache, generate_with_prefix_cache
 
 
 class BackendError(RuntimeError):
@@ -257,6 +260,7 @@ class HFBackend(_LocalBackend):
     def __init__(self, cfg: RoleConfig):
         super().__init__(cfg)
         self.model: Any = None
+        self.prefix_cache: PrefixCache | None = None
         self._grammars: dict[str, Any] = {}
         self._compiler: Any = None
 
@@ -301,6 +305,8 @@ class HFBackend(_LocalBackend):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         model.eval()
         self.tokenizer, self.model, self.device = tok, model, device
+        # An episode's next turn is its last prompt + the turn + the observation: read only what is new.
+        self.prefix_cache = PrefixCache(self.cfg.prefix_cache_mb << 20) if self.cfg.prefix_cache_mb else None
 
     def _logits_processor(self, schemas: list[dict | None]) -> list:
         if all(s is None for s in schemas):
@@ -324,9 +330,7 @@ class HFBackend(_LocalBackend):
         import torch
 
         tok, model = self.tokenizer, self.model
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, pad_token_id=tok.pad_token_id,
-                                      eos_token_id=tok.eos_token_id)
+        kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, eos_token_id=tok.eos_token_id)
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:
@@ -338,9 +342,15 @@ class HFBackend(_LocalBackend):
             kwargs["logits_processor"] = processors
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        with torch.inference_mode():
-            out = model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
+        rows = tok(prompts, add_special_tokens=False)["input_ids"]
+        if self.prefix_cache is not None:
+            new = generate_with_prefix_cache(model, rows, self.prefix_cache, tok.pad_token_id, {tok.eos_token_id},
+                                             **kwargs)
+        else:
+            enc = tok.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
+            with torch.inference_mode():
+                out = model.generate(**enc, pad_token_id=tok.pad_token_id, **kwargs)
+            new = out[:, enc["input_ids"].shape[1]:]
         results = []
         for i in range(len(prompts)):
             ids = new[i].tolist()
@@ -352,7 +362,7 @@ class HFBackend(_LocalBackend):
             text, stopped = cut_at_stop(tok.decode(ids, skip_special_tokens=True), params.stop)
             results.append(Completion(
                 text=text, finish_reason="stop" if ended or stopped else "length",
-                prompt_tokens=int(enc["attention_mask"][i].sum()), completion_tokens=len(ids)))
+                prompt_tokens=len(rows[i]), completion_tokens=len(ids)))
         return results
 
 
@@ -634,7 +644,8 @@ class BackendPool:
     """One backend per distinct (backend, model, connection) so that roles sharing a model load it once."""
 
     _SHARED_FIELDS = ("backend", "model", "base_url", "api_key_env", "device", "dtype", "n_ctx", "n_threads",
-                      "n_slots", "max_concurrency", "timeout_s", "max_retries", "batch_size", "json_mode")
+                      "n_slots", "prefix_cache_mb", "max_concurrency", "timeout_s", "max_retries", "batch_size",
+                      "json_mode")
 
     def __init__(self, config):
         self.config = config

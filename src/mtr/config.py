@@ -49,6 +49,9 @@ class RoleConfig(_Strict):
     n_threads: int | None = Field(None, ge=1)
     n_slots: int = Field(4, ge=1, le=64, description="llamacpp: contexts kept, each caching its last prompt; a "
                          "request goes to the one whose cache shares the most of its prompt")
+    prefix_cache_mb: int = Field(1024, ge=0, description="hf: memory for the keys and values of earlier "
+                                 "prompts, so that a prompt starting with the same tokens (an episode's next "
+                                 "turn) reads only the rest; 0: off")
     # sampling defaults for this role
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
