@@ -39,7 +39,7 @@ PY = sys.executable
 
 
 def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None,
-                 n_slots: int | None = None, prefix_cache_mb: int | None = None) -> dict:
+                 n_slots: int | None = None, prefix_cache_mb: int | None = None, dtype: str | None = None) -> dict:
     import asyncio
 
     from mtr.config import load_config
@@ -50,7 +50,7 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
     if backend:
         for role in ("toolmaker", "autoagent", "toolactor"):
             setattr(cfg.roles, role, cfg.role(role).model_copy(update={"backend": backend}))
-    for field, value in (("n_slots", n_slots), ("prefix_cache_mb", prefix_cache_mb)):
+    for field, value in (("n_slots", n_slots), ("prefix_cache_mb", prefix_cache_mb), ("dtype", dtype)):
         if value is not None:
             for role in ("toolmaker", "autoagent", "toolactor"):
                 setattr(cfg.roles, role, cfg.role(role).model_copy(update={field: value}))
@@ -296,11 +296,12 @@ def part_limit(args, save) -> dict:
     return out
 
 
-def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int, int | None]]:
-    """`1/1,16/4,16/1/0`: episodes in flight / llama.cpp slots [/ hf prefix cache MB] per variant (slots only
-    matter on llamacpp, the prefix cache only on hf; without a third number, the config's default)."""
+def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int, int | None, str | None]]:
+    """`1/1,16/4,16/1/0,16/1:int8`: episodes in flight / llama.cpp slots [/ hf prefix cache MB] [:hf dtype] per
+    variant (slots only matter on llamacpp, the cache and dtype only on hf; unsaid: the config's default)."""
     out = {}
     for item in spec.split(","):
+        item, _, dtype = item.partition(":")
         conc, slots, *rest = (int(x) for x in item.split("/"))
         cache_mb = rest[0] if rest else None
         if backend != "llamacpp":
@@ -309,7 +310,8 @@ def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int, int | N
         who += f", {slots} slot{'s' * (slots > 1)}" if backend == "llamacpp" else ""
         who += ("" if cache_mb is None or backend != "hf" else
                 ", no prefix cache" if cache_mb == 0 else f", prefix cache {cache_mb} MB")
-        out[who] = (conc, slots, cache_mb)
+        who += f", {dtype}" if dtype and backend == "hf" else ""
+        out[who] = (conc, slots, cache_mb, dtype or None)
     return out
 
 
@@ -319,10 +321,10 @@ def part_synth(args, save) -> list[dict]:
         variants = synth_variants(args.synth_variants, backend)
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for i in range(args.repeats):
-            for v, (conc, slots, cache_mb) in variants.items():
+            for v, (conc, slots, cache_mb, dtype) in variants.items():
                 runs[v].append(measure("synth", {"n": args.n, "preset": args.synth_preset, "backend": backend,
                                                  "concurrency": conc, "teacher": args.teacher, "n_slots": slots,
-                                                 "prefix_cache_mb": cache_mb}))
+                                                 "prefix_cache_mb": cache_mb, "dtype": dtype}))
                 print(f"  synth {backend} [{v}] run {i + 1}: {runs[v][-1]['episodes_per_s']:.4f} episodes/s",
                       flush=True)
         med = {v: {"episodes_per_s": median_of(rs, "episodes_per_s"), "tokens_per_s": median_of(rs, "tokens_per_s")}

@@ -132,3 +132,25 @@ def test_next_turn_reads_only_its_new_tokens_and_says_what_it_would_without_the_
             assert 0 < cache.read_tokens - read < (a2.prompt_tokens + b2.prompt_tokens) / 2
     assert turns[True] == turns[False]
     assert "Madrid" in turns[True][2]
+
+
+def test_int8_backend_is_quantized_and_still_answers():
+    import torch
+
+    from mtr.backends import HFBackend
+    from mtr.config import RoleConfig
+
+    b = HFBackend(RoleConfig(dtype="int8", device="cpu"))
+    b.load()
+    linears = [m for m in b.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(linears) == 30 * 7 + 1  # every projection of the 30 layers, and the output head
+    [[c]] = run(b.generate([Q], SamplingParams(temperature=0, max_tokens=16)))
+    assert "Paris" in c.text
+
+
+def test_int8_on_a_gpu_is_one_line():
+    from mtr.backends import HFBackend
+    from mtr.config import RoleConfig
+
+    with pytest.raises(BackendError, match="int8 runs on the CPU only"):
+        HFBackend(RoleConfig(dtype="int8", device="cuda")).load()

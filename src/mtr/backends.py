@@ -244,6 +244,26 @@ class _LocalBackend(Backend):
         return [attach_json(out, r.params.json_schema) for r, out in zip(batch, outs)]
 
 
+def quantize_int8(model: Any) -> Any:
+    """The model's linear layers with int8 weights (per output channel) and int8 activations (per batch,
+    dynamically), for inference on a CPU.
+
+    Decoding on a CPU is bound by reading the weights (a 135M model in fp32 reads 540 MB a token); int8
+    reads a quarter. Measured on the 2-core CPU: 2.2x faster greedy generation than fp32, and the answers
+    stay sensible (per-tensor scales did not: "What is the capital of France?" lost "Paris"). This is torch's
+    own dynamic quantization (fbgemm kernels), which torch marks deprecated; torchao 0.18, its successor, was
+    slower than fp32 in eager mode on this CPU (int8 weight-only 1.5x slower, dynamic 4.7x), so the older
+    API is used while the pinned torch ships it."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.(ao\.quantization is deprecated|quantize_per)")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
 def _resolve_device(name: str) -> str:
     import torch
 
@@ -295,7 +315,10 @@ class HFBackend(_LocalBackend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = _resolve_device(self.cfg.device)
-        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
+        if self.cfg.dtype == "int8" and device != "cpu":
+            raise BackendError(f"hf backend: dtype int8 runs on the CPU only (device is {device}); "
+                               "on a GPU use bfloat16")
+        dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32, "int8": torch.float32,
                  "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.cfg.dtype]
         tok = AutoTokenizer.from_pretrained(path)
         install_chat_template(tok)
@@ -304,6 +327,8 @@ class HFBackend(_LocalBackend):
             tok.pad_token = tok.eos_token
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
         model.eval()
+        if self.cfg.dtype == "int8":
+            model = quantize_int8(model)
         self.tokenizer, self.model, self.device = tok, model, device
         # An episode's next turn is its last prompt + the turn + the observation: read only what is new.
         self.prefix_cache = PrefixCache(self.cfg.prefix_cache_mb << 20) if self.cfg.prefix_cache_mb else None
