@@ -131,8 +131,7 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
     kwargs = dict(generate_kwargs)
     if width_cached:
         layers = []
-        for li in range(len(next(e for _, e in reuse if e is not None).layers)):
-            k0, v0 = next(e for _, e in reuse if e is not None).layers[li]
+        for li, (k0, v0) in enumerate(next(e for _, e in reuse if e is not None).layers):
             keys = k0.new_zeros((len(rows), k0.shape[0], width_cached, k0.shape[2]))
             values = v0.new_zeros((len(rows), v0.shape[0], width_cached, v0.shape[2]))
             for i, (n, e) in enumerate(reuse):
