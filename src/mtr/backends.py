@@ -368,14 +368,8 @@ class HFBackend(_LocalBackend):
         if params.seed is not None:
             torch.manual_seed(params.seed)
         rows = tok(prompts, add_special_tokens=False)["input_ids"]
-        if self.prefix_cache is not None:
-            new = generate_with_prefix_cache(model, rows, self.prefix_cache, tok.pad_token_id, {tok.eos_token_id},
-                                             **kwargs)
-        else:
-            enc = tok.pad({"input_ids": rows}, return_tensors="pt").to(self.device)
-            with torch.inference_mode():
-                out = model.generate(**enc, pad_token_id=tok.pad_token_id, **kwargs)
-            new = out[:, enc["input_ids"].shape[1]:]
+        new = generate_with_prefix_cache(model, rows, self.prefix_cache, tok.pad_token_id, {tok.eos_token_id},
+                                         **kwargs)
         results = []
         for i in range(len(prompts)):
             ids = new[i].tolist()

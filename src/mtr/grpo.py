@@ -110,22 +110,11 @@ class ModelSampler(BatchedSampler):
         self.cache = PrefixCache() if prefix_cache else None
 
     def generate(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
-        import torch
-
         pad, eos = self.tok.pad_token_id, self.tok.eos_token_id
         # one batch whatever each episode's remaining budget (a batch per budget split every turn)
-        kwargs = dict(max_new_tokens=max(n for _, n in items), do_sample=True, temperature=self.temperature,
-                      top_p=1.0, top_k=0, eos_token_id=eos)
-        if self.cache is not None:
-            new = generate_with_prefix_cache(self.model, [ids for ids, _ in items], self.cache, pad, {eos}, **kwargs)
-        else:
-            width = max(len(ids) for ids, _ in items)
-            device = next(self.model.parameters()).device
-            input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in items], device=device)
-            attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in items], device=device)
-            with torch.no_grad():
-                new = self.model.generate(input_ids=input_ids, attention_mask=attention, pad_token_id=pad,
-                                          **kwargs)[:, width:]
+        new = generate_with_prefix_cache(self.model, [ids for ids, _ in items], self.cache, pad, {eos},
+                                         max_new_tokens=max(n for _, n in items), do_sample=True,
+                                         temperature=self.temperature, top_p=1.0, top_k=0, eos_token_id=eos)
         results = []
         for row, (_, budget) in zip(new.tolist(), items):
             turn = cut_turn(row, budget, eos)

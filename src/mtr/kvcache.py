@@ -13,7 +13,7 @@ come from the mask, so a reused token keeps the position it was read at).
 
 Hand-written because transformers' `generate` can continue from one cache but keeps no store of caches to
 match prompts against; vLLM and llama.cpp do this inside their servers, which the CPU path does not have.
-The cache belongs to one set of weights: make a new one (or `clear` it) after an update.
+The cache belongs to one set of weights: make a new one after an update.
 """
 
 from __future__ import annotations
@@ -77,9 +77,6 @@ class PrefixCache:
             self.entries.remove(entry)
             self.entries.append(entry)
 
-    def clear(self) -> None:
-        self.entries = []
-
 
 def _prefill(model: Any, ids: list[int]) -> _Entry:
     """Read `ids` once (batch 1) and keep their keys and values."""
@@ -93,31 +90,36 @@ def _prefill(model: Any, ids: list[int]) -> _Entry:
     return _Entry(list(ids), [(layer.keys[0], layer.values[0]) for layer in cache.layers])
 
 
-def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixCache, pad_id: int,
+def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixCache | None, pad_id: int,
                                eos_ids: set[int], **generate_kwargs: Any) -> torch.Tensor:
-    """`model.generate` on the token rows, reading only what `cache` does not already hold, then keeping
-    each row's keys and values (prompt and generated turn, up to its end) for the next call.
+    """`model.generate` on the token rows (left-padded into one batch), reading only what `cache` does not
+    already hold, then keeping each row's keys and values (prompt and generated turn, up to its end) for
+    the next call. With no cache, plain batched `generate`.
 
     Returns the new tokens, [rows, new], rows that ended early padded with `pad_id` as `generate` does."""
     import torch
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    reuse = []
-    for ids in rows:
-        n, e = cache.lookup(ids)
-        reuse.append((min(n, len(ids) - 1), e))  # generate needs at least one token to read
-    # A prefix every row shares (a GRPO group's first turn: the same prompt n times) is read once.
-    lead = min(len(ids) for ids in rows) - 1
-    for ids in rows[1:]:
-        lead = min(lead, common_prefix(rows[0], ids))
-    if lead >= cache.min_reuse and sum(n < lead for n, _ in reuse) >= 2:
-        shared = _prefill(model, rows[0][:lead])
-        cache.read_tokens += lead
-        reuse = [(lead, shared) if n < lead else (n, e) for n, e in reuse]
-    for _, e in reuse:
-        if e is not None:
-            cache.touch(e)
+    reuse: list[tuple[int, _Entry | None]] = [(0, None)] * len(rows)
+    if cache is not None:
+        reuse = []
+        for ids in rows:
+            n, e = cache.lookup(ids)
+            reuse.append((min(n, len(ids) - 1), e))  # generate needs at least one token to read
+        # A prefix every row shares (a GRPO group's first turn: the same prompt n times) is read once.
+        lead = min(len(ids) for ids in rows) - 1
+        for ids in rows[1:]:
+            lead = min(lead, common_prefix(rows[0], ids))
+        if lead >= cache.min_reuse and sum(n < lead for n, _ in reuse) >= 2:
+            shared = _prefill(model, rows[0][:lead])
+            cache.read_tokens += lead
+            reuse = [(lead, shared) if n < lead else (n, e) for n, e in reuse]
+        for n, e in reuse:
+            if e is not None:
+                cache.touch(e)
+        cache.reused_tokens += sum(n for n, _ in reuse)
+        cache.read_tokens += sum(len(ids) - n for ids, (n, _) in zip(rows, reuse))
 
     width_cached = max(n for n, _ in reuse)
     width_new = max(len(ids) - n for ids, (n, _) in zip(rows, reuse))
@@ -126,8 +128,6 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
         gap_c, gap_n = width_cached - n, width_new - (len(ids) - n)
         input_ids.append([pad_id] * gap_c + ids[:n] + [pad_id] * gap_n + ids[n:])
         mask.append([0] * gap_c + [1] * n + [0] * gap_n + [1] * (len(ids) - n))
-        cache.reused_tokens += n
-        cache.read_tokens += len(ids) - n
     kwargs = dict(generate_kwargs)
     if width_cached:
         layers = []
@@ -146,6 +146,8 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
                              attention_mask=torch.tensor(mask, device=device), pad_token_id=pad_id,
                              return_dict_in_generate=True, use_cache=True, **kwargs)
     new = out.sequences[:, width:]
+    if cache is None:
+        return new
     held = out.cache.get_seq_length()  # the last token generated was not read back
     for i, ids in enumerate(rows):
         row = new[i].tolist()
