@@ -92,9 +92,9 @@ def test_bad_stage_settings(tmp_path, text, expected):
      "synth", 1),
     # the AutoAgent on hf batches, so episodes in flight pay even with the other roles on llama.cpp
     ("roles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp}\n", "synth", 16),
-    # ... unless the scripted teacher plays it: then an episode keeps one prompt cached, one slot each
+    # with the scripted teacher, ToolMaker and ToolActor requests in flight run back to back on shared prefixes
     ("synth: {teacher: scripted}\nroles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp, "
-     "n_slots: 6}\n", "synth", 6),
+     "n_slots: 6}\n", "synth", 16),
     ("synth: {concurrency: 8}\nroles:\n  toolmaker: {backend: llamacpp}\n  autoagent: {backend: llamacpp}\n"
      "  toolactor: {backend: llamacpp}\n", "synth", 8),  # a number is taken as given
     ("roles:\n  toolmaker: {backend: llamacpp}\n  toolactor: {backend: llamacpp}\n", "eval", 16),  # policy on hf
@@ -106,11 +106,12 @@ def test_auto_concurrency_is_one_episode_at_a_time_only_when_every_role_is_on_ll
     assert load_config(write(tmp_path, text)).episodes_in_flight(stage) == expected
 
 
-def test_demo_preset_synthesises_one_episode_per_llamacpp_slot():
+def test_demo_preset_synthesises_many_episodes_in_flight():
     from mtr.config import DEFAULT_CONFIG
 
     cfg = load_config(DEFAULT_CONFIG.parent / "demo.yaml")
-    assert cfg.episodes_in_flight("synth") == cfg.role("toolactor").n_slots == 4
+    assert cfg.synth.teacher == "scripted" and cfg.role("toolactor").backend == "llamacpp"
+    assert cfg.episodes_in_flight("synth") == 16
     assert cfg.episodes_in_flight("eval") == 16  # the policy is on hf
 
 

@@ -249,20 +249,21 @@ class Config(_Strict):
         """The stage's `concurrency`, with `auto` resolved.
 
         llama-cpp-python decodes one sequence at a time, so when every role a stage generates with is on
-        `llamacpp`, episodes in flight only take turns, and keep their cached prompts in the `n_slots`
-        contexts only while no more prompts than slots take turns. With a model playing the agent an episode
-        alternates between two prompts (agent, ToolActor), and one episode at a time was fastest (16 in
-        flight: 0.87x on 4 questions, 0.67x on 32; docs/performance.md). With the scripted teacher an
-        episode has one (the ToolActor's), and one episode per slot ran at 1.07x one at a time. Anywhere
-        else episodes in flight pay: `hf` batches them, a server serves them in parallel."""
+        `llamacpp`, episodes in flight only take turns. With a model playing the agent an episode alternates
+        between two prompts (agent, ToolActor) that evict each other's cached prefix, and one episode at a
+        time was fastest (16 in flight: 0.87x on 4 questions, 0.67x on 32; docs/performance.md). With the
+        scripted teacher the requests in flight are ToolMaker and ToolActor prompts that share their
+        templates, and a batch of them runs back to back on one cached prefix: on the demo's 12 questions
+        16 in flight ran at 1.11x 4 in flight (2 runs each). Anywhere else episodes in flight pay too:
+        `hf` batches them, a server serves them in parallel."""
         section = self.synth if stage == "synth" else self.eval
         if section.concurrency != "auto":
             return section.concurrency
         model_agent = stage == "eval" or self.synth.teacher == "model"
-        roles = ["toolmaker", "toolactor"] + ([("policy" if stage == "eval" else "autoagent")] if model_agent else [])
-        if not all(self.role(r).backend == "llamacpp" for r in roles):
-            return 16
-        return 1 if model_agent else self.role("toolactor").n_slots
+        agent = "policy" if stage == "eval" else "autoagent"
+        if model_agent and all(self.role(r).backend == "llamacpp" for r in ("toolmaker", "toolactor", agent)):
+            return 1
+        return 16
 
 
 def _format_error(source: str, err: ValidationError) -> str:
