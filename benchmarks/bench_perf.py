@@ -10,6 +10,8 @@ Parts:
          1/4/8/16 and llama.cpp, greedy, 64 new tokens after a ~200-token prompt.
   synth  synthesis throughput, mtr's orchestrator (episodes concurrent, requests batched) versus the
          naive loop (one question at a time, one request at a time) on the same questions and backend.
+  thread transformers `generate` called on the main thread and through `asyncio.to_thread` (how mtr's local
+         backends and GRPO sampler call it), alternated in one process.
   rollout GRPO's multi-turn rollout (no update) versus `model.generate` one episode at a time, before and
          after lockstep batching, and with a LoRA adapter unmerged or merged (`--init SFT_CHECKPOINT`).
 
@@ -39,7 +41,8 @@ PY = sys.executable
 
 
 def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None,
-                 n_slots: int | None = None, prefix_cache_mb: int | None = None, dtype: str | None = None) -> dict:
+                 n_slots: int | None = None, prefix_cache_mb: int | None = None, dtype: str | None = None,
+                 grammar_first: bool = False) -> dict:
     import asyncio
 
     from mtr.config import load_config
@@ -57,6 +60,12 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
     if teacher:
         cfg.synth.teacher = teacher
     cfg.synth.concurrency = concurrency
+    if grammar_first:  # the order before mtr.llamacpp_grammar, for a before/after figure
+        from llama_cpp import Llama
+
+        from mtr.llamacpp_grammar import GrammarAfterLlama
+
+        GrammarAfterLlama._init_sampler = Llama._init_sampler
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         stats = asyncio.run(synthesize(cfg, resolve_benchmark("hotpotqa"), Path(d), limit=n))
@@ -89,6 +98,44 @@ def worker_hf_generate(batch: int, new_tokens: int = 64) -> dict:
     generated = (out.shape[1] - enc["input_ids"].shape[1]) * batch
     return {"wall_s": wall, "prompt_tokens": int(enc["input_ids"].shape[1]), "generated_tokens": generated,
             "tokens_per_s": generated / wall}
+
+
+def worker_hf_thread(batch: int, dtype: str, new_tokens: int = 30, repeats: int = 8) -> dict:
+    import asyncio
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtr.backends import quantize_int8
+    from mtr.embedded import ensure_checkpoint
+
+    path = ensure_checkpoint()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if dtype == "int8":
+        model = quantize_int8(model)
+    enc = tok([PROMPT] * batch, return_tensors="pt")
+
+    def generate() -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           pad_token_id=tok.eos_token_id)
+        return time.perf_counter() - t
+
+    async def alternate() -> dict[str, list[float]]:
+        walls: dict[str, list[float]] = {"main thread": [], "asyncio.to_thread": []}
+        generate()  # warm-up
+        await asyncio.to_thread(generate)  # ... and the executor's thread exists
+        for _ in range(repeats):
+            walls["main thread"].append(generate())
+            walls["asyncio.to_thread"].append(await asyncio.to_thread(generate))
+        return walls
+
+    walls = asyncio.run(alternate())
+    out = {k: batch * new_tokens / statistics.median(v) for k, v in walls.items()}
+    return {"tokens_per_s": out, "walls": walls, "prompt_tokens": int(enc["input_ids"].shape[1]),
+            "ratio": out["asyncio.to_thread"] / out["main thread"]}
 
 
 def worker_llamacpp_generate(new_tokens: int = 64) -> dict:
@@ -209,7 +256,8 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
             "episodes_per_s": len(traces) / wall, "turns": sum(len(tr.steps) for tr in traces)}
 
 
-WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "llamacpp_generate": worker_llamacpp_generate,
+WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "hf_thread": worker_hf_thread,
+           "llamacpp_generate": worker_llamacpp_generate,
            "rollout": worker_rollout}
 
 
@@ -296,12 +344,24 @@ def part_limit(args, save) -> dict:
     return out
 
 
-def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int, int | None, str | None]]:
-    """`1/1,16/4,16/1/0,16/1:int8`: episodes in flight / llama.cpp slots [/ hf prefix cache MB] [:hf dtype] per
-    variant (slots only matter on llamacpp, the cache and dtype only on hf; unsaid: the config's default)."""
+def part_thread(args, save) -> dict:
+    out = {}
+    for batch, dtype in ((1, "int8"), (1, "float32"), (4, "float32")):
+        r = measure("hf_thread", {"batch": batch, "dtype": dtype, "repeats": 2 * args.repeats})
+        out[f"{dtype}, batch {batch}"] = r
+        print(f"  {dtype}, batch {batch}: " + ", ".join(f"{k} {v:.1f} tokens/s" for k, v in r["tokens_per_s"].items())
+              + f" ({r['ratio']:.2f}x)", flush=True)
+    return out
+
+
+def synth_variants(spec: str, backend: str) -> dict[str, dict]:
+    """`1/1,16/4,16/1/0,16/1:int8,16/4:grammar-first`: episodes in flight / llama.cpp slots [/ hf prefix cache
+    MB] [:option] per variant, where the option is an hf dtype or, on llamacpp, `grammar-first`
+    (llama-cpp-python's own grammar order instead of mtr's sample-then-check). Slots only matter on llamacpp,
+    the cache only on hf; unsaid: the config's default."""
     out = {}
     for item in spec.split(","):
-        item, _, dtype = item.partition(":")
+        item, _, option = item.partition(":")
         conc, slots, *rest = (int(x) for x in item.split("/"))
         cache_mb = rest[0] if rest else None
         if backend != "llamacpp":
@@ -310,8 +370,14 @@ def synth_variants(spec: str, backend: str) -> dict[str, tuple[int, int, int | N
         who += f", {slots} slot{'s' * (slots > 1)}" if backend == "llamacpp" else ""
         who += ("" if cache_mb is None or backend != "hf" else
                 ", no prefix cache" if cache_mb == 0 else f", prefix cache {cache_mb} MB")
+        grammar_first = option == "grammar-first"
+        if grammar_first and backend != "llamacpp":
+            raise SystemExit(f"synth variant {item}:{option}: grammar-first is a llamacpp option")
+        dtype = option if option and not grammar_first else None
         who += f", {dtype}" if dtype and backend == "hf" else ""
-        out[who] = (conc, slots, cache_mb, dtype or None)
+        who += ", grammar first" if grammar_first else ""
+        out[who] = {"concurrency": conc, "n_slots": slots, "prefix_cache_mb": cache_mb, "dtype": dtype,
+                    "grammar_first": grammar_first}
     return out
 
 
@@ -321,17 +387,17 @@ def part_synth(args, save) -> list[dict]:
         variants = synth_variants(args.synth_variants, backend)
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for i in range(args.repeats):
-            for v, (conc, slots, cache_mb, dtype) in variants.items():
+            for v, variant in variants.items():
                 runs[v].append(measure("synth", {"n": args.n, "preset": args.synth_preset, "backend": backend,
-                                                 "concurrency": conc, "teacher": args.teacher, "n_slots": slots,
-                                                 "prefix_cache_mb": cache_mb, "dtype": dtype}))
+                                                 "teacher": args.teacher, **variant}))
                 print(f"  synth {backend} [{v}] run {i + 1}: {runs[v][-1]['episodes_per_s']:.4f} episodes/s",
                       flush=True)
         med = {v: {"episodes_per_s": median_of(rs, "episodes_per_s"), "tokens_per_s": median_of(rs, "tokens_per_s")}
                for v, rs in runs.items()}
         first = next(iter(med))
         preset = "" if args.synth_preset == "cpu-tiny.yaml" else f", {args.synth_preset}, {args.teacher} teacher"
-        res.append({"workload": f"{backend}, {args.n} questions{preset}", "backend": backend, "n": args.n,
+        res.append({"workload": f"{backend}, {args.n} questions{preset}{args.synth_label}", "backend": backend,
+                    "n": args.n,
                     "median": med, "runs": runs,
                     "ratio_to_first": {v: m["episodes_per_s"] / med[first]["episodes_per_s"] for v, m in med.items()}})
         save(res)
@@ -365,8 +431,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="llamacpp,hf", help="synth part: backends of the simulated roles")
     ap.add_argument("--synth-variants", default="1/1,16/1,1/4,4/4,16/4",
-                    help="synth part: episodes in flight / llama.cpp slots, one pair per variant; the first is "
-                         "the baseline")
+                    help="synth part: episodes in flight / llama.cpp slots [/ hf prefix cache MB] [:hf dtype or "
+                         "grammar-first], one per variant; the first is the baseline")
+    ap.add_argument("--synth-label", default="", help="synth part: appended to each workload's name (e.g. ', "
+                    "grammar order'), so that a comparison of other variants is kept beside the earlier one")
     ap.add_argument("--synth-preset", default="cpu-tiny.yaml", help="synth part: the preset (src/mtr/configs)")
     ap.add_argument("--teacher", default="model", choices=["model", "scripted"], help="synth part: the AutoAgent")
     ap.add_argument("--init", default=None, help="rollout part: the policy checkpoint (an SFT output; "
@@ -403,7 +471,9 @@ def main() -> None:
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=2))
 
-        save({"omp": part_omp, "limit": part_limit, "synth": part_synth, "rollout": part_rollout}[part](args, save))
+        parts = {"omp": part_omp, "limit": part_limit, "thread": part_thread, "synth": part_synth,
+                 "rollout": part_rollout}
+        save(parts[part](args, save))
     print_tables(results)
 
 
@@ -414,6 +484,11 @@ def print_tables(results: dict) -> None:
             ratio = next(v for k, v in c.items() if k.startswith("ratio_to_"))
             cells = ", ".join(f"{v}: {m:.3f} ({ratio[v]:.2f}x)" for v, m in c["median"].items())
             print(f"  {c['workload']} [{c['key']}]: {cells}")
+    if "thread" in results:
+        print("\ntransformers generate on the main thread and through asyncio.to_thread (median tokens/s)")
+        for k, r in results["thread"]["value"].items():
+            cells = ", ".join(f"{w}: {v:.1f}" for w, v in r["tokens_per_s"].items())
+            print(f"  {k}: {cells} ({r['ratio']:.2f}x)")
     if "limit" in results:
         print("\nthe limit (generation tokens/s, median)")
         for k, v in results["limit"]["value"].items():
@@ -433,7 +508,8 @@ def print_tables(results: dict) -> None:
             ratios = r.get("ratio_to_first") or {}
             ratio = ", ".join(f"{v}: {x:.2f}x" for v, x in ratios.items()) or \
                 f"speed-up {r['speedup_episodes_per_s']:.2f}x"
-            print(f"  {r['backend']} (n={r['n']}): {cells}; episodes/s vs the first: {ratio}")
+            print(f"  {r.get('workload', r['backend'] + ' (n=' + str(r['n']) + ')')}: {cells}; "
+                  f"episodes/s vs the first: {ratio}")
 
 
 if __name__ == "__main__":

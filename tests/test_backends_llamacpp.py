@@ -74,3 +74,54 @@ def test_slots_keep_each_prompt_cached_and_evict_least_recent():
     f, _ = run(forest)
     assert f is a and len(b.slots) == 2
     assert run(mountain)[0] is m and run(forest)[0] is a
+
+
+# The model wants "Paris" here; the grammar allows neither it nor its first token, so the sampled token is
+# rejected and the whole vocabulary is constrained and sampled again.
+NOT_PARIS = {"type": "object", "properties": {"city": {"enum": ["Lyon", "Nice", "Brest"]}}, "required": ["city"],
+             "additionalProperties": False}
+
+
+@pytest.fixture(scope="module")
+def two_samplers(llamacpp):
+    from llama_cpp import Llama, LlamaGrammar
+
+    from mtr.llamacpp_grammar import GrammarAfterLlama
+
+    path, prompt = str(llamacpp.gguf()), llamacpp.render(Q)
+    first = Llama(model_path=path, n_ctx=1024, n_threads=2, seed=0, verbose=False)
+    after = GrammarAfterLlama(model_path=path, n_ctx=1024, n_threads=2, seed=0, verbose=False)
+
+    def complete(llm, schema, temperature, seed=0):
+        import json
+
+        grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        llm.reset()
+        out = llm.create_completion(prompt=prompt, max_tokens=40, temperature=temperature, grammar=grammar,
+                                    seed=seed)
+        return out["choices"][0]["text"]
+
+    return first, after, complete
+
+
+@pytest.mark.parametrize("schema", [SCHEMA, NOT_PARIS])
+def test_grammar_after_sampling_gives_grammar_first_text_at_temperature_0(two_samplers, schema):
+    first, after, complete = two_samplers
+    assert complete(after, schema, 0) == complete(first, schema, 0)
+    s = after.last_sampler
+    assert s is not None and s.sampled > 3
+    if schema is NOT_PARIS:
+        assert s.rejected >= 1  # the resample path ran
+
+
+def test_grammar_after_sampling_keeps_to_the_grammar_when_the_model_disagrees(two_samplers):
+    import json
+
+    _, after, complete = two_samplers
+    rejected, cities = 0, set()
+    for seed in range(6):
+        out = json.loads(complete(after, NOT_PARIS, 1.2, seed))
+        assert set(out) == {"city"} and out["city"] in NOT_PARIS["properties"]["city"]["enum"]
+        rejected += after.last_sampler.rejected
+        cities.add(out["city"])
+    assert rejected >= 6
