@@ -252,6 +252,34 @@ def test_toolmaker_failures_are_skipped_and_counted(tmp_path):
     assert tools2.keys() == tools.keys() and failed2 == failed
 
 
+def test_tools_are_made_only_for_the_questions_training_draws(tmp_path):
+    from mtr.data import load_qa
+    from mtr.grpo import questions_needed
+
+    data = qa_file(tmp_path / "qa.jsonl", n=6)
+    cfg = Config()
+    g = cfg.grpo
+    g.toolmaker_retries, g.train_steps, g.num_generations, g.per_device_train_batch_size = 0, 2, 4, 4
+    assert questions_needed(g) == 2 and questions_needed(g, world_size=2) == 4
+    g.gradient_accumulation_steps = 3
+    assert questions_needed(g) == 6
+    g.gradient_accumulation_steps = 1
+    answers = iter(["prose, not JSON"] + [json.dumps(GOOD_TOOLS)] * 5)
+    b = ScriptedBackend(toolmaker=lambda m: next(answers))
+    tools, failed = prepare_tools(cfg, load_qa(data), Pool(b), tmp_path, needed=2)
+    # the first drawn question failed, so one more was drawn in its place: 3 ToolMaker calls, not 6
+    assert b.calls["toolmaker"] == 3 and len(tools) == 2 and len(failed) == 1
+    assert len((tmp_path / "tools.jsonl").read_text().splitlines()) == 3
+    # a resume draws the same questions and asks the ToolMaker nothing
+    again = ScriptedBackend(toolmaker=lambda m: 1 / 0)
+    tools2, failed2 = prepare_tools(cfg, load_qa(data), Pool(again), tmp_path, needed=2)
+    assert tools2.keys() == tools.keys() and failed2 == failed and again.calls["toolmaker"] == 0
+    # with failures replaced by the utility tools, the failed question stays and no replacement is drawn
+    cfg.grpo.on_toolmaker_failure = "utilities"
+    tools3, failed3 = prepare_tools(cfg, load_qa(data), Pool(again), tmp_path, needed=2)
+    assert len(tools3) == 2 and not failed3 and set(failed) <= set(tools3)
+
+
 @pytest.mark.model
 def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=2)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 import resource
 import shutil
 import time
@@ -236,31 +238,63 @@ class RolloutAgent:
                     parse_error=parsed.error, tokens=len(new))
 
 
-def prepare_tools(cfg: Config, examples: list[QAExample], pool: Any, out: Path) -> tuple[dict[str, list[ToolSchema]],
-                                                                                       dict[str, str]]:
-    """Make every question's tools once (appended to tools.jsonl, so a resume does not redo them)."""
+def questions_needed(g: Any, world_size: int = 1) -> int:
+    """How many questions `train_steps` optimizer steps draw: each step takes per_device_train_batch_size x
+    gradient_accumulation_steps rollouts on each process, num_generations of them per question."""
+    rollouts = g.train_steps * g.per_device_train_batch_size * g.gradient_accumulation_steps * world_size
+    return -(-rollouts // g.num_generations)
+
+
+def prepare_tools(cfg: Config, examples: list[QAExample], pool: Any, out: Path, needed: int | None = None
+                  ) -> tuple[dict[str, list[ToolSchema]], dict[str, str]]:
+    """Make the tools of the questions training will use, once (appended to tools.jsonl, so a resume does
+    not redo them).
+
+    With `needed` below the number of questions, only that many are used: the first of a seeded shuffle, and
+    one more for each the ToolMaker fails on (when failures are skipped). A short run on a large file then
+    pays the ToolMaker for the questions it trains on, not for all of them: the demo's 2 GRPO steps use 2 of
+    its 12 questions, and making tools for the other 10 took about a minute of a 4-minute stage."""
     g = cfg.grpo
     cache = ToolCache(ToolMaker(pool.get("toolmaker"), max_tools=g.max_tools, retries=g.toolmaker_retries,
                                 utilities=g.utility_tools, seed=cfg.seed))
     store = JsonlAppender(out / "tools.jsonl")
-    todo = [ex for ex in examples if ex.id not in store.done]
+    made = {rec["id"]: rec for rec in read_jsonl(out / "tools.jsonl")}
+    order = list(examples)
+    if needed is None or needed >= len(order):
+        needed = len(order)
+    else:
+        random.Random(cfg.seed).shuffle(order)
 
-    async def make_all():
+    def usable(rec: dict) -> bool:
+        return rec["error"] is None or g.on_toolmaker_failure == "utilities"
+
+    async def make_all(todo: list[QAExample]):
         for fut in asyncio.as_completed([asyncio.ensure_future(_made(ex)) for ex in todo]):
-            store.write(await fut)
+            rec = await fut
+            store.write(rec)
+            made[rec["id"]] = rec
 
     async def _made(ex: QAExample) -> dict:
         res = await cache.get(ex)
         return {"id": ex.id, "tools": [t.as_dict() for t in res.tools], "error": res.error}
 
+    chosen: list[QAExample] = []
     try:
-        if todo:
-            with console.status(f"ToolMaker: tools for {len(todo)} questions"):
-                asyncio.run(make_all())
+        while len(chosen) < len(order):
+            want = needed - sum(usable(made[ex.id]) for ex in chosen)
+            if want <= 0:
+                break
+            chunk = order[len(chosen):len(chosen) + want]
+            chosen += chunk
+            todo = [ex for ex in chunk if ex.id not in made]
+            if todo:
+                with console.status(f"ToolMaker: tools for {len(todo)} questions"):
+                    asyncio.run(make_all(todo))
     finally:
         store.close()
     tools, failed = {}, {}
-    for rec in read_jsonl(out / "tools.jsonl"):
+    for ex in chosen:
+        rec = made[ex.id]
         if rec["error"] is None:
             tools[rec["id"]] = [ToolSchema.model_validate(t) for t in rec["tools"]]
         elif g.on_toolmaker_failure == "utilities":
@@ -340,8 +374,6 @@ def health_reward_logger(reward_funcs: list) -> list:
 
 def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
                overwrite: bool = False, pool: Any = None) -> dict[str, Any]:
-    import os
-
     import torch
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
@@ -366,9 +398,11 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
                    extra={"init": str(init), "limit": limit}, overwrite=overwrite)
     own_pool = pool is None
     pool = pool or BackendPool(cfg)
-    tools, failed = prepare_tools(cfg, examples, pool, out)
+    needed = questions_needed(g, int(os.environ.get("WORLD_SIZE", "1")))
+    tools, failed = prepare_tools(cfg, examples, pool, out, needed=needed)
     train = [ex for ex in examples if ex.id in tools]
-    console.print(f"grpo: {len(train)} questions to train on; {len(failed)} skipped because the ToolMaker failed")
+    console.print(f"grpo: {len(train)} questions to train on ({g.train_steps} steps draw {needed} of "
+                  f"{len(examples)}); {len(failed)} skipped because the ToolMaker failed")
     if not train:
         raise ValueError(f"{data}: no question has tools (the ToolMaker failed on all {len(examples)}); "
                          "see tools.jsonl, or set grpo.on_toolmaker_failure: utilities")
