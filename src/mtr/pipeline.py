@@ -27,9 +27,11 @@ console = Console()
 DONE = "stage_done.json"
 STAGES = ("synth", "sft", "grpo", "eval")
 
-# Rough costs on a 2-core CPU with the embedded 135M model (benchmarks/results/*.json), used only to tell the
-# user up front how long a run should take; a server or a GPU is much faster, and then the estimate is moot.
-CPU_SECONDS = {"synth_question": 25.0, "sft_row_epoch": 13.0, "grpo_rollout": 40.0, "eval_on": 13.0,
+# Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, session 6: synth 150-161 s for 12
+# questions, SFT 182-189 s for 12 rows, GRPO 164-266 s for 8 rollouts, eval 208-214 s for 12 questions tools
+# on and off), used only to tell the user up front how long a run should take; a server or a GPU is much
+# faster, and then the estimate is moot.
+CPU_SECONDS = {"synth_question": 12.0, "sft_row_epoch": 14.0, "grpo_rollout": 22.0, "eval_on": 14.0,
                "eval_off": 3.0, "stage_start": 15.0}
 
 
