@@ -264,6 +264,20 @@ WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "hf_thread"
 # ------------------------------------------------------------------ the parent: variants in fresh processes
 
 
+def cpu() -> str:
+    """The CPU the figures are from. The shared machine is not always the same host: int8 decoding, for one,
+    is 2.2x float32 where the CPU has AVX-512 VNNI (session 5) and no faster on an AVX2-only one (session 6)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    first = {k.strip(): v.strip() for k, v in
+             (line.split(":", 1) for line in info.split("\n\n")[0].splitlines() if ":" in line)}
+    simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in first.get("flags", "").split()]
+    return (f"{first.get('model name', '?')} (family {first.get('cpu family', '?')}, model "
+            f"{first.get('model', '?')}; {' '.join(simd)}; {os.cpu_count()} cores)")
+
+
 def measure(worker: str, kwargs: dict, env: dict[str, str] | None = None) -> dict:
     e = dict(os.environ)
     e.pop("OMP_WAIT_POLICY", None)
@@ -383,8 +397,8 @@ def synth_variants(spec: str, backend: str) -> dict[str, dict]:
 
 def part_synth(args, save) -> list[dict]:
     res = []
-    for backend in args.backends.split(","):
-        variants = synth_variants(args.synth_variants, backend)
+    by_backend = {b: synth_variants(args.synth_variants, b) for b in args.backends.split(",")}  # bad specs fail first
+    for backend, variants in by_backend.items():
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for i in range(args.repeats):
             for v, variant in variants.items():
@@ -467,7 +481,7 @@ def main() -> None:
                 names = {v.get("workload", v.get("backend")) for v in value}
                 value = [e for e in earlier if e.get("workload", e.get("backend")) not in names] + value
             results[part] = {"value": value, "repeats": args.repeats, "n": args.n, "wall_s": time.perf_counter() - t,
-                             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu()}
             OUT.parent.mkdir(parents=True, exist_ok=True)
             OUT.write_text(json.dumps(results, indent=2))
 

@@ -280,9 +280,29 @@ def test_tools_are_made_only_for_the_questions_training_draws(tmp_path):
     assert len(tools3) == 2 and not failed3 and set(failed) <= set(tools3)
 
 
+def test_a_toolmaker_server_failure_stops_without_drawing_replacements_and_a_rerun_retries(tmp_path):
+    from mtr.data import load_qa
+
+    data = qa_file(tmp_path / "qa.jsonl", n=6)
+    cfg = Config()
+    cfg.grpo.toolmaker_retries = 0
+
+    def down(messages):
+        raise BackendError("openai backend: connection refused")
+
+    b = ScriptedBackend(toolmaker=down)
+    with pytest.raises(ValueError, match=r"backend failed on 2 question\(s\), e\.g\. toolmaker: openai backend: "
+                                         r"connection refused; .* a re-run retries"):
+        prepare_tools(cfg, load_qa(data), Pool(b), tmp_path, needed=2)
+    assert b.calls["toolmaker"] == 2  # no replacements drawn for a failure of the server
+    back = ScriptedBackend()
+    tools, failed = prepare_tools(cfg, load_qa(data), Pool(back), tmp_path, needed=2)
+    assert len(tools) == 2 and not failed and back.calls["toolmaker"] == 2
+
+
 @pytest.mark.model
 def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
-    data = qa_file(tmp_path / "qa.jsonl", n=2)
+    data = qa_file(tmp_path / "qa.jsonl", n=3)  # 2 steps of one group draw 2 of the 3 questions
     cfg = Config()
     g = cfg.grpo
     g.num_generations, g.per_device_train_batch_size, g.train_steps = 2, 2, 2
@@ -292,6 +312,7 @@ def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     init = policy_source(cfg)
     stats = train_grpo(cfg, data, init, tmp_path / "out", pool=Pool(ScriptedBackend()))
     assert stats["steps"] == 2 and stats["questions"] == 2
+    assert len((tmp_path / "out" / "tools.jsonl").read_text().splitlines()) == 2
     log = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     step_logs = [e for e in log if "reward" in e]
     assert len(step_logs) == 2

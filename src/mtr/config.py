@@ -45,7 +45,8 @@ class RoleConfig(_Strict):
     device: str = Field("auto", min_length=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
         "auto", description="hf: auto is bfloat16 on a GPU, float32 on a CPU; int8 quantizes the linear layers "
-        "for CPU inference (2.2x faster decoding; outputs differ a little from float32)")
+        "for CPU inference (2.2x faster decoding on one host, none on an AVX2-only one; outputs differ a little "
+        "from float32)")
     batch_size: int = Field(16, ge=1, le=1024)
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
@@ -88,9 +89,9 @@ class EpisodeConfig(_Strict):
         "none", description="context: the ToolActor is given the record's paragraphs as its knowledge")
     actor_retries: int = Field(1, ge=0, le=5)
     concurrency: int | Literal["auto"] = Field(
-        "auto", description="episodes in flight (batched on hf, requests in flight on a server); auto: 16, but when "
-        "every role the stage generates with is on llamacpp (one sequence at a time) 1, or with the scripted "
-        "teacher the ToolActor's n_slots")
+        "auto", description="episodes in flight (batched on hf, requests in flight on a server); auto: 16, but 1 "
+        "when a model plays the agent and every role the stage generates with is on llamacpp (one sequence at a "
+        "time)")
 
     @field_validator("concurrency", mode="before")
     @classmethod

@@ -32,7 +32,7 @@ from mtr.chat_template import render
 from mtr.config import Config
 from mtr.data import load_qa
 from mtr.episode import run_episode
-from mtr.jsonl import JsonlAppender, jsonl_log_callback, read_jsonl
+from mtr.jsonl import JsonlAppender, is_retryable, jsonl_log_callback, read_jsonl
 from mtr.kvcache import PrefixCache, generate_with_prefix_cache
 from mtr.manifest import write_manifest
 from mtr.prompts import fill
@@ -258,7 +258,7 @@ def prepare_tools(cfg: Config, examples: list[QAExample], pool: Any, out: Path, 
     cache = ToolCache(ToolMaker(pool.get("toolmaker"), max_tools=g.max_tools, retries=g.toolmaker_retries,
                                 utilities=g.utility_tools, seed=cfg.seed))
     store = JsonlAppender(out / "tools.jsonl")
-    made = {rec["id"]: rec for rec in read_jsonl(out / "tools.jsonl")}
+    made = {rec["id"]: rec for rec in read_jsonl(out / "tools.jsonl") if not is_retryable(rec)}
     order = list(examples)
     if needed is None or needed >= len(order):
         needed = len(order)
@@ -268,15 +268,21 @@ def prepare_tools(cfg: Config, examples: list[QAExample], pool: Any, out: Path, 
     def usable(rec: dict) -> bool:
         return rec["error"] is None or g.on_toolmaker_failure == "utilities"
 
-    async def make_all(todo: list[QAExample]):
+    async def make_all(todo: list[QAExample]) -> list[dict]:
+        backend_failed = []
         for fut in asyncio.as_completed([asyncio.ensure_future(_made(ex)) for ex in todo]):
             rec = await fut
             store.write(rec)
-            made[rec["id"]] = rec
+            if rec["retryable"]:
+                backend_failed.append(rec)
+            else:
+                made[rec["id"]] = rec
+        return backend_failed
 
     async def _made(ex: QAExample) -> dict:
         res = await cache.get(ex)
-        return {"id": ex.id, "tools": [t.as_dict() for t in res.tools], "error": res.error}
+        return {"id": ex.id, "tools": [t.as_dict() for t in res.tools], "error": res.error,
+                "retryable": res.retryable}
 
     chosen: list[QAExample] = []
     try:
@@ -289,7 +295,12 @@ def prepare_tools(cfg: Config, examples: list[QAExample], pool: Any, out: Path, 
             todo = [ex for ex in chunk if ex.id not in made]
             if todo:
                 with console.status(f"ToolMaker: tools for {len(todo)} questions"):
-                    asyncio.run(make_all(todo))
+                    backend_failed = asyncio.run(make_all(todo))
+                if backend_failed:
+                    # The server failed, not the model: drawing replacements would only fail them too.
+                    raise ValueError(f"{out / 'tools.jsonl'}: the ToolMaker's backend failed on "
+                                     f"{len(backend_failed)} question(s), e.g. {backend_failed[0]['error']}; the "
+                                     "tools made so far are kept, and a re-run retries the rest")
     finally:
         store.close()
     tools, failed = {}, {}
@@ -400,9 +411,14 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     pool = pool or BackendPool(cfg)
     needed = questions_needed(g, int(os.environ.get("WORLD_SIZE", "1")))
     tools, failed = prepare_tools(cfg, examples, pool, out, needed=needed)
-    train = [ex for ex in examples if ex.id in tools]
-    console.print(f"grpo: {len(train)} questions to train on ({g.train_steps} steps draw {needed} of "
-                  f"{len(examples)}); {len(failed)} skipped because the ToolMaker failed")
+    by_id = {ex.id: ex for ex in examples}
+    train = [by_id[qid] for qid in tools]  # in the order drawn
+    # A subset is already a seeded shuffle; kept in that order, a resume with more train_steps draws the same
+    # first questions (TRL's own shuffle would permute a larger set differently).
+    subset = needed < len(examples)
+    console.print(f"grpo: {len(train)} questions to train on ({g.train_steps} steps draw "
+                  f"{min(needed, len(examples))} of {len(examples)}); {len(failed)} skipped because the "
+                  "ToolMaker failed")
     if not train:
         raise ValueError(f"{data}: no question has tools (the ToolMaker failed on all {len(examples)}); "
                          "see tools.jsonl, or set grpo.on_toolmaker_failure: utilities")
@@ -421,6 +437,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=g.save_total_limit,
         report_to=g.report_to, seed=cfg.seed, bf16=g.bf16 and cuda, gradient_checkpointing=g.gradient_checkpointing,
         use_cpu=not cuda, use_vllm=g.use_vllm, vllm_mode="colocate", dataloader_num_workers=0,
+        shuffle_dataset=not subset,
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
         # with vLLM, one request is one turn: TRL's max_completion_length stays the whole episode's budget
         generation_kwargs={"max_tokens": g.max_turn_tokens, "stop_token_ids": [tok.eos_token_id]} if g.use_vllm else None,

@@ -8,11 +8,12 @@ to the whole vocabulary and sample again. Measured on a ToolMaker prompt: 0.6-0.
 at temperature 0, and 2-9 tokens of ~100 rejected. Hand-written because llama-cpp-python exposes the
 sampler chain but not this order.
 
-The result is the grammar-constrained distribution: a token the grammar allows is kept with its unconstrained
-probability p, and the rest of the time (probability 1 - sum of allowed p) the resample draws from the
-allowed tokens in proportion to p, which together is p / (sum of allowed p). The one difference from
-grammar-first is where top-k/top-p truncate: among all tokens rather than among the allowed ones, as in
-llama.cpp's server.
+Without truncation the result is the grammar-constrained distribution: a token the grammar allows is kept
+with its unconstrained probability p, and the rest of the time (1 - sum of allowed p) the resample draws from
+the allowed tokens in proportion to p, which together is p / (sum of allowed p). With top-k/top-p/min-p the
+first draw truncates among all tokens and the resample among the allowed ones, as in llama.cpp's server; a
+rejected token also draws from the random stream twice, so seeded text at temperature > 0 differs from
+grammar-first (at temperature 0 it is the same).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class GrammarAfterSampler:
 
     def __init__(self, llm: "GrammarAfterLlama", chain, grammar: LlamaGrammar):
         self.chain = chain  # llama-cpp-python's own chain (penalties, top-k, ..., dist), built without the grammar
+        self._free = llama_cpp.llama_sampler_free  # kept: at interpreter exit the module may be gone first
         self.grammar = llama_cpp.llama_sampler_init_grammar(
             llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
         if not self.grammar:
@@ -43,11 +45,17 @@ class GrammarAfterSampler:
         self.view["id"], self.view["logit"], self.view["p"] = self.ids, logits, 0.0
         return llama_cpp.llama_token_data_array(data=self.buf, size=len(self.ids), selected=-1, sorted=False)
 
+    @staticmethod
+    def _selected(cur, chain) -> int:
+        llama_cpp.llama_sampler_apply(chain, ctypes.byref(cur))
+        if cur.selected < 0:  # the chain ends in a greedy or dist sampler, which always selects
+            raise RuntimeError("llama.cpp sampler chain selected no token")
+        return cur.data[cur.selected].id
+
     def sample(self, ctx, idx: int = -1) -> int:
         self.sampled += 1
         cur = self._all_tokens(ctx, idx)
-        llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
-        token = self.buf[cur.selected].id
+        token = self._selected(cur, self.chain.sampler)
         self.one[0].id, self.one[0].logit, self.one[0].p = token, 0.0, 0.0
         single = llama_cpp.llama_token_data_array(data=self.one, size=1, selected=-1, sorted=False)
         llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(single))
@@ -55,15 +63,14 @@ class GrammarAfterSampler:
             self.rejected += 1
             cur = self._all_tokens(ctx, idx)
             llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(cur))
-            llama_cpp.llama_sampler_apply(self.chain.sampler, ctypes.byref(cur))
-            token = self.buf[cur.selected].id
+            token = self._selected(cur, self.chain.sampler)
         llama_cpp.llama_sampler_accept(self.grammar, token)
         llama_cpp.llama_sampler_accept(self.chain.sampler, token)
         return token
 
     def __del__(self):
         if getattr(self, "grammar", None):
-            llama_cpp.llama_sampler_free(self.grammar)
+            self._free(self.grammar)
             self.grammar = None
 
 
