@@ -78,17 +78,27 @@ PROMPT = ("You answer questions by calling tools. Questions often need two or mo
           "read the result, then look up the next. ") * 6 + "Question: who wrote the novel Dracula, and when?"
 
 
-def worker_hf_generate(batch: int, new_tokens: int = 64) -> dict:
+def _embedded_hf(batch: int, dtype: str = "float32") -> tuple[Any, Any, dict]:
+    """The embedded model on transformers (float32, or int8 as `dtype: int8` makes it), its tokenizer, and
+    PROMPT `batch` times."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mtr.backends import quantize_int8
     from mtr.embedded import ensure_checkpoint
 
     path = ensure_checkpoint()
     tok = AutoTokenizer.from_pretrained(path)
-    tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    enc = tok([PROMPT] * batch, return_tensors="pt", padding=True)
+    if dtype == "int8":
+        model = quantize_int8(model)
+    return tok, model, tok([PROMPT] * batch, return_tensors="pt")
+
+
+def worker_hf_generate(batch: int, new_tokens: int = 64) -> dict:
+    import torch
+
+    tok, model, enc = _embedded_hf(batch)  # the same prompt on every row: no padding
     with torch.no_grad():
         model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.eos_token_id)  # warm-up
         t = time.perf_counter()
@@ -104,17 +114,8 @@ def worker_hf_thread(batch: int, dtype: str, new_tokens: int = 30, repeats: int 
     import asyncio
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mtr.backends import quantize_int8
-    from mtr.embedded import ensure_checkpoint
-
-    path = ensure_checkpoint()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    if dtype == "int8":
-        model = quantize_int8(model)
-    enc = tok([PROMPT] * batch, return_tensors="pt")
+    tok, model, enc = _embedded_hf(batch, dtype)
 
     def generate() -> float:
         t = time.perf_counter()
@@ -266,7 +267,7 @@ WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "hf_thread"
 
 def cpu() -> str:
     """The CPU the figures are from. The shared machine is not always the same host: int8 decoding, for one,
-    is 2.2x float32 where the CPU has AVX-512 VNNI (session 5) and no faster on an AVX2-only one (session 6)."""
+    was 2.2x float32 on session 5's (unrecorded) host and no faster on session 6's AVX2-only one."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -250,8 +250,8 @@ def quantize_int8(model: Any) -> Any:
 
     Decoding on a CPU is bound by reading the weights (a 135M model in fp32 reads 540 MB a token); int8
     reads a quarter. Measured on a 2-core CPU: 2.2x faster greedy generation than fp32 (no faster on another,
-    AVX2-only host: the gain depends on the CPU), and the answers
-    stay sensible (per-tensor scales did not: "What is the capital of France?" lost "Paris"). This is torch's
+    AVX2-only host: the gain depends on the CPU), and the answers stay sensible (per-tensor scales did not:
+    "What is the capital of France?" lost "Paris"). This is torch's
     own dynamic quantization (fbgemm kernels), which torch marks deprecated; torchao 0.18, its successor, was
     slower than fp32 in eager mode on this CPU (int8 weight-only 1.5x slower, dynamic 4.7x), so the older
     API is used while the pinned torch ships it."""
