@@ -307,7 +307,7 @@ def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     g = cfg.grpo
     g.num_generations, g.per_device_train_batch_size, g.train_steps = 2, 2, 2
     g.max_turn_tokens, g.max_completion_tokens, g.max_steps = 24, 96, 2
-    g.save_steps, g.report_to, g.sample_every = 1, [], 1
+    g.save_steps, g.save_total_limit, g.report_to, g.sample_every = 1, 1, [], 1
     g.learning_rate = 1e-5
     init = policy_source(cfg)
     stats = train_grpo(cfg, data, init, tmp_path / "out", pool=Pool(ScriptedBackend()))

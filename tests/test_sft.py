@@ -74,6 +74,7 @@ def tiny_cfg(**sft):
     cfg.sft.max_steps = 2
     cfg.sft.per_device_train_batch_size = 2
     cfg.sft.save_steps = 1
+    cfg.sft.save_total_limit = 1  # a checkpoint with its optimizer is 1.6 GB
     cfg.sft.report_to = []
     for k, v in sft.items():
         setattr(cfg.sft, k, v)
@@ -90,7 +91,7 @@ def test_full_finetune_resume_and_checkpoint_loads(tmp_path):
     assert stats["steps"] == 2 and stats["loss_first"] is not None and stats["tokens_per_s"] > 0
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2]
-    assert (out / "checkpoint-2").is_dir()
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-1").exists()  # save_total_limit reaches TRL
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size > 0
     tok = load_policy_tokenizer(out)
