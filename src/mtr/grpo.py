@@ -31,6 +31,7 @@ from mtr.backends import BackendPool, MicroBatcher
 from mtr.chat_template import render
 from mtr.config import Config
 from mtr.data import load_qa
+from mtr.distributed import is_main, on_main
 from mtr.episode import run_episode
 from mtr.jsonl import JsonlAppender, is_retryable, jsonl_log_callback, read_jsonl
 from mtr.kvcache import PrefixCache, generate_with_prefix_cache
@@ -38,7 +39,7 @@ from mtr.manifest import write_manifest
 from mtr.prompts import fill
 from mtr.rewards import REWARD_NAMES, trl_reward_funcs
 from mtr.roles import ToolActor, ToolCache, ToolMaker, utility_tools
-from mtr.sft import last_checkpoint, load_policy_tokenizer
+from mtr.sft import last_checkpoint, load_policy_tokenizer, save_trained
 from mtr.trace import QAExample, Step, ToolSchema, Trace, parse_turn
 
 console = Console()
@@ -350,7 +351,8 @@ def make_rollout_func(cfg: Config, examples: dict[str, QAExample], tools: dict[s
             traces = asyncio.run(episodes())
         toks = [agent.episodes[t.id] for t in traces]
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
-        if step % g.sample_every == 0 and calls["n"] != step + 1:
+        main = getattr(getattr(trainer, "accelerator", None), "is_main_process", True)
+        if main and step % g.sample_every == 0 and calls["n"] != step + 1:
             calls["n"] = step + 1
             with (out / "samples.jsonl").open("a") as f:
                 for t in traces[:2]:
@@ -400,35 +402,10 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     if not (Path(init) / "config.json").is_file():
         raise ValueError(f"--init {init}: not a Hugging Face checkpoint directory (e.g. the output of `mtr sft`)")
     examples = load_qa(data, limit)
-    if overwrite and out.exists():
-        for p in out.glob("checkpoint-*"):
-            shutil.rmtree(p)
-        for name in ("log.jsonl", "samples.jsonl", "tools.jsonl", "train_stats.json"):
-            (out / name).unlink(missing_ok=True)
-    write_manifest(out, "grpo", cfg.model_dump(mode="json"), {"data": Path(data)}, cfg.seed,
-                   extra={"init": str(init), "limit": limit}, overwrite=overwrite)
-    own_pool = pool is None
-    pool = pool or BackendPool(cfg)
-    needed = questions_needed(g, int(os.environ.get("WORLD_SIZE", "1")))
-    tools, failed = prepare_tools(cfg, examples, pool, out, needed=needed)
-    by_id = {ex.id: ex for ex in examples}
-    train = [by_id[qid] for qid in tools]  # in the order drawn
-    # A subset is already a seeded shuffle; kept in that order, a resume with more train_steps draws the same
-    # first questions (TRL's own shuffle would permute a larger set differently).
-    subset = needed < len(examples)
-    console.print(f"grpo: {len(train)} questions to train on ({g.train_steps} steps draw "
-                  f"{min(needed, len(examples))} of {len(examples)}); {len(failed)} skipped because the "
-                  "ToolMaker failed")
-    if not train:
-        raise ValueError(f"{data}: no question has tools (the ToolMaker failed on all {len(examples)}); "
-                         "see tools.jsonl, or set grpo.on_toolmaker_failure: utilities")
-    questions = [ex.question for ex in train]
-    if len(set(questions)) != len(questions):
-        raise ValueError(f"{data}: two records share a question text; the rollout identifies questions by text")
-
     tok = load_policy_tokenizer(Path(init))
-    actor = ToolActor(pool.get("toolactor"), grounding=g.grounding, retries=g.actor_retries)
     cuda = torch.cuda.is_available()
+    # The arguments first: creating them sets up the processes under a launcher, and the run directory and
+    # the tools are then prepared by the main process alone.
     args = GRPOConfig(
         output_dir=str(out), num_generations=g.num_generations, per_device_train_batch_size=g.per_device_train_batch_size,
         gradient_accumulation_steps=g.gradient_accumulation_steps, beta=g.beta, loss_type=g.loss_type,
@@ -437,11 +414,44 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=g.save_total_limit,
         report_to=g.report_to, seed=cfg.seed, bf16=g.bf16 and cuda, gradient_checkpointing=g.gradient_checkpointing,
         use_cpu=not cuda, use_vllm=g.use_vllm, vllm_mode="colocate", dataloader_num_workers=0,
-        shuffle_dataset=not subset,
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
         # with vLLM, one request is one turn: TRL's max_completion_length stays the whole episode's budget
         generation_kwargs={"max_tokens": g.max_turn_tokens, "stop_token_ids": [tok.eos_token_id]} if g.use_vllm else None,
     )
+    main = is_main(args)
+    own_pool = pool is None
+    pool = pool or BackendPool(cfg)
+    needed = questions_needed(g, args.world_size)
+
+    def prepare_run_dir() -> tuple[dict[str, list[ToolSchema]], dict[str, str]]:
+        if overwrite and out.exists():
+            for p in out.glob("checkpoint-*"):
+                shutil.rmtree(p)
+            for name in ("log.jsonl", "samples.jsonl", "tools.jsonl", "train_stats.json"):
+                (out / name).unlink(missing_ok=True)
+        write_manifest(out, "grpo", cfg.model_dump(mode="json"), {"data": Path(data)}, cfg.seed,
+                       extra={"init": str(init), "limit": limit}, overwrite=overwrite)
+        return prepare_tools(cfg, examples, pool, out, needed=needed)
+
+    tools, failed = on_main(args, prepare_run_dir)
+    by_id = {ex.id: ex for ex in examples}
+    train = [by_id[qid] for qid in tools]  # in the order drawn
+    # A subset is already a seeded shuffle; kept in that order, a resume with more train_steps draws the same
+    # first questions (TRL's own shuffle would permute a larger set differently).
+    subset = needed < len(examples)
+    args.shuffle_dataset = not subset
+    if main:
+        console.print(f"grpo: {len(train)} questions to train on ({g.train_steps} steps draw "
+                      f"{min(needed, len(examples))} of {len(examples)}); {len(failed)} skipped because the "
+                      "ToolMaker failed")
+    if not train:
+        raise ValueError(f"{data}: no question has tools (the ToolMaker failed on all {len(examples)}); "
+                         "see tools.jsonl, or set grpo.on_toolmaker_failure: utilities")
+    questions = [ex.question for ex in train]
+    if len(set(questions)) != len(questions):
+        raise ValueError(f"{data}: two records share a question text; the rollout identifies questions by text")
+
+    actor = ToolActor(pool.get("toolactor"), grounding=g.grounding, retries=g.actor_retries)
     log_path = out / "log.jsonl"
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.question}], "qid": ex.id}
                                  for ex in train])
@@ -451,7 +461,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
                           processing_class=tok, callbacks=[jsonl_log_callback(log_path)], rollout_func=rollout,
                           peft_config=g.peft_config())
     ckpt = last_checkpoint(out) if resume else None
-    if resume and ckpt is None:
+    if main and resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
     t0 = time.perf_counter()
     try:
@@ -460,14 +470,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         if own_pool:
             asyncio.run(pool.aclose())
     wall = time.perf_counter() - t0
-    if g.lora:
-        # the adapter for whoever wants it, and merged weights so that eval (and anyone) loads a plain checkpoint
-        final = trainer.accelerator.unwrap_model(trainer.model)
-        final.save_pretrained(out / "adapter")
-        final.merge_and_unload().save_pretrained(out, safe_serialization=True)
-    else:
-        trainer.save_model(str(out))
-    tok.save_pretrained(out)
+    save_trained(trainer, args, out, tok, lora=g.lora, base=Path(init))
     logs = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
     steps = [e for e in logs if "reward" in e]
     curve = {k: [e.get(k) for e in steps] for k in
@@ -480,8 +483,10 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
              # where a step's time goes: policy generation, the rest of the rollout (tools, ToolActor), the update
              "rollout_s": rollout.timing.get("rollout_s", 0.0), "generate_s": rollout.timing.get("generate_s", 0.0),
              "rollout_tokens_per_s": (rollout.timing.get("generated_tokens", 0) / rollout.timing["generate_s"]
-                                      if rollout.timing.get("generate_s") else None)}
-    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
-    console.print(f"grpo: {stats['steps']} steps in {wall:.0f}s ({stats['seconds_per_step']:.1f}s/step); "
-                  f"checkpoint in {out}")
+                                      if rollout.timing.get("generate_s") else None),
+             "processes": args.world_size}
+    if main:
+        (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+        console.print(f"grpo: {stats['steps']} steps in {wall:.0f}s ({stats['seconds_per_step']:.1f}s/step); "
+                      f"checkpoint in {out}")
     return stats

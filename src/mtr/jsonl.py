@@ -144,7 +144,8 @@ def jsonl_log_callback(path: Path):
 
     class JsonlLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs:
+            # every rank logs; one writes (the others' lines would interleave with its own)
+            if logs and state.is_world_process_zero:
                 with Path(path).open("a") as f:
                     f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from mtr.chat_template import install_chat_template
 from mtr.config import Config
+from mtr.distributed import is_main, on_main
 from mtr.jsonl import jsonl_log_callback
 from mtr.manifest import write_manifest
 
@@ -102,6 +103,29 @@ def last_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def save_trained(trainer: Any, args: Any, out: Path, tok: Any, lora: bool, base: Path) -> None:
+    """The trained policy as a plain checkpoint in `out`, loadable by every other command; with LoRA also the
+    adapter in `out/adapter`.
+
+    The trainer saves (it gathers sharded weights under ZeRO-3 or FSDP, and writes on the main process). A
+    LoRA adapter is merged on the main process into the base weights read back from disk, because on several
+    processes the in-memory model may hold only this rank's shard."""
+    if lora:
+        trainer.save_model(str(out / "adapter"))
+        if is_main(args):
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+
+            merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype="auto"),
+                                               out / "adapter").merge_and_unload()
+            merged.save_pretrained(out, safe_serialization=True)
+    else:
+        trainer.save_model(str(out))
+    if is_main(args):
+        tok.save_pretrained(out)
+    trainer.accelerator.wait_for_everyone()
+
+
 def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -112,20 +136,9 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
     src = policy_source(cfg)
     tok = load_policy_tokenizer(src)
     rows, report = read_sft_rows(Path(data), tok, s.max_length, s.too_long)
-    if overwrite and out.exists():
-        for p in out.glob("checkpoint-*"):
-            shutil.rmtree(p)
-        for name in ("log.jsonl", "train_stats.json"):
-            (out / name).unlink(missing_ok=True)
-    write_manifest(out, "sft", cfg.model_dump(mode="json"), {"data": Path(data)}, cfg.seed,
-                   extra={"init": str(src)}, overwrite=overwrite)
-    dropped = report["no_assistant_turns"] + report["too_long_dropped"]
-    console.print(f"sft: {len(rows)} rows to train on; dropped {report['no_assistant_turns']} without assistant "
-                  f"turns and {report['too_long_dropped']} over {s.max_length} tokens; truncated "
-                  f"{report['too_long_truncated']}" + (" [yellow](see train_stats.json)[/yellow]" if dropped else ""))
-
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if (s.bf16 and cuda) else torch.float32)
+    # The arguments first: creating them sets up the processes under a launcher, and the run directory is
+    # then prepared by the main process alone.
     args = SFTConfig(
         output_dir=str(out), assistant_only_loss=True, max_length=s.max_length, truncation_mode="keep_start",
         packing=False, learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs, max_steps=s.max_steps,
@@ -136,25 +149,38 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
         seed=cfg.seed, bf16=s.bf16 and cuda, gradient_checkpointing=s.gradient_checkpointing, use_cpu=not cuda,
         dataloader_num_workers=0, disable_tqdm=False, save_only_model=False,
     )
+    main = is_main(args)
+
+    def prepare_run_dir() -> None:
+        if overwrite and out.exists():
+            for p in out.glob("checkpoint-*"):
+                shutil.rmtree(p)
+            for name in ("log.jsonl", "train_stats.json"):
+                (out / name).unlink(missing_ok=True)
+        write_manifest(out, "sft", cfg.model_dump(mode="json"), {"data": Path(data)}, cfg.seed,
+                       extra={"init": str(src)}, overwrite=overwrite)
+
+    on_main(args, prepare_run_dir)
+    dropped = report["no_assistant_turns"] + report["too_long_dropped"]
+    if main:
+        console.print(f"sft: {len(rows)} rows to train on; dropped {report['no_assistant_turns']} without assistant "
+                      f"turns and {report['too_long_dropped']} over {s.max_length} tokens; truncated "
+                      f"{report['too_long_truncated']}" + (" [yellow](see train_stats.json)[/yellow]" if dropped else ""))
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if (s.bf16 and cuda) else torch.float32)
     peft_config = s.peft_config()
     log_path = out / "log.jsonl"
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config, callbacks=[jsonl_log_callback(log_path)])
     ckpt = last_checkpoint(out) if resume else None
-    if resume and ckpt is None:
+    if main and resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
-    elif ckpt is not None:
+    elif main and ckpt is not None:
         console.print(f"resuming from {ckpt}")
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     wall = time.perf_counter() - t0
-
-    final = trainer.model
-    if s.lora:
-        final.save_pretrained(out / "adapter")
-        final = final.merge_and_unload()
-    final.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    save_trained(trainer, args, out, tok, lora=s.lora, base=src)
     logs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     losses = [entry["loss"] for entry in logs if "loss" in entry]
     tokens = max((entry.get("num_tokens", 0) for entry in logs), default=0)
@@ -164,8 +190,10 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "lora": s.lora, "init": str(src), "resumed_from": str(ckpt) if ckpt else None,
+        "processes": args.world_size,
     }
-    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
-    console.print(f"sft: {stats['steps']} steps in {wall:.0f}s, loss {stats['loss_first']} -> {stats['loss_last']}, "
-                  f"{stats['tokens_per_s'] or 0:.0f} tokens/s; checkpoint in {out}")
+    if main:
+        (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+        console.print(f"sft: {stats['steps']} steps in {wall:.0f}s, loss {stats['loss_first']} -> "
+                      f"{stats['loss_last']}, {stats['tokens_per_s'] or 0:.0f} tokens/s; checkpoint in {out}")
     return stats

@@ -1,0 +1,42 @@
+"""Run by torchrun from tests/test_multiprocess.py: one rank of SFT or GRPO on CPU processes (gloo), with
+a tiny policy and, for GRPO, the scripted ToolMaker and ToolActor. Each rank writes what it saw to
+`out/rank-N.json` for the test to compare."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from scripted import Pool, ScriptedBackend  # noqa: E402
+
+from mtr.backends import BackendError  # noqa: E402
+from mtr.config import Config  # noqa: E402
+from mtr.grpo import train_grpo  # noqa: E402
+from mtr.sft import train_sft  # noqa: E402
+
+
+def main(stage: str, init: str, data: str, out: str, lora: bool) -> None:
+    cfg = Config()
+    cfg.roles.policy.model = init
+    rank = int(os.environ["RANK"])
+    # "grpo-down": the ToolMaker's server refuses every connection
+    backend = ScriptedBackend(toolmaker=(lambda msgs: BackendError("connection refused")) if stage == "grpo-down"
+                              else None)
+    if stage == "sft":
+        s = cfg.sft
+        s.max_steps, s.per_device_train_batch_size, s.save_steps, s.report_to, s.lora = 2, 1, 1, [], lora
+        stats = train_sft(cfg, Path(data), Path(out), overwrite=True)
+    else:
+        g = cfg.grpo
+        g.num_generations, g.per_device_train_batch_size, g.train_steps, g.save_steps = 2, 2, 2, 1
+        g.max_turn_tokens, g.max_completion_tokens, g.max_steps, g.report_to, g.lora = 8, 32, 1, [], lora
+        stats = train_grpo(cfg, Path(data), Path(init), Path(out), pool=Pool(backend), overwrite=True)
+    Path(out, f"rank-{rank}.json").write_text(json.dumps({"stats": stats, "calls": backend.calls}, default=str))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "lora")
