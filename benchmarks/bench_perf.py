@@ -71,7 +71,8 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
         stats = asyncio.run(synthesize(cfg, resolve_benchmark("hotpotqa"), Path(d), limit=n))
         wall = time.perf_counter() - t
     return {"wall_s": wall, "episodes": stats["episodes"], "episodes_per_s": stats["episodes"] / wall,
-            "generated_tokens": stats["generated_tokens"], "tokens_per_s": stats["generated_tokens"] / wall}
+            "generated_tokens": stats["generated_tokens"], "tokens_per_s": stats["generated_tokens"] / wall,
+            "batches": stats.get("batches", {})}
 
 
 PROMPT = ("You answer questions by calling tools. Questions often need two or more facts: look up the first, "

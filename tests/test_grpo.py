@@ -111,6 +111,7 @@ def test_lockstep_batches_wait_for_every_live_episode():
 
     asyncio.run(main())
     assert batches == [[(0, 0), (0, 1), (0, 2)], [(1, 0), (1, 1)]]
+    assert batcher.batch_rows == [3, 2]
 
     # without `expected` the same episodes get the second turn in pieces, as their tools come back
     batches.clear()

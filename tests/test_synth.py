@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mtr.backends import BackendError
-from mtr.config import Config
+from mtr.backends import BackendError, _LocalBackend
+from mtr.config import Config, RoleConfig
 from mtr.data import DataError, load_qa
 from mtr.jsonl import JsonlAppender, read_jsonl
 from mtr.manifest import RunDirError
@@ -264,3 +264,42 @@ def test_backend_failures_are_retried_on_resume(tmp_path):
     b = ScriptedBackend(toolmaker=toolmaker)
     stats = run(Config(), data, tmp_path / "run", b)
     assert b.calls["toolmaker"] == 1 and stats["kept"] == 3 and stats["episodes"] == 3
+
+
+class ScriptedLocal(_LocalBackend):
+    """The scripted answers through a local backend's batcher, without a model: a prompt is its messages as
+    JSON, and a batch takes a moment on the worker thread, as a model's would."""
+
+    kind = "scripted-local"
+
+    def __init__(self):
+        super().__init__(RoleConfig(batch_size=16))
+        self.scripted = ScriptedBackend()
+
+    def load(self):
+        pass
+
+    def render(self, messages, tools=None):
+        return json.dumps(messages)
+
+    def _run_batch(self, prompts, params):
+        time.sleep(0.02)
+        return [asyncio.run(self.scripted.chat(json.loads(p), params))[0] for p in prompts]
+
+
+class LocalPool(Pool):
+    def backends(self):
+        return [self.backend]
+
+
+def test_stats_say_how_many_rows_each_batch_of_a_local_backend_held(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=4)
+    cfg = Config()
+    cfg.synth.concurrency = 4
+    b = ScriptedLocal()
+    stats = asyncio.run(synthesize(cfg, data, tmp_path / "run", pool=LocalPool(b)))
+    assert stats["kept"] == 4
+    [(name, batches)] = stats["batches"].items()
+    assert name == "scripted-local:embedded"
+    assert batches["rows"] == sum(b.scripted.calls.values()) == 16  # ToolMaker, 2 agent turns, ToolActor
+    assert batches["mean_rows"] > 1 and batches["batches"] == len(b._batcher.batch_rows)

@@ -133,6 +133,10 @@ class Backend(ABC):
     async def aclose(self) -> None:
         pass
 
+    def batch_stats(self) -> dict[str, float] | None:
+        """How many batches a local backend ran and their mean rows; None for a server."""
+        return None
+
 
 # ---------------------------------------------------------------------------------------------------
 # Local backends share a micro-batcher: concurrent `generate` calls are queued and run together.
@@ -154,6 +158,7 @@ class MicroBatcher:
         # rollout). With it the batch is cut only when all of them are pending (lockstep): on a CPU the
         # ToolActor and the policy share the cores, so a batch of 8 costs about what a batch of 1 does.
         self.expected = expected
+        self.batch_rows: list[int] = []  # rows of each batch run, for the stats of a stage
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -192,6 +197,7 @@ class MicroBatcher:
             batch = [p for p in self._pending if self.key(p[0]) == key][: self.batch_size]
             taken = {id(p) for p in batch}
             self._pending = [p for p in self._pending if id(p) not in taken]
+            self.batch_rows.append(len(batch))
             try:
                 outs = await asyncio.to_thread(self.run, [item for item, _ in batch])
             except Exception as e:  # noqa: BLE001 - every waiter must hear about the failure
@@ -235,6 +241,10 @@ class _LocalBackend(Backend):
             prompt = self.render(messages, tools[i] if tools else None)
             futures.append([self._batcher.submit(_Request(prompt, replace(params, n=1))) for _ in range(params.n)])
         return [[await f for f in row] for row in futures]
+
+    def batch_stats(self) -> dict[str, float] | None:
+        rows = self._batcher.batch_rows
+        return {"batches": len(rows), "rows": sum(rows), "mean_rows": sum(rows) / len(rows)} if rows else None
 
     def _run_requests(self, batch: list[_Request]) -> list[Completion]:
         self.load()
@@ -686,6 +696,10 @@ class BackendPool:
                 # Same weights, the role's own sampling defaults.
                 self._by_role[role] = _SharedView(shared, cfg)
         return self._by_role[role]
+
+    def backends(self) -> list[Backend]:
+        """The distinct backends loaded so far (roles sharing a model share one)."""
+        return list(self._by_key.values())
 
     async def aclose(self) -> None:
         for b in self._by_key.values():

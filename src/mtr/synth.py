@@ -108,10 +108,13 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
         if own_pool:
             await pool.aclose()
     wall = time.perf_counter() - t0
-    return finish(cfg, out_dir, len(examples), wall, written)
+    # rows per batch of each local backend: how much of the concurrency reached the model together
+    batches = {b.describe(): st for b in getattr(pool, "backends", list)() if (st := b.batch_stats())}
+    return finish(cfg, out_dir, len(examples), wall, written, batches)
 
 
-def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: int) -> dict[str, Any]:
+def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: int,
+           batches: dict[str, dict] | None = None) -> dict[str, Any]:
     """Filter all traces into sft.jsonl and write stats.json (idempotent: always from traces.jsonl)."""
     traces = [Trace.model_validate(r) for r in read_jsonl(out_dir / "traces.jsonl", latest_by="id")]
     kept, rejected, verdicts = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
@@ -147,6 +150,7 @@ def finish(cfg: Config, out_dir: Path, n_questions: int, wall: float, written: i
                                        for t in traces) / wall) if wall > 0 and written == len(traces) else None,
         "teacher": cfg.synth.teacher,
         "grounding": cfg.synth.grounding,
+        "batches": batches or {},
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2))
     print_stats(stats)
@@ -167,4 +171,6 @@ def print_stats(stats: dict[str, Any]) -> None:
     table.add_row("generated tokens", str(stats["generated_tokens"]))
     table.add_row("wall time (s)", f"{stats['wall_s']:.1f}")
     table.add_row("episodes / s", f"{stats['episodes_per_s']:.3f}")
+    for name, b in stats.get("batches", {}).items():
+        table.add_row(f"rows per batch ({name})", f"{b['mean_rows']:.1f} in {b['batches']} batches")
     console.print(table)
