@@ -39,4 +39,10 @@ def main(stage: str, init: str, data: str, out: str, lora: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "lora")
+    try:
+        main(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] == "lora")
+    except Exception as e:
+        # written before the launcher stops the other rank, so that the test sees what each rank raised
+        Path(sys.argv[4]).mkdir(parents=True, exist_ok=True)
+        Path(sys.argv[4], f"rank-{os.environ['RANK']}.err").write_text(f"{type(e).__name__}: {e}")
+        raise

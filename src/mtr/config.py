@@ -199,6 +199,9 @@ class GRPOStageConfig(EpisodeConfig, LoraSettings):
     save_total_limit: int = Field(2, ge=1)
     sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    process_timeout_s: int = Field(
+        10800, ge=60, description="several processes: how long a rank waits for the others (TrainingArguments' "
+        "ddp_timeout); it covers the ToolMaker run on the main process before training")
 
     @model_validator(mode="after")
     def _weights_and_groups(self) -> "GRPOStageConfig":

@@ -414,6 +414,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         logging_steps=g.logging_steps, save_steps=g.save_steps, save_total_limit=g.save_total_limit,
         report_to=g.report_to, seed=cfg.seed, bf16=g.bf16 and cuda, gradient_checkpointing=g.gradient_checkpointing,
         use_cpu=not cuda, use_vllm=g.use_vllm, vllm_mode="colocate", dataloader_num_workers=0,
+        ddp_timeout=g.process_timeout_s,  # the other ranks wait while the main process runs the ToolMaker
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
         # with vLLM, one request is one turn: TRL's max_completion_length stays the whole episode's budget
         generation_kwargs={"max_tokens": g.max_turn_tokens, "stop_token_ids": [tok.eos_token_id]} if g.use_vllm else None,
@@ -460,7 +461,8 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     trainer = GRPOTrainer(model=str(init), reward_funcs=rewards, args=args, train_dataset=dataset,
                           processing_class=tok, callbacks=[jsonl_log_callback(log_path)], rollout_func=rollout,
                           peft_config=g.peft_config())
-    ckpt = last_checkpoint(out) if resume else None
+    # the main process's view: without a filesystem shared by every node, the ranks could disagree
+    ckpt = on_main(args, lambda: last_checkpoint(out) if resume else None)
     if main and resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
     t0 = time.perf_counter()
@@ -470,7 +472,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         if own_pool:
             asyncio.run(pool.aclose())
     wall = time.perf_counter() - t0
-    save_trained(trainer, args, out, tok, lora=g.lora, base=Path(init))
+    save_trained(trainer, args, out, tok, lora=g.lora, base=Path(init), dtype="auto")  # as TRL loaded it
     logs = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
     steps = [e for e in logs if "reward" in e]
     curve = {k: [e.get(k) for e in steps] for k in

@@ -16,8 +16,9 @@ import json
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rich.console import Console
 
@@ -103,27 +104,49 @@ def last_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_trained(trainer: Any, args: Any, out: Path, tok: Any, lora: bool, base: Path) -> None:
+def save_trained(trainer: Any, args: Any, out: Path, tok: Any, lora: bool, base: Path, dtype: Any) -> None:
     """The trained policy as a plain checkpoint in `out`, loadable by every other command; with LoRA also the
     adapter in `out/adapter`.
 
     The trainer saves (it gathers sharded weights under ZeRO-3 or FSDP, and writes on the main process). A
-    LoRA adapter is merged on the main process into the base weights read back from disk, because on several
-    processes the in-memory model may hold only this rank's shard."""
+    LoRA adapter is merged on the main process into the base weights read back from disk (in `dtype`, the
+    training's), because on several processes the in-memory model may hold only this rank's shard."""
     if lora:
         trainer.save_model(str(out / "adapter"))
         if is_main(args):
             from peft import PeftModel
             from transformers import AutoModelForCausalLM
 
-            merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype="auto"),
-                                               out / "adapter").merge_and_unload()
+            trained = trainer.accelerator.unwrap_model(trainer.model)
+            with _without_zero3():
+                merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype),
+                                                   out / "adapter").merge_and_unload()
+            # what the trainer set on the policy (pad token, generation defaults), as the base on disk lacks it
+            merged.config.pad_token_id = trained.config.pad_token_id
+            merged.generation_config = trained.generation_config
             merged.save_pretrained(out, safe_serialization=True)
     else:
         trainer.save_model(str(out))
     if is_main(args):
         tok.save_pretrained(out)
     trainer.accelerator.wait_for_everyone()
+
+
+@contextmanager
+def _without_zero3() -> Iterator[None]:
+    """While a ZeRO-3 trainer is registered, transformers builds every model inside `deepspeed.zero.Init`,
+    which broadcasts each parameter: collectives that the other ranks, waiting at a barrier, never join.
+    The merge runs on the main process alone, so it loads without it."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    registered = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if registered is not None:
+            hf_deepspeed.set_hf_deepspeed_config(registered)
 
 
 def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
@@ -172,7 +195,8 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
     log_path = out / "log.jsonl"
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config, callbacks=[jsonl_log_callback(log_path)])
-    ckpt = last_checkpoint(out) if resume else None
+    # the main process's view: without a filesystem shared by every node, the ranks could disagree
+    ckpt = on_main(args, lambda: last_checkpoint(out) if resume else None)
     if main and resume and ckpt is None:
         console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
     elif main and ckpt is not None:
@@ -180,7 +204,7 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     wall = time.perf_counter() - t0
-    save_trained(trainer, args, out, tok, lora=s.lora, base=src)
+    save_trained(trainer, args, out, tok, lora=s.lora, base=src, dtype=model.dtype)
     logs = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     losses = [entry["loss"] for entry in logs if "loss" in entry]
     tokens = max((entry.get("num_tokens", 0) for entry in logs), default=0)
