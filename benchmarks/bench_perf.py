@@ -42,7 +42,7 @@ PY = sys.executable
 
 def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, teacher: str | None,
                  n_slots: int | None = None, prefix_cache_mb: int | None = None, dtype: str | None = None,
-                 grammar_first: bool = False) -> dict:
+                 grammar_first: bool = False, separate_roles: bool = False) -> dict:
     import asyncio
 
     from mtr.config import load_config
@@ -66,6 +66,10 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
         from mtr.llamacpp_grammar import GrammarAfterLlama
 
         GrammarAfterLlama._init_sampler = Llama._init_sampler
+    if separate_roles:  # the batching before mixed rows, for a before/after figure
+        from mtr.backends import HFBackend
+
+        HFBackend.mixed_rows = False
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         stats = asyncio.run(synthesize(cfg, resolve_benchmark("hotpotqa"), Path(d), limit=n))
@@ -372,8 +376,9 @@ def part_thread(args, save) -> dict:
 
 def synth_variants(spec: str, backend: str) -> dict[str, dict]:
     """`1/1,16/4,16/1/0,16/1:int8,16/4:grammar-first`: episodes in flight / llama.cpp slots [/ hf prefix cache
-    MB] [:option] per variant, where the option is an hf dtype or, on llamacpp, `grammar-first`
-    (llama-cpp-python's own grammar order instead of mtr's sample-then-check). Slots only matter on llamacpp,
+    MB] [:option] per variant, where the option is an hf dtype, on hf `separate-roles` (a batch only for
+    requests of the same temperature and token budget, as before mixed rows), or on llamacpp
+    `grammar-first` (llama-cpp-python's own grammar order instead of mtr's sample-then-check). Slots only matter on llamacpp,
     the cache only on hf; unsaid: the config's default."""
     out = {}
     for item in spec.split(","):
@@ -389,11 +394,15 @@ def synth_variants(spec: str, backend: str) -> dict[str, dict]:
         grammar_first = option == "grammar-first"
         if grammar_first and backend != "llamacpp":
             raise SystemExit(f"synth variant {item}:{option}: grammar-first is a llamacpp option")
-        dtype = option if option and not grammar_first else None
+        separate = option == "separate-roles"
+        if separate and backend != "hf":
+            raise SystemExit(f"synth variant {item}:{option}: separate-roles is an hf option")
+        dtype = option if option and not (grammar_first or separate) else None
         who += f", {dtype}" if dtype and backend == "hf" else ""
         who += ", grammar first" if grammar_first else ""
+        who += ", a batch per role's sampling settings" if separate else ""
         out[who] = {"concurrency": conc, "n_slots": slots, "prefix_cache_mb": cache_mb, "dtype": dtype,
-                    "grammar_first": grammar_first}
+                    "grammar_first": grammar_first, "separate_roles": separate}
     return out
 
 
@@ -447,8 +456,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="llamacpp,hf", help="synth part: backends of the simulated roles")
     ap.add_argument("--synth-variants", default="1/1,16/1,1/4,4/4,16/4",
-                    help="synth part: episodes in flight / llama.cpp slots [/ hf prefix cache MB] [:hf dtype or "
-                         "grammar-first], one per variant; the first is the baseline")
+                    help="synth part: episodes in flight / llama.cpp slots [/ hf prefix cache MB] [:hf dtype, "
+                         "separate-roles or grammar-first], one per variant; the first is the baseline")
     ap.add_argument("--synth-label", default="", help="synth part: appended to each workload's name (e.g. ', "
                     "grammar order'), so that a comparison of other variants is kept beside the earlier one")
     ap.add_argument("--synth-preset", default="cpu-tiny.yaml", help="synth part: the preset (src/mtr/configs)")

@@ -59,6 +59,32 @@ def test_concurrent_callers_share_batches(embedded_backend, monkeypatch):
     assert calls == [6]
 
 
+def test_sampled_rows_of_other_temperatures_and_budgets_share_one_batch(embedded_backend, monkeypatch):
+    """A ToolMaker call and an agent turn (other temperature, other max_tokens) run in one batch, each
+    with its own temperature and token budget."""
+    calls = []
+    orig = embedded_backend._run_batch
+
+    def spy(prompts, params):
+        calls.append(len(prompts))
+        return orig(prompts, params)
+
+    monkeypatch.setattr(embedded_backend, "_run_batch", spy)
+    story = [{"role": "user", "content": "Write a long story about a dragon who loves books."}]
+    cold = SamplingParams(temperature=0.02, max_tokens=4, seed=3)  # as good as greedy
+    hot = SamplingParams(temperature=1.0, max_tokens=24, seed=3)
+
+    async def both():
+        return await asyncio.gather(embedded_backend.chat(Q, cold), embedded_backend.chat(story, hot))
+
+    [a], [b] = run(both())
+    assert calls == [2]
+    assert a.completion_tokens <= 4 and a.finish_reason == "length"  # its own budget, not the batch's 24
+    assert 4 < b.completion_tokens <= 24  # not cut at the other row's budget
+    [greedy] = run(embedded_backend.chat(Q, SamplingParams(temperature=0, max_tokens=4)))
+    assert a.text == greedy.text  # its own (low) temperature, not the other row's 1.0
+
+
 def test_stop_strings_cut_output(embedded_backend):
     p = SamplingParams(temperature=0, max_tokens=40, stop=("Paris",))
     [[c]] = run(embedded_backend.generate([Q], p))

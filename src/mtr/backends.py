@@ -222,7 +222,7 @@ class _LocalBackend(Backend):
 
     def __init__(self, cfg: RoleConfig):
         super().__init__(cfg)
-        self._batcher = MicroBatcher(self._run_requests, cfg.batch_size, key=lambda r: r.params.batch_key(),
+        self._batcher = MicroBatcher(self._run_requests, cfg.batch_size, key=lambda r: self.batch_key(r.params),
                                      describe=f"{self.kind}:{cfg.model}")
         self._load_lock = threading.Lock()
         self.tokenizer: Any = None
@@ -246,10 +246,15 @@ class _LocalBackend(Backend):
         rows = self._batcher.batch_rows
         return {"batches": len(rows), "rows": sum(rows), "mean_rows": sum(rows) / len(rows)} if rows else None
 
+    def batch_key(self, params: SamplingParams) -> tuple:
+        """Requests with the same key can share one batch."""
+        return params.batch_key()
+
     def _run_requests(self, batch: list[_Request]) -> list[Completion]:
         self.load()
-        # The first request's params stand for the batch (same batch_key); json_schema differs per row.
+        # The first request's params stand for the batch (same batch_key); what may differ per row is kept.
         self._row_schemas = [r.params.json_schema for r in batch]
+        self._row_params = [r.params for r in batch]
         outs = self._run_batch([r.prompt for r in batch], batch[0].params)
         return [attach_json(out, r.params.json_schema) for r, out in zip(batch, outs)]
 
@@ -362,18 +367,40 @@ class HFBackend(_LocalBackend):
             grammars.append(self._grammars[key])
         return [LogitsProcessor(grammars)]
 
+    # Sampled rows of different temperatures and token budgets share a batch (one role's ToolMaker call beside
+    # another's agent turn): per-row temperature and budget are applied inside `generate` (below).
+    mixed_rows = True
+
+    def batch_key(self, params: SamplingParams) -> tuple:
+        if self.mixed_rows and params.temperature > 0:
+            return ("sampled", params.top_p, params.stop, params.json_schema is not None)
+        return params.batch_key()
+
     def _run_batch(self, prompts, params):
         import torch
 
         tok, model = self.tokenizer, self.model
-        kwargs: dict[str, Any] = dict(max_new_tokens=params.max_tokens, eos_token_id=tok.eos_token_id)
+        rows = getattr(self, "_row_params", None)
+        rows = rows if rows is not None and len(rows) == len(prompts) else [params] * len(prompts)
+        budgets = [r.max_tokens for r in rows]
+        kwargs: dict[str, Any] = dict(max_new_tokens=max(budgets), eos_token_id=tok.eos_token_id)
+        processors = self._logits_processor(self._row_schemas)
+        temperatures = [r.temperature for r in rows]
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+            if len(set(temperatures)) > 1:
+                # transformers applies custom processors before its own temperature and top-p: scaling each
+                # row here, with the global temperature at 1, keeps that order
+                processors.append(_RowTemperature(temperatures))
+                kwargs["temperature"] = 1.0
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if len(set(budgets)) > 1:
+            from transformers import StoppingCriteriaList
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_RowBudget(budgets)])
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
-        processors = self._logits_processor(self._row_schemas)
         if processors:
             kwargs["logits_processor"] = processors
         if params.seed is not None:
@@ -383,7 +410,7 @@ class HFBackend(_LocalBackend):
                                          **kwargs)
         results = []
         for i in range(len(prompts)):
-            ids = new[i].tolist()
+            ids = new[i].tolist()[: budgets[i]]  # a row stopped at its own budget is padded after it
             ended = tok.eos_token_id in ids
             if ended:
                 ids = ids[: ids.index(tok.eos_token_id)]
@@ -394,6 +421,35 @@ class HFBackend(_LocalBackend):
                 text=text, finish_reason="stop" if ended or stopped else "length",
                 prompt_tokens=len(rows[i]), completion_tokens=len(ids)))
         return results
+
+
+class _RowTemperature:
+    """A logits processor dividing each row's scores by its own temperature."""
+
+    def __init__(self, temperatures: list[float]):
+        self.temperatures = temperatures
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        t = torch.tensor(self.temperatures, dtype=scores.dtype, device=scores.device)
+        return scores / t[:, None]
+
+
+class _RowBudget:
+    """A stopping criterion ending each row after its own number of new tokens (`generate` takes one
+    `max_new_tokens` for the batch). transformers' StoppingCriteria may answer per row; this is one."""
+
+    def __init__(self, budgets: list[int]):
+        self.budgets, self.start = budgets, None
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        if self.start is None:  # first called once the first new token is in
+            self.start = input_ids.shape[1] - 1
+        made = input_ids.shape[1] - self.start
+        return torch.tensor([made >= b for b in self.budgets], device=input_ids.device)
 
 
 class LlamaCppBackend(_LocalBackend):
