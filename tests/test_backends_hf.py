@@ -39,15 +39,21 @@ def test_n_samples_and_seed(embedded_backend):
     assert [c.text for c in outs] == [c.text for c in again]
 
 
-def test_concurrent_callers_share_batches(embedded_backend, monkeypatch):
+def batch_sizes(backend, monkeypatch) -> list[int]:
+    """The rows of each batch the backend runs from now on."""
     calls = []
-    orig = embedded_backend._run_batch
+    orig = backend._run_batch
 
     def spy(prompts, params):
         calls.append(len(prompts))
         return orig(prompts, params)
 
-    monkeypatch.setattr(embedded_backend, "_run_batch", spy)
+    monkeypatch.setattr(backend, "_run_batch", spy)
+    return calls
+
+
+def test_concurrent_callers_share_batches(embedded_backend, monkeypatch):
+    calls = batch_sizes(embedded_backend, monkeypatch)
     p = SamplingParams(temperature=0, max_tokens=4)
 
     async def many():
@@ -62,14 +68,7 @@ def test_concurrent_callers_share_batches(embedded_backend, monkeypatch):
 def test_sampled_rows_of_other_temperatures_and_budgets_share_one_batch(embedded_backend, monkeypatch):
     """A ToolMaker call and an agent turn (other temperature, other max_tokens) run in one batch, each
     with its own temperature and token budget."""
-    calls = []
-    orig = embedded_backend._run_batch
-
-    def spy(prompts, params):
-        calls.append(len(prompts))
-        return orig(prompts, params)
-
-    monkeypatch.setattr(embedded_backend, "_run_batch", spy)
+    calls = batch_sizes(embedded_backend, monkeypatch)
     story = [{"role": "user", "content": "Write a long story about a dragon who loves books."}]
     cold = SamplingParams(temperature=0.02, max_tokens=4, seed=3)  # as good as greedy
     hot = SamplingParams(temperature=1.0, max_tokens=24, seed=3)
