@@ -72,6 +72,9 @@ class Pool:
     def get(self, role):
         return self.backend
 
+    def backends(self):
+        return [self.backend]
+
     async def aclose(self):
         pass
 

@@ -287,17 +287,12 @@ class ScriptedLocal(_LocalBackend):
         return [asyncio.run(self.scripted.chat(json.loads(p), params))[0] for p in prompts]
 
 
-class LocalPool(Pool):
-    def backends(self):
-        return [self.backend]
-
-
 def test_stats_say_how_many_rows_each_batch_of_a_local_backend_held(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=4)
     cfg = Config()
     cfg.synth.concurrency = 4
     b = ScriptedLocal()
-    stats = asyncio.run(synthesize(cfg, data, tmp_path / "run", pool=LocalPool(b)))
+    stats = asyncio.run(synthesize(cfg, data, tmp_path / "run", pool=Pool(b)))
     assert stats["kept"] == 4
     [(name, batches)] = stats["batches"].items()
     assert name == "scripted-local:embedded"

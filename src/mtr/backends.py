@@ -252,8 +252,8 @@ class _LocalBackend(Backend):
 
     def _run_requests(self, batch: list[_Request]) -> list[Completion]:
         self.load()
-        # The first request's params stand for the batch (same batch_key); what may differ per row is kept.
-        self._row_schemas = [r.params.json_schema for r in batch]
+        # The first request's params stand for the batch (same batch_key); what may differ per row (its JSON
+        # schema, on hf its temperature and token budget) is read from each row's own.
         self._row_params = [r.params for r in batch]
         outs = self._run_batch([r.prompt for r in batch], batch[0].params)
         return [attach_json(out, r.params.json_schema) for r, out in zip(batch, outs)]
@@ -380,11 +380,10 @@ class HFBackend(_LocalBackend):
         import torch
 
         tok, model = self.tokenizer, self.model
-        rows = getattr(self, "_row_params", None)
-        rows = rows if rows is not None and len(rows) == len(prompts) else [params] * len(prompts)
+        rows = self._row_params
         budgets = [r.max_tokens for r in rows]
         kwargs: dict[str, Any] = dict(max_new_tokens=max(budgets), eos_token_id=tok.eos_token_id)
-        processors = self._logits_processor(self._row_schemas)
+        processors = self._logits_processor([r.json_schema for r in rows])
         temperatures = [r.temperature for r in rows]
         if params.temperature > 0:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -548,7 +547,7 @@ class LlamaCppBackend(_LocalBackend):
         # per-request thread hops, and the llama.cpp server (openai backend) is the batched path.
         results = []
         for i, prompt in enumerate(prompts):
-            schema = self._row_schemas[i]
+            schema = self._row_params[i].json_schema
             out = self.slot_for(prompt).create_completion(
                 prompt=prompt, max_tokens=params.max_tokens, temperature=params.temperature,
                 top_p=params.top_p, stop=list(params.stop) or None,

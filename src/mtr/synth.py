@@ -109,7 +109,7 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
             await pool.aclose()
     wall = time.perf_counter() - t0
     # rows per batch of each local backend: how much of the concurrency reached the model together
-    batches = {b.describe(): st for b in getattr(pool, "backends", list)() if (st := b.batch_stats())}
+    batches = {b.describe(): st for b in pool.backends() if (st := b.batch_stats())}
     return finish(cfg, out_dir, len(examples), wall, written, batches)
 
 
