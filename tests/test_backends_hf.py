@@ -19,8 +19,8 @@ def test_greedy_is_deterministic_and_counts_tokens(embedded_backend):
     p = SamplingParams(temperature=0, max_tokens=16)
     [[a]] = run(embedded_backend.generate([Q], p))
     [[b]] = run(embedded_backend.generate([Q], p))
-    assert a.text == b.text and "Paris" in a.text
-    assert a.prompt_tokens > 10 and 0 < a.completion_tokens <= 16
+    assert a.text == b.text and a.text.strip()
+    assert a.prompt_tokens > 10 and 0 < a.completion_tokens <= 16 and a.finish_reason in ("stop", "length")
 
 
 def test_batched_left_padding_matches_single(embedded_backend):
@@ -84,10 +84,21 @@ def test_sampled_rows_of_other_temperatures_and_budgets_share_one_batch(embedded
     assert a.text == greedy.text  # its own (low) temperature, not the other row's 1.0
 
 
+def stop_word(text: str) -> str:
+    """A word from the middle of a greedy completion: whatever the model says on this machine, a stop string
+    it is sure to reach."""
+    words = [w for w in text.split() if len(w) >= 3]
+    assert words, f"no word to stop at in {text!r}"
+    return words[len(words) // 2]
+
+
 def test_stop_strings_cut_output(embedded_backend):
-    p = SamplingParams(temperature=0, max_tokens=40, stop=("Paris",))
-    [[c]] = run(embedded_backend.generate([Q], p))
-    assert "Paris" not in c.text and c.finish_reason == "stop"
+    p = SamplingParams(temperature=0, max_tokens=40)
+    [[free]] = run(embedded_backend.generate([Q], p))
+    word = stop_word(free.text)
+    [[c]] = run(embedded_backend.generate([Q], SamplingParams(temperature=0, max_tokens=40, stop=(word,))))
+    assert c.finish_reason == "stop" and word not in c.text
+    assert c.text == free.text[: free.text.index(word)]  # cut exactly before the stop string
 
 
 def test_json_schema_constrained_output_is_valid(embedded_backend):
@@ -155,11 +166,10 @@ def test_next_turn_reads_only_its_new_tokens_and_says_what_it_would_without_the_
         if backend is embedded_backend:
             # each second turn read its new user message and header (tens of tokens), not its whole history
             assert 0 < cache.read_tokens - read < (a2.prompt_tokens + b2.prompt_tokens) / 2
-    assert turns[True] == turns[False]
-    assert "Madrid" in turns[True][2]
+    assert turns[True] == turns[False] and all(turns[True])
 
 
-def test_int8_backend_is_quantized_and_still_answers():
+def test_int8_backend_is_quantized_and_close_to_float32(embedded_backend):
     import torch
 
     from mtr.backends import HFBackend
@@ -170,7 +180,17 @@ def test_int8_backend_is_quantized_and_still_answers():
     linears = [m for m in b.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     assert len(linears) == 30 * 7 + 1  # every projection of the 30 layers, and the output head
     [[c]] = run(b.generate([Q], SamplingParams(temperature=0, max_tokens=16)))
-    assert "Paris" in c.text
+    assert c.completion_tokens > 0
+    # what quantization keeps, whatever the model says: next-token scores at every position of the prompt
+    # correlate with float32's (unrelated scores: ~0), and int8's first choice is mostly among float32's top 5
+    ids = b.tokenizer(b.render(Q), return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        q = b.model(ids).logits[0]
+        f = embedded_backend.model(ids).logits[0]
+    qc, fc = q - q.mean(-1, keepdim=True), f - f.mean(-1, keepdim=True)
+    corr = (qc * fc).sum(-1) / (qc.norm(dim=-1) * fc.norm(dim=-1))
+    top5 = [q[i].argmax().item() in f[i].topk(5).indices.tolist() for i in range(len(q))]
+    assert corr.mean() > 0.6 and sum(top5) / len(top5) > 0.7
 
 
 def test_int8_on_a_gpu_is_one_line():

@@ -28,7 +28,7 @@ def test_real_llama_server_chat(server_url):
     b = backend(server_url)
     b.load()  # GET /models answers and knows the model
     [c] = asyncio.run(b.chat(Q, SamplingParams(temperature=0, max_tokens=16)))
-    assert "Paris" in c.text and c.completion_tokens > 0
+    assert c.text.strip() and 0 < c.completion_tokens <= 16 and c.finish_reason in ("stop", "length")
 
 
 @pytest.mark.model

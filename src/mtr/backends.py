@@ -480,7 +480,13 @@ class LlamaCppBackend(_LocalBackend):
                 from mtr.llamacpp_grammar import GrammarAfterLlama
             except ImportError as e:
                 raise BackendError("llamacpp backend: llama-cpp-python is not installed; "
-                                   "fix: .venv/bin/pip install 'llama-cpp-python[server]'") from e
+                                   "fix: python -m mtr.llamacpp_build install") from e
+            from mtr.llamacpp_build import INSTALL_HINT, installed_build
+
+            build = installed_build()
+            if build.get("missing_on_cpu"):  # built on another CPU (a shared home, a copied venv)
+                raise BackendError(f"llamacpp backend: this llama.cpp build uses {' '.join(build['missing_on_cpu'])}, "
+                                   f"which this CPU lacks (built for another machine); fix: {INSTALL_HINT}")
             # Grammar-constrained sampling checks the sampled token instead of the whole vocabulary
             # (mtr.llamacpp_grammar): 10-15x less sampling time a token, the same text at temperature 0.
             self._llama = GrammarAfterLlama

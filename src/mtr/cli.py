@@ -75,6 +75,16 @@ def models(config: Optional[Path] = ConfigOpt,
                 status = f"[red]fails[/red]: {e}"
         table.add_row(role, rc.backend, backend.describe(), status)
     console.print(table)
+    from importlib.util import find_spec
+
+    if find_spec("llama_cpp") is not None:
+        from mtr.llamacpp_build import check as llamacpp_check, describe_build
+
+        console.print(describe_build(), highlight=False)
+        if check and any(cfg.role(r).backend == "llamacpp" for r in ROLES):
+            result = llamacpp_check()
+            console.print(result.message, highlight=False, style=None if result.ok else "red")
+            failures += not result.ok
     if failures:
         raise typer.Exit(1)
 
