@@ -75,6 +75,8 @@ def test_stage_presets_parse_and_budgets_are_distinct():
 
 @pytest.mark.parametrize("text,expected", [
     ("grpo: {num_generations: 3, per_device_train_batch_size: 8}\n", "must be a multiple of num_generations"),
+    ("grpo: {num_generations: 4, per_device_train_batch_size: 1, gradient_accumulation_steps: 3}\n",
+     "gradient_accumulation_steps (3) must be a multiple of num_generations (4)"),
     ("grpo: {reward_weights: {speed: 1.0}}\n", "unknown component(s) ['speed']"),
     ("sft: {too_long: ignore}\n", "sft.too_long"),
     ("eval: {modes: [tools-maybe]}\n", "eval.modes.0"),

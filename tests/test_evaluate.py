@@ -129,3 +129,25 @@ def test_shipped_copy_is_used_without_shared_data(monkeypatch, tmp_path):
     assert resolve_benchmark("hotpotqa").name == "hotpotqa_dev_first40.jsonl"
     with pytest.raises(DataError, match="musique_dev_500.jsonl not found"):
         resolve_benchmark("musique")
+
+
+def test_results_table_is_readable_in_80_columns(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    import mtr.evaluate as ev
+
+    narrow = Console(width=80, record=True, file=open(tmp_path / "screen.txt", "w"))
+    monkeypatch.setattr(ev, "console", narrow)
+    row = {"n": 125, "em": 12.5, "f1": 20.25, "cover_em": 15.0, "malformed_pct": 33.3, "invalid_call_pct": 1.0,
+           "slot_disagreement_pct": 5.0, "no_answer_pct": 58.3, "error_pct": 0.0, "mean_calls": 1.5,
+           "mean_tokens": 240.0}
+    rows = [{"benchmark": b, "mode": m, **row} for b in ("hotpotqa", "2wiki", "musique", "bamboogle")
+            for m in ("tools-on", "tools-off")]
+    ev.print_results({"rows": rows}, tmp_path)
+    screen = narrow.export_text()
+    assert "…" not in screen and max(len(line) for line in screen.splitlines()) <= 80
+    header = next(line for line in screen.splitlines() if "benchmark" in line)
+    assert all(w in header for w in ("EM", "answered", "malformed", "calls"))  # one header line, none wrapped
+    for word in ("benchmark", "mode", "EM", "F1", "answered", "malformed", "calls", "bamboogle", "tools-off",
+                 "41.7", "results.md"):
+        assert word in screen, word

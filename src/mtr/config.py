@@ -173,7 +173,8 @@ class GRPOStageConfig(EpisodeConfig, LoraSettings):
     """Stage 2 (`mtr grpo`): TRL's GRPOTrainer with MTR's multi-turn rollout and composite reward."""
 
     num_generations: int = Field(8, ge=2, description="group size: rollouts per question (paper: 8)")
-    per_device_train_batch_size: int = Field(8, ge=1, description="rollouts per step; a multiple of the group")
+    per_device_train_batch_size: int = Field(8, ge=1, description="rollouts in one forward/backward pass; times "
+                                             "gradient_accumulation_steps: rollouts per step, whole groups")
     gradient_accumulation_steps: int = Field(1, ge=1)
     beta: float = Field(0.04, ge=0.0, description="KL coefficient to the reference (the initial policy)")
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
@@ -209,9 +210,12 @@ class GRPOStageConfig(EpisodeConfig, LoraSettings):
         if unknown:
             raise ValueError(f"reward_weights: unknown component(s) {sorted(unknown)}; "
                              "components are answer, format, consistency, efficiency")
-        if self.per_device_train_batch_size % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size ({self.per_device_train_batch_size}) must be a multiple "
-                             f"of num_generations ({self.num_generations})")
+        # TRL rolls out per_device_train_batch_size x gradient_accumulation_steps episodes at once (its generation
+        # batch) and takes the loss on them in micro-batches: the whole groups must be in one generation batch
+        rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if rollouts % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size x gradient_accumulation_steps ({rollouts}) must be a "
+                             f"multiple of num_generations ({self.num_generations})")
         return self
 
 

@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -36,6 +35,7 @@ from mtr.episode import run_episode
 from mtr.jsonl import JsonlAppender, is_retryable, jsonl_log_callback, read_jsonl
 from mtr.kvcache import PrefixCache, generate_with_prefix_cache
 from mtr.manifest import write_manifest
+from mtr.peak_memory import peak_rss_mb, reset_peak
 from mtr.prompts import fill
 from mtr.rewards import REWARD_NAMES, trl_reward_funcs
 from mtr.roles import ToolActor, ToolCache, ToolMaker, utility_tools
@@ -392,6 +392,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     from trl import GRPOConfig, GRPOTrainer
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    reset_peak()  # this stage's own peak memory, also when it shares the process with others (mtr run)
     g = cfg.grpo
     if g.use_vllm:
         from trl.import_utils import is_vllm_available
@@ -480,7 +481,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
               "episode/malformed_pct", "completions/mean_length"]}
     stats = {"questions": len(train), "skipped_toolmaker_failed": len(failed), "steps": result.global_step,
              "train_runtime_s": wall, "seconds_per_step": wall / max(1, result.global_step),
-             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+             "peak_rss_mb": peak_rss_mb(),
              "curve": curve, "resumed_from": str(ckpt) if ckpt else None,
              # where a step's time goes: policy generation, the rest of the rollout (tools, ToolActor), the update
              "rollout_s": rollout.timing.get("rollout_s", 0.0), "generate_s": rollout.timing.get("generate_s", 0.0),

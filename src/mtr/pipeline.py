@@ -9,7 +9,6 @@ continues where it stopped, and nothing that was written is lost.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import shutil
 import time
@@ -22,17 +21,18 @@ from mtr.config import Config
 from mtr.data import load_qa, resolve_benchmark
 from mtr.jsonl import write_text_atomic
 from mtr.manifest import write_manifest
+from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
 
 console = Console()
 DONE = "stage_done.json"
 STAGES = ("synth", "sft", "grpo", "eval")
 
-# Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, session 6: synth 150-161 s for 12
-# questions, SFT 182-189 s for 12 rows, GRPO 164-266 s for 8 rollouts, eval 208-214 s for 12 questions tools
-# on and off), used only to tell the user up front how long a run should take; a server or a GPU is much
-# faster, and then the estimate is moot.
-CPU_SECONDS = {"synth_question": 12.0, "sft_row_epoch": 14.0, "grpo_rollout": 22.0, "eval_on": 14.0,
-               "eval_off": 3.0, "stage_start": 15.0}
+# Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, benchmarks/results/demo.json:
+# synth 66 s for 12 questions, SFT 75 s for 12 rows, GRPO 90 s for 8 rollouts, eval 87 s for 12 questions
+# tools on and off), used only to tell the user up front how long a run should take; a server or a GPU is
+# much faster, and then the estimate is moot.
+CPU_SECONDS = {"synth_question": 5.5, "sft_row_epoch": 5.0, "grpo_rollout": 10.0, "eval_on": 6.0,
+               "eval_off": 1.5, "stage_start": 10.0}
 
 
 def stage_done(stage_dir: Path) -> dict[str, Any] | None:
@@ -68,15 +68,16 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
         elif stage == "sft":
             s = cfg.sft
             rows = n_train * cfg.synth.episodes_per_question
-            steps = s.max_steps if s.max_steps > 0 else int(rows * s.num_train_epochs / s.per_device_train_batch_size)
-            lines.append(f"sft: {'LoRA' if s.lora else 'full'} fine-tuning, {steps} steps of "
-                         f"{s.per_device_train_batch_size} traces")
-            total += CPU_SECONDS["sft_row_epoch"] * steps * s.per_device_train_batch_size
+            batch = s.per_device_train_batch_size * s.gradient_accumulation_steps
+            steps = s.max_steps if s.max_steps > 0 else int(rows * s.num_train_epochs / batch)
+            lines.append(f"sft: {'LoRA' if s.lora else 'full'} fine-tuning, {steps} steps of {batch} traces")
+            total += CPU_SECONDS["sft_row_epoch"] * steps * batch
         elif stage == "grpo":
             g = cfg.grpo
-            lines.append(f"grpo: {g.train_steps} steps, {g.per_device_train_batch_size} rollouts a step in groups "
+            rollouts = g.per_device_train_batch_size * g.gradient_accumulation_steps
+            lines.append(f"grpo: {g.train_steps} steps, {rollouts} rollouts a step in groups "
                          f"of {g.num_generations}, up to {g.max_steps} tool calls each")
-            total += CPU_SECONDS["grpo_rollout"] * g.train_steps * g.per_device_train_batch_size
+            total += CPU_SECONDS["grpo_rollout"] * g.train_steps * rollouts
         elif stage == "eval":
             sizes = eval_benchmark_sizes(cfg)
             policies = 2 if r.eval_base else 1
@@ -85,19 +86,6 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
             for mode in cfg.eval.modes:
                 total += policies * sum(sizes.values()) * CPU_SECONDS["eval_on" if mode == "tools-on" else "eval_off"]
     return lines, total
-
-
-def _free_memory() -> None:
-    # Stages run in one process; the previous stage's model must go before the next one loads (SFT and GRPO
-    # each peak at 13-16 GB on the CPU preset).
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
 
 
 def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
@@ -136,10 +124,11 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
             else:
                 console.rule(f"stage {i}/{n}: {stage}")
                 t0 = time.perf_counter()
+                reset_peak()
                 extra = _run_stage(stage, cfg, out, train_path, init, policy, last_checkpoint)
-                done = {"wall_s": time.perf_counter() - t0, **extra}
+                done = {"wall_s": time.perf_counter() - t0, "peak_rss_mb": round(peak_rss_mb()), **extra}
                 mark_done(d, **done)
-                _free_memory()
+                release_memory()  # the next stage loads its own model
             records[stage] = done
             if stage in ("sft", "grpo"):
                 policy = d

@@ -13,7 +13,6 @@ refusal to mix two runs in one directory, and merging a LoRA adapter into a plai
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import time
 from contextlib import contextmanager
@@ -27,6 +26,7 @@ from mtr.config import Config
 from mtr.distributed import is_main, on_main
 from mtr.jsonl import jsonl_log_callback
 from mtr.manifest import write_manifest
+from mtr.peak_memory import peak_rss_mb, reset_peak
 
 console = Console()
 
@@ -155,6 +155,7 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    reset_peak()  # this stage's own peak memory, also when it shares the process with others (mtr run)
     s = cfg.sft
     src = policy_source(cfg)
     tok = load_policy_tokenizer(src)
@@ -212,7 +213,7 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
         "rows": len(rows), "data_report": report, "steps": result.global_step, "train_runtime_s": wall,
         "tokens_seen": tokens, "tokens_per_s": tokens / wall if wall > 0 else None,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "lora": s.lora, "init": str(src), "resumed_from": str(ckpt) if ckpt else None,
         "processes": args.world_size,
     }
