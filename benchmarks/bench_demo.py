@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mtr.llamacpp_build import cpu_info
 
-STAGES = ("synth", "sft", "grpo", "eval")
+STAGES = ("tools", "synth", "filter", "sft", "grpo", "eval")
 DEMO = Path(__file__).resolve().parents[1] / "src" / "mtr" / "configs" / "demo.yaml"
 
 

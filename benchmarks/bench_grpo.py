@@ -39,7 +39,7 @@ def mean_se(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "se": sd / len(values) ** 0.5, "n": len(values)}
 
 
-def evaluate_policy(cfg, path: Path, examples: list, tools: dict, samples: int, seed: int) -> dict:
+def evaluate_policy(cfg, path: Path, examples: list, tools_file: Path, samples: int, seed: int) -> dict:
     """Roll out `path` `samples` times on each question, as a GRPO step does but without the update."""
     import asyncio
 
@@ -47,49 +47,35 @@ def evaluate_policy(cfg, path: Path, examples: list, tools: dict, samples: int, 
     from transformers import AutoModelForCausalLM
 
     from mtr.backends import BackendPool
-    from mtr.episode import run_episode
-    from mtr.grpo import ModelSampler, RolloutAgent
-    from mtr.prompts import fill
-    from mtr.rewards import REWARD_NAMES, trl_reward_funcs
-    from mtr.roles import ToolActor
-    from mtr.sft import load_policy_tokenizer
+    from mtr.checkpoints import load_tokenizer
+    from mtr.env import Environment
+    from mtr.rollout import RolloutAgent
+    from mtr.rubric import REWARD_NAMES, Rubric, health
 
-    g = cfg.grpo
+    g, t = cfg.grpo, cfg.grpo.trl
     torch.manual_seed(seed)
-    tok = load_policy_tokenizer(path)
+    tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     pool = BackendPool(cfg)
-    actor = ToolActor(pool.get("toolactor"), grounding=g.grounding)
+    env = Environment.from_config(cfg, "grpo", pool, tools_file)
     batch = [ex for ex in examples for _ in range(samples)]
-    timing: dict[str, float] = {}
     # one lockstep batch per group, as training samples them (a batch of all episodes would change nothing
     # but the speed, and a group of 4 is the shape every figure in docs/performance.md is at)
     traces = []
-    for start in range(0, len(batch), g.num_generations):
-        group = batch[start:start + g.num_generations]
-        agent = RolloutAgent(ModelSampler(model, tok, g.temperature, len(group), timing, len(group)), tok,
-                             g.max_turn_tokens, g.max_completion_tokens)
-
-        async def episode(i: int, ex, agent=agent):
-            try:
-                return await run_episode(ex, f"{ex.id}#{i}", tools[ex.id], agent, actor, fill("policy"),
-                                         max_steps=g.max_steps, seed=seed + i, meta={"seed": seed + i})
-            finally:
-                agent.sampler.episode_ended()
-
-        async def episodes(group=group, start=start):
-            return await asyncio.gather(*[episode(start + j, ex) for j, ex in enumerate(group)])
-
-        traces += asyncio.run(episodes())
+    n = t["num_generations"]
+    for start in range(0, len(batch), n):
+        group = batch[start:start + n]
+        agent = RolloutAgent.with_model(model, tok, t["temperature"], g.max_turn_tokens, t["max_completion_length"],
+                                        len(group))
+        traces += asyncio.run(env.rollout_group(group, agent, [seed + start + j for j in range(len(group))]))
+    env.close()
     asyncio.run(pool.aclose())
-    scores = {n: f(prompts=[None] * len(traces), completions=[None] * len(traces), episode=traces)
-              for n, f in zip(REWARD_NAMES, trl_reward_funcs(g.answer_metric, g.call_budget, g.call_penalty))}
-    total = [sum(g.reward_weights.get(n, 0.0) * scores[n][i] for n in REWARD_NAMES) for i in range(len(traces))]
-    res = {"policy": str(path), "reward": mean_se(total), **{n: mean_se(v) for n, v in scores.items()},
-           "no_answer_pct": 100.0 * sum(t.final_answer is None for t in traces) / len(traces),
-           "malformed_pct": 100.0 * sum(not s.ok for t in traces for s in t.steps) /
-           max(1, sum(len(t.steps) for t in traces)),
-           "tool_calls": statistics.mean(len(t.calls) for t in traces)}
+    rubric = Rubric.from_config(g)
+    scores = [rubric.score(tr) for tr in traces]
+    h = health(traces)
+    res = {"policy": str(path), "reward": mean_se([sc["total"] for sc in scores]),
+           **{n: mean_se([sc[n] for sc in scores]) for n in REWARD_NAMES},
+           "no_answer_pct": h["no_answer_pct"], "malformed_pct": h["malformed_pct"], "tool_calls": h["tool_calls"]}
     print(f"{path}: reward {res['reward']['mean']:.3f} +- {res['reward']['se']:.3f}; " + ", ".join(
         f"{n} {res[n]['mean']:.3f}" for n in REWARD_NAMES) + f"; no answer {res['no_answer_pct']:.0f}%", flush=True)
     return res
@@ -99,16 +85,11 @@ def compare_policies(cfg, paths: list[str], data: Path, tools_file: Path, sample
     """Each policy on the same questions and tools, `samples` episodes per question; differences to the first."""
     from mtr.data import load_qa
     from mtr.jsonl import read_jsonl
-    from mtr.roles import utility_tools
-    from mtr.trace import ToolSchema
 
-    examples = load_qa(data)
-    tools = {}
-    for rec in read_jsonl(tools_file):
-        tools[rec["id"]] = ([ToolSchema.model_validate(t) for t in rec["tools"]] if rec["error"] is None
-                            else utility_tools(cfg.grpo.utility_tools))  # as on_toolmaker_failure: utilities
-    examples = [ex for ex in examples if ex.id in tools]
-    runs = [evaluate_policy(cfg, Path(p), examples, tools, samples, seed) for p in paths]
+    made = {rec["id"] for rec in read_jsonl(tools_file)}
+    examples = [ex for ex in load_qa(data) if ex.id in made]
+    cfg.tools.on_failure = "utilities"  # every question the policies trained on
+    runs = [evaluate_policy(cfg, Path(p), examples, tools_file, samples, seed) for p in paths]
     base = runs[0]
     for r in runs[1:]:
         r["difference"] = {k: {"mean": r[k]["mean"] - base[k]["mean"],
@@ -137,7 +118,7 @@ def main() -> None:
     args = ap.parse_args()
     from mtr.config import DEFAULT_CONFIG, RoleConfig, load_config
     from mtr.data import resolve_benchmark
-    from mtr.grpo import train_grpo
+    from mtr.stages.grpo import train_grpo
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mtr-bench-grpo-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -146,7 +127,8 @@ def main() -> None:
     data = work / "train.jsonl"
     data.write_text("\n".join(records) + "\n")
     cfg = load_config(DEFAULT_CONFIG.parent / "grpo-cpu.yaml")
-    cfg.seed, cfg.grpo.train_steps, cfg.grpo.report_to, cfg.grpo.save_steps = args.seed, args.steps, [], 10_000
+    cfg.seed = args.seed
+    cfg.grpo.trl.update(max_steps=args.steps, report_to=[], save_steps=10_000)
     if args.sim_backend == "llamacpp":  # ToolMaker and ToolActor on llama.cpp; the policy trains in transformers
         for role in ("toolmaker", "toolactor"):
             rc = cfg.role(role)

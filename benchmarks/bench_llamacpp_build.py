@@ -58,7 +58,7 @@ def main() -> None:
                    "decode_tokens_per_s": statistics.median(x["decode_tokens_per_s"] for x in runs[n]),
                    "features": runs[n][0]["features"], "runs": runs[n]} for n in names}
     base = names[0]
-    print(f"\n| variant | prompt reading, tokens/s | decoding, tokens/s | instruction sets |\n|---|---:|---:|---|")
+    print("\n| variant | prompt reading, tokens/s | decoding, tokens/s | instruction sets |\n|---|---:|---:|---|")
     for n in names:
         s = summary[n]
         ratio = (f" ({s['prompt_tokens_per_s'] / summary[base]['prompt_tokens_per_s']:.2f}x)",

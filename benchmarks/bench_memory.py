@@ -5,7 +5,7 @@ change it, each variant in its own process, on the demo's own data.
 
 `--run` is a finished demo run (`mtr demo`): its `synth/sft.jsonl` feeds SFT and its `sft/` checkpoint
 starts GRPO, with the demo preset's other settings. A variant is `name:key=value,key=value` over the stage's
-config section (keys in the order given). Results go to `benchmarks/results/memory.json`.
+TRL arguments (`sft.trl`, `grpo.trl`). Results go to `benchmarks/results/memory.json`.
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ from pathlib import Path
 from mtr.config import load_config
 stage, run, out, settings = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), json.loads(sys.argv[4])
 cfg = load_config(sys.argv[5])
-section = getattr(cfg, stage)
+trl = getattr(cfg, stage).trl
 for k, v in settings:
-    setattr(section, k, v)
+    trl[k] = v
+getattr(cfg, stage).trl = trl  # validated as a whole (whole groups per generation batch)
 if stage == "sft":
-    from mtr.sft import train_sft
+    from mtr.stages.sft import train_sft
     stats = train_sft(cfg, run / "synth" / "sft.jsonl", out, overwrite=True)
     extra = {"loss_last": stats["loss_last"]}
 else:
     from mtr.data import resolve_benchmark
-    from mtr.grpo import train_grpo
+    from mtr.stages.grpo import train_grpo
     stats = train_grpo(cfg, resolve_benchmark(cfg.run.train_data), run / "sft", out, limit=cfg.run.train_limit,
                        overwrite=True)
     extra = {"reward_curve": stats["curve"]["reward"], "rollout_s": stats["rollout_s"]}

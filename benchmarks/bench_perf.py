@@ -47,7 +47,7 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
 
     from mtr.config import load_config
     from mtr.data import resolve_benchmark
-    from mtr.synth import synthesize
+    from mtr.stages.synth import synthesize
 
     cfg = load_config(ROOT / "src" / "mtr" / "configs" / preset)
     if backend:
@@ -60,10 +60,10 @@ def worker_synth(n: int, preset: str, backend: str | None, concurrency: int, tea
     if teacher:
         cfg.synth.teacher = teacher
     cfg.synth.concurrency = concurrency
-    if grammar_first:  # the order before mtr.llamacpp_grammar, for a before/after figure
+    if grammar_first:  # the order before mtr.backends.llamacpp_grammar, for a before/after figure
         from llama_cpp import Llama
 
-        from mtr.llamacpp_grammar import GrammarAfterLlama
+        from mtr.backends.llamacpp_grammar import GrammarAfterLlama
 
         GrammarAfterLlama._init_sampler = Llama._init_sampler
     if separate_roles:  # the batching before mixed rows, for a before/after figure
@@ -195,25 +195,23 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     from transformers import AutoModelForCausalLM
 
     from mtr.backends import BackendPool
+    from mtr.checkpoints import load_tokenizer
     from mtr.config import load_config
     from mtr.data import load_qa, resolve_benchmark
     from mtr.embedded import ensure_checkpoint
-    from mtr.episode import run_episode
-    from mtr.grpo import ModelSampler, RolloutAgent, policy_for_generation
-    from mtr.prompts import fill
-    from mtr.roles import ToolActor, utility_tools
-    from mtr.sft import load_policy_tokenizer
+    from mtr.env import Environment
+    from mtr.rollout import ModelSampler, RolloutAgent, policy_for_generation
 
     torch.manual_seed(seed)
     cfg = load_config(ROOT / "src" / "mtr" / "configs" / "grpo-cpu.yaml")
-    g = cfg.grpo
+    g, t = cfg.grpo, cfg.grpo.trl
     path = Path(init) if init else ensure_checkpoint()
-    tok = load_policy_tokenizer(path)
+    tok = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     if variant.startswith("lora"):
         from peft import get_peft_model
 
-        model = get_peft_model(model, g.model_copy(update={"lora": True}).peft_config())
+        model = get_peft_model(model, g.peft_config() or g.model_copy(update={"lora": {}}).peft_config())
     model.eval()
     lines = [x for x in resolve_benchmark("hotpotqa").read_text().splitlines()[100:]
              if json.loads(x)["metadata"]["type"] == "comparison"][:questions]
@@ -221,8 +219,10 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
         (Path(d) / "qa.jsonl").write_text("\n".join(lines) + "\n")
         examples = load_qa(Path(d) / "qa.jsonl")
     pool = BackendPool(cfg)
-    actor = ToolActor(pool.get("toolactor"), grounding=g.grounding)
-    tools = utility_tools(g.utility_tools)
+    env = Environment.from_config(cfg, "grpo", pool)
+    env.store.on_failure = "utilities"
+    for ex in examples:  # the utility tools only: the ToolMaker is not what this measures
+        env.store.made[ex.id] = env.store.made.get(ex.id) or _utilities_only(env, ex)
     batch = [ex for ex in examples for _ in range(group)]
     timing: dict[str, float] = {}
 
@@ -231,21 +231,14 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
         # differ in length from run to run, and one run's longer episodes read as a slower variant)
         sampler = ModelSampler(model, tok, 1e-3, batch_size, timing, episodes=len(batch) if lockstep else None,
                                prefix_cache=variant in ("cached", "lora-cached"))
-        return RolloutAgent(sampler, tok, g.max_turn_tokens, g.max_completion_tokens)
-
-    async def episode(agent: RolloutAgent, i: int, ex) -> Any:
-        try:
-            return await run_episode(ex, f"{ex.id}#{i}", tools, agent, actor, fill("policy"), max_steps=g.max_steps,
-                                     seed=seed + i)
-        finally:
-            agent.sampler.episode_ended()
+        return RolloutAgent(sampler, tok, g.max_turn_tokens, t["max_completion_length"])
 
     async def rollout() -> list:
+        seeds = [seed + i for i in range(len(batch))]
         if variant == "naive":
             agent = agent_for(1, lockstep=False)
-            return [await episode(agent, i, ex) for i, ex in enumerate(batch)]
-        agent = agent_for(len(batch), lockstep=variant != "batched")
-        return await asyncio.gather(*[episode(agent, i, ex) for i, ex in enumerate(batch)])
+            return [await env.rollout(ex, agent, f"{ex.id}#{i}", seeds[i]) for i, ex in enumerate(batch)]
+        return await env.rollout_group(batch, agent_for(len(batch), lockstep=variant != "batched"), seeds)
 
     trainer = SimpleNamespace(model_wrapped=model, accelerator=Accelerator(cpu=True),
                               args=SimpleNamespace(ds3_gather_for_generation=True))
@@ -260,6 +253,12 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     return {"wall_s": wall, "episodes": len(traces), "generated_tokens": gen, "generate_s": timing["generate_s"],
             "tokens_per_s": gen / wall, "generate_tokens_per_s": gen / timing["generate_s"],
             "episodes_per_s": len(traces) / wall, "turns": sum(len(tr.steps) for tr in traces)}
+
+
+def _utilities_only(env, ex):
+    from mtr.toolmaker import QuestionTools
+
+    return QuestionTools(id=ex.id, tools=list(env.store.toolmaker.utilities))
 
 
 WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "hf_thread": worker_hf_thread,

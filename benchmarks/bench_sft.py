@@ -58,8 +58,9 @@ def main() -> None:
     args = ap.parse_args()
     from mtr.config import RoleConfig, load_config
     from mtr.data import load_qa, resolve_benchmark
-    from mtr.evaluate import evaluate
-    from mtr.synth import synthesize
+    from mtr.stages.evaluate import evaluate
+    from mtr.stages.filter import run_filter
+    from mtr.stages.synth import synthesize
 
     work = Path(args.work or tempfile.mkdtemp(prefix="mtr-bench-sft-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -83,24 +84,26 @@ def main() -> None:
         return cfg
 
     cfg = simulated_by(load_config())
-    cfg.synth.teacher, cfg.synth.grounding, cfg.synth.max_steps = "scripted", "context", 3
+    cfg.synth.teacher, cfg.synth.grounding, cfg.synth.max_tool_calls = "scripted", "context", 3
     t = time.perf_counter()
-    stats = asyncio.run(synthesize(cfg, train_path, work / "synth"))
-    res["synth"] = {k: stats[k] for k in ("episodes", "kept", "rejected")} | {"wall_s": time.perf_counter() - t}
+    asyncio.run(synthesize(cfg, train_path, work / "synth"))
+    funnel = run_filter(cfg, work / "synth" / "traces.jsonl")
+    res["synth"] = {k: funnel[k] for k in ("episodes", "kept", "rejected")} | {"wall_s": time.perf_counter() - t}
 
-    cfg.sft.num_train_epochs, cfg.sft.learning_rate, cfg.sft.report_to = args.epochs, args.lr, []
-    cfg.sft.per_device_train_batch_size, cfg.sft.save_steps = 4, 10_000
+    cfg.sft.trl.update(num_train_epochs=args.epochs, learning_rate=args.lr, report_to=[],
+                       per_device_train_batch_size=4, save_steps=10_000)
     res["sft_full"] = run_sft(cfg, work / "synth" / "sft.jsonl", work / "sft-full")
 
     lora = load_config()
-    lora.sft.lora, lora.sft.max_steps, lora.sft.learning_rate, lora.sft.report_to = True, args.lora_steps, 1e-3, []
-    lora.sft.per_device_train_batch_size, lora.sft.save_steps = 4, 10_000
+    lora.sft.lora = {"r": 16, "lora_alpha": 32}
+    lora.sft.trl.update(max_steps=args.lora_steps, learning_rate=1e-3, report_to=[], per_device_train_batch_size=4,
+                        save_steps=10_000)
     res["sft_lora"] = run_sft(lora, work / "synth" / "sft.jsonl", work / "sft-lora")
 
     for name, policy in (("base", None), ("sft", str(work / "sft-full"))):
         ecfg = simulated_by(load_config())
-        ecfg.eval.benchmarks, ecfg.eval.modes, ecfg.eval.max_steps = [str(held_path)], ["tools-on"], 2
-        ecfg.eval.toolmaker_retries = 0
+        ecfg.eval.benchmarks, ecfg.eval.modes, ecfg.eval.max_tool_calls = [str(held_path)], ["tools-on"], 2
+        ecfg.tools.toolmaker_retries = 0
         ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"temperature": 0.0, "max_tokens": 160})
         if policy:
             ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"model": policy})

@@ -23,7 +23,7 @@ def config_for(backend: str, url: str | None):
     from mtr.config import Config, RoleConfig
 
     cfg = Config()
-    for role in ("toolmaker", "autoagent", "toolactor", "policy", "reference"):
+    for role in ("toolmaker", "autoagent", "toolactor", "policy"):
         base = cfg.role(role)
         if backend == "llamacpp":
             rc = RoleConfig(backend="llamacpp", temperature=base.temperature, max_tokens=base.max_tokens)
@@ -47,7 +47,8 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/synth.json")
     args = ap.parse_args()
     from mtr.data import resolve_benchmark
-    from mtr.synth import synthesize
+    from mtr.stages.filter import run_filter
+    from mtr.stages.synth import synthesize
 
     data = resolve_benchmark(args.data)
     results = {}
@@ -60,6 +61,7 @@ def main() -> None:
                     stats = asyncio.run(synthesize(config_for(backend, url), data, Path(d), limit=args.n))
             else:
                 stats = asyncio.run(synthesize(config_for(backend, None), data, Path(d), limit=args.n))
+            stats.update(run_filter(config_for(backend, None), Path(d) / "traces.jsonl"))
         results[backend] = {k: stats[k] for k in ("episodes", "kept", "kept_pct", "rejected", "malformed_pct",
                                                   "mean_calls_per_episode", "generated_tokens", "wall_s",
                                                   "episodes_per_s")}

@@ -15,8 +15,8 @@ from scripted import Pool, ScriptedBackend  # noqa: E402
 
 from mtr.backends import BackendError  # noqa: E402
 from mtr.config import Config  # noqa: E402
-from mtr.grpo import train_grpo  # noqa: E402
-from mtr.sft import train_sft  # noqa: E402
+from mtr.stages.grpo import train_grpo  # noqa: E402
+from mtr.stages.sft import train_sft  # noqa: E402
 
 
 def main(stage: str, init: str, data: str, out: str, lora: bool) -> None:
@@ -26,14 +26,16 @@ def main(stage: str, init: str, data: str, out: str, lora: bool) -> None:
     # "grpo-down": the ToolMaker's server refuses every connection
     backend = ScriptedBackend(toolmaker=(lambda msgs: BackendError("connection refused")) if stage == "grpo-down"
                               else None)
+    adapter = {"r": 16, "lora_alpha": 32} if lora else None
     if stage == "sft":
-        s = cfg.sft
-        s.max_steps, s.per_device_train_batch_size, s.save_steps, s.report_to, s.lora = 2, 1, 1, [], lora
+        cfg.sft.trl = {"max_steps": 2, "per_device_train_batch_size": 1, "save_steps": 1, "report_to": []}
+        cfg.sft.lora = adapter
         stats = train_sft(cfg, Path(data), Path(out), overwrite=True)
     else:
         g = cfg.grpo
-        g.num_generations, g.per_device_train_batch_size, g.train_steps, g.save_steps = 2, 2, 2, 1
-        g.max_turn_tokens, g.max_completion_tokens, g.max_steps, g.report_to, g.lora = 8, 32, 1, [], lora
+        g.trl = {"num_generations": 2, "per_device_train_batch_size": 2, "max_steps": 2, "save_steps": 1,
+                 "max_completion_length": 32, "report_to": []}
+        g.max_turn_tokens, g.max_tool_calls, g.lora = 8, 1, adapter
         stats = train_grpo(cfg, Path(data), Path(init), Path(out), pool=Pool(backend), overwrite=True)
     Path(out, f"rank-{rank}.json").write_text(json.dumps({"stats": stats, "calls": backend.calls}, default=str))
 

@@ -86,3 +86,16 @@ def qa_file(path, n=3, **extra):
             rec.update(extra)
             f.write(json.dumps(rec) + "\n")
     return path
+
+
+def scripted_env(examples, actor_backend=None, max_tool_calls=3, tools=None, system=None):
+    """An Environment whose questions already have their tools (the `search` utility by default) and whose
+    ToolActor is scripted."""
+    from mtr.env import Environment
+    from mtr.toolactor import ToolActor
+    from mtr.toolmaker import QuestionTools, ToolStore, utility_tools
+
+    store = ToolStore(None)
+    for ex in examples:
+        store.made[ex.id] = QuestionTools(id=ex.id, tools=tools if tools is not None else utility_tools(["search"]))
+    return Environment(store, ToolActor(actor_backend or ScriptedBackend()), max_tool_calls, system=system)

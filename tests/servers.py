@@ -98,3 +98,51 @@ class FakeServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class FakeRetrievalServer:
+    """The Search-R1 retrieval server's protocol (`POST /retrieve`) over a few passages, by simple word
+    overlap; `mode` ok | down-once (HTTP 503 on the first request) | garbage | slow | error400."""
+
+    def __init__(self, passages: list[dict], mode: str = "ok"):
+        self.passages, self.mode, self.requests = passages, mode, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def reply(self, code: int, data: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                if outer.mode == "down-once" and len(outer.requests) == 1 or outer.mode == "down":
+                    return self.reply(503, b'{"error": "warming up"}')
+                if outer.mode == "garbage":
+                    return self.reply(200, b"<html>not json</html>")
+                if outer.mode == "error400":
+                    return self.reply(400, b'{"error": "bad request"}')
+                if outer.mode == "slow":
+                    time.sleep(2)
+                result = []
+                for q in body["queries"]:
+                    words = set(q.lower().split())
+                    ranked = sorted(outer.passages, key=lambda p: -len(words & set(p["text"].lower().split())))
+                    result.append([{"document": {"id": p["id"], "contents": f'"{p["title"]}"\n{p["text"]}'},
+                                    "score": float(len(words & set(p["text"].lower().split())))}
+                                   for p in ranked[: body["topk"]]])
+                self.reply(200, json.dumps({"result": result}).encode())
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/retrieve"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -44,9 +44,9 @@ def batch_sizes(backend, monkeypatch) -> list[int]:
     calls = []
     orig = backend._run_batch
 
-    def spy(prompts, params):
-        calls.append(len(prompts))
-        return orig(prompts, params)
+    def spy(requests):
+        calls.append(len(requests))
+        return orig(requests)
 
     monkeypatch.setattr(backend, "_run_batch", spy)
     return calls

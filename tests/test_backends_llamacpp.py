@@ -93,7 +93,7 @@ CITIES = {"type": "object", "properties": {"city": {"enum": ["Lyon", "Nice", "Br
 def two_samplers(llamacpp):
     from llama_cpp import Llama, LlamaGrammar
 
-    from mtr.llamacpp_grammar import GrammarAfterLlama
+    from mtr.backends.llamacpp_grammar import GrammarAfterLlama
 
     path, prompt = str(llamacpp.gguf()), llamacpp.render(Q)
     first = Llama(model_path=path, n_ctx=1024, n_threads=2, seed=0, verbose=False)

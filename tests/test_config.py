@@ -11,7 +11,7 @@ def write(tmp_path, text):
 
 def test_default_preset_is_embedded_everywhere():
     cfg = load_config()
-    for role in ("toolmaker", "autoagent", "toolactor", "policy", "reference"):
+    for role in ("toolmaker", "autoagent", "toolactor", "policy"):
         assert cfg.role(role).backend == "hf" and cfg.role(role).model == "embedded"
 
 
@@ -67,16 +67,19 @@ def test_stage_presets_parse_and_budgets_are_distinct():
     from mtr.config import DEFAULT_CONFIG
 
     cfg = load_config(DEFAULT_CONFIG.parent / "grpo-cpu.yaml")
-    assert cfg.grpo.num_generations == 4 and cfg.grpo.train_steps == 12 and cfg.grpo.max_steps == 2
-    assert cfg.grpo.lora and cfg.grpo.peft_config().r == 16 and cfg.sft.peft_config() is None
+    assert cfg.grpo.trl["num_generations"] == 4 and cfg.grpo.trl["max_steps"] == 12 and cfg.grpo.max_tool_calls == 2
+    assert cfg.grpo.lora_on and cfg.grpo.peft_config().r == 16 and cfg.sft.peft_config() is None
     gpu = load_config(DEFAULT_CONFIG.parent / "gpu-vllm.yaml")
-    assert gpu.grpo.num_generations == 8 and gpu.sft.bf16 and gpu.grpo.bf16 and gpu.grpo.use_vllm
+    assert gpu.grpo.trl["num_generations"] == 8 and gpu.sft.trl["bf16"] and gpu.grpo.trl["bf16"]
+    assert gpu.grpo.trl["use_vllm"]
 
 
 @pytest.mark.parametrize("text,expected", [
-    ("grpo: {num_generations: 3, per_device_train_batch_size: 8}\n", "must be a multiple of num_generations"),
-    ("grpo: {num_generations: 4, per_device_train_batch_size: 1, gradient_accumulation_steps: 3}\n",
-     "gradient_accumulation_steps (3) must be a multiple of num_generations (4)"),
+    ("grpo: {trl: {num_generations: 3, per_device_train_batch_size: 8}}\n", "must be a multiple of trl.num_generations"),
+    ("grpo: {trl: {num_generations: 4, per_device_train_batch_size: 1, gradient_accumulation_steps: 3}}\n",
+     "trl.gradient_accumulation_steps (3) must be a multiple of trl.num_generations (4)"),
+    ("grpo: {trl: {output_dir: /tmp/x}}\n", "output_dir is set by mtr"),
+    ("sft: {lora: true}\n", "give peft's LoraConfig arguments as a mapping"),
     ("grpo: {reward_weights: {speed: 1.0}}\n", "unknown component(s) ['speed']"),
     ("sft: {too_long: ignore}\n", "sft.too_long"),
     ("eval: {modes: [tools-maybe]}\n", "eval.modes.0"),
@@ -121,3 +124,51 @@ def test_demo_preset_synthesises_many_episodes_in_flight():
 def test_bad_concurrency_is_one_line(tmp_path, value):
     with pytest.raises(ConfigError, match=r"synth\.concurrency"):
         load_config(write(tmp_path, f"synth: {{concurrency: {value}}}\n"))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("grpo: {train_steps: 5}\n", "grpo.train_steps: moved to grpo.trl.max_steps"),
+    ("grpo: {learning_rate: 1.0e-5}\n", "grpo.learning_rate: moved to grpo.trl.learning_rate"),
+    ("synth: {max_steps: 3}\n", "synth.max_steps: moved to synth.max_tool_calls"),
+    ("eval: {max_tools: 1}\n", "eval.max_tools: moved to tools.max_tools"),
+    ("filter: {max_tokens: 100}\n", "filter.max_tokens: moved to filter.max_trace_tokens"),
+    ("sft: {warmup_ratio: 0.1}\n", "sft.warmup_ratio: moved to sft.trl.warmup_steps"),
+    ("grpo: {lora_alpha: 8}\n", "grpo.lora_alpha: moved to grpo.lora.lora_alpha"),
+    ("grpo: {on_toolmaker_failure: utilities}\n", "grpo.on_toolmaker_failure: moved to tools.on_failure"),
+    ("roles:\n  reference: {backend: hf}\n", "roles.reference: gone: GRPO's KL reference is the initial policy"),
+])
+def test_an_old_key_names_its_new_place(tmp_path, text, expected):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}: {expected}" or str(e.value).startswith(f"{p}: {expected}")
+
+
+def test_trl_arguments_pass_through_over_mtr_defaults():
+    cfg = parse_config({"grpo": {"trl": {"learning_rate": 3e-6, "warmup_steps": 0.1, "max_grad_norm": 0.5}},
+                        "sft": {"lora": {"r": 8}}})
+    t = cfg.grpo.trl
+    assert t["learning_rate"] == 3e-6 and t["warmup_steps"] == 0.1 and t["max_grad_norm"] == 0.5
+    assert t["beta"] == 0.04 and t["num_generations"] == 8  # mtr's defaults stay where not overridden
+    lora = cfg.sft.peft_config()
+    assert lora.r == 8 and lora.task_type == "CAUSAL_LM" and cfg.grpo.peft_config() is None
+
+
+def test_trl_arguments_reach_trl_and_unknown_ones_are_one_line(tmp_path):
+    from trl import GRPOConfig
+
+    from mtr.config import trl_args
+    from mtr.training import trainer_args
+
+    cfg = parse_config({"grpo": {"trl": {"warmup_steps": 0.25, "max_grad_norm": 0.5}}})
+    args = trainer_args(GRPOConfig, "grpo", cfg.grpo.trl, tmp_path, seed=3)
+    assert args.warmup_steps == 0.25 and args.max_grad_norm == 0.5 and args.beta == 0.04 and args.seed == 3
+    assert args.output_dir == str(tmp_path) and args.use_cpu and not args.bf16
+    with pytest.raises(ConfigError, match=r"^grpo\.trl\.learning_rat: not an argument of TRL's GRPOConfig$"):
+        trl_args(GRPOConfig, "grpo", {"learning_rat": 1e-5, "output_dir": str(tmp_path)})
+
+
+def test_a_stage_records_only_what_it_reads():
+    a, b = parse_config({}), parse_config({"grpo": {"trl": {"learning_rate": 5e-6}}, "eval": {"limit": 3}})
+    assert a.stage_config(("synth", "tools"), ("toolmaker",)) == b.stage_config(("synth", "tools"), ("toolmaker",))
+    assert a.stage_config(("grpo",), ()) != b.stage_config(("grpo",), ())

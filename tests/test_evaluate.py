@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 from mtr.cli import app
 from mtr.config import Config
 from mtr.data import DataError, data_dirs, load_qa, resolve_benchmark
-from mtr.evaluate import compare, evaluate, slot_disagreements
+from mtr.rubric import slot_disagreements
+from mtr.stages.evaluate import compare, evaluate
 from mtr.jsonl import read_jsonl
 from mtr.trace import Step, ToolCall, Trace
 
@@ -134,7 +135,7 @@ def test_shipped_copy_is_used_without_shared_data(monkeypatch, tmp_path):
 def test_results_table_is_readable_in_80_columns(tmp_path, monkeypatch):
     from rich.console import Console
 
-    import mtr.evaluate as ev
+    import mtr.stages.evaluate as ev
 
     narrow = Console(width=80, record=True, file=open(tmp_path / "screen.txt", "w"))
     monkeypatch.setattr(ev, "console", narrow)

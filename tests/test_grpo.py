@@ -8,21 +8,20 @@ import pytest
 from mtr.backends import BackendError, MicroBatcher
 from mtr.chat_template import render
 from mtr.config import Config
-from mtr.episode import run_episode
-from mtr.grpo import FINAL_NUDGE, RolloutAgent, make_rollout_func, prepare_tools, train_grpo
-from mtr.prompts import fill
-from mtr.rewards import (RewardError, answer_reward, consistency_reward, efficiency_reward, format_reward,
-                         trl_reward_funcs)
-from mtr.roles import ToolActor, utility_tools
-from mtr.sft import load_policy_tokenizer, policy_source
+from mtr.checkpoints import load_tokenizer, policy_checkpoint
+from mtr.env import Environment
+from mtr.prompts import FINAL_NUDGE
+from mtr.rollout import RolloutAgent
+from mtr.rubric import RewardError, Rubric, answer_reward, consistency_reward, efficiency_reward, format_reward
+from mtr.stages.grpo import draw_questions, make_rollout_func, train_grpo
 from mtr.trace import Check, QAExample, Step, ToolCall, Trace
 
-from scripted import GOOD_TOOLS, Pool, ScriptedBackend, qa_file
+from scripted import GOOD_TOOLS, Pool, ScriptedBackend, qa_file, scripted_env
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_policy_tokenizer(policy_source(Config()))
+    return load_tokenizer(policy_checkpoint(Config()))
 
 
 class ScriptedSampler:
@@ -45,11 +44,10 @@ TURNS = ['<think>Search it.</think>\n<tool_call>\n{"name": "search", "arguments"
 
 
 def run_rollout(tok, turns=TURNS, actor_fn=None, max_steps=3):
-    actor = ToolActor(ScriptedBackend(actor=actor_fn or (lambda m: json.dumps(
-        {"results": [{"title": "MSU", "text": "Founded in 1755."}]}))))
+    env = scripted_env([EX], ScriptedBackend(actor=actor_fn or (lambda m: json.dumps(
+        {"results": [{"title": "MSU", "text": "Founded in 1755."}]}))), max_tool_calls=max_steps)
     agent = RolloutAgent(ScriptedSampler(tok, turns), tok, max_turn_tokens=200, max_completion_tokens=2000)
-    trace = asyncio.run(run_episode(EX, "q1#0", utility_tools(["search"]), agent, actor, fill("policy"),
-                                    max_steps=max_steps))
+    trace = asyncio.run(env.rollout(EX, agent, "q1#0"))
     return trace, agent.episodes["q1#0"]
 
 
@@ -86,7 +84,7 @@ def test_policy_that_never_stops_hits_the_budget(tok):
             return [tok.encode("blah")[0]] * max_new_tokens, False
 
     agent = RolloutAgent(Rambler(), tok, max_turn_tokens=16, max_completion_tokens=64)
-    trace = asyncio.run(run_episode(EX, "e", utility_tools(["search"]), agent, None, "s", max_steps=3))
+    trace = asyncio.run(scripted_env([EX], system="s").rollout(EX, agent, "e"))
     assert trace.steps[0].parse_error.startswith("length:") and len(agent.episodes["e"].completion_ids) == 16
 
 
@@ -141,10 +139,11 @@ class FakeVLLMGeneration:
 
 def test_vllm_rollout_batches_every_live_episode_and_returns_logprobs(tok, tmp_path):
     cfg = Config()
-    cfg.grpo.use_vllm, cfg.grpo.max_steps, cfg.grpo.max_turn_tokens = True, 2, 200
+    cfg.grpo.trl["use_vllm"], cfg.grpo.max_tool_calls, cfg.grpo.max_turn_tokens = True, 2, 200
     examples = {f"q{i}": EX.model_copy(update={"id": f"q{i}", "question": f"{EX.question} ({i})"}) for i in range(2)}
-    actor = ToolActor(ScriptedBackend(actor=lambda m: json.dumps({"results": [{"title": "MSU", "text": "1755."}]})))
-    rollout = make_rollout_func(cfg, examples, {k: utility_tools(["search"]) for k in examples}, actor, tok, tmp_path)
+    env = scripted_env(examples.values(), ScriptedBackend(actor=lambda m: json.dumps(
+        {"results": [{"title": "MSU", "text": "1755."}]})), max_tool_calls=2)
+    rollout = make_rollout_func(cfg, env, list(examples.values()), tok, tmp_path)
     gen = FakeVLLMGeneration(tok)
     trainer = SimpleNamespace(vllm_generation=gen, state=SimpleNamespace(global_step=0))
     prompts = [[{"role": "user", "content": ex.question}] for ex in examples.values() for _ in range(2)]
@@ -163,7 +162,7 @@ def test_policy_for_generation_gives_the_live_lora_policy_in_eval_mode_and_resto
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mtr.grpo import policy_for_generation
+    from mtr.rollout import policy_for_generation
 
     torch.manual_seed(0)
     base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -188,8 +187,8 @@ def test_policy_for_generation_gives_the_live_lora_policy_in_eval_mode_and_resto
 
 def test_use_vllm_without_vllm_is_one_clear_line(tmp_path):
     cfg = Config()
-    cfg.grpo.use_vllm = True
-    with pytest.raises(ValueError, match="grpo.use_vllm: vLLM is not installed"):
+    cfg.grpo.trl["use_vllm"] = True
+    with pytest.raises(ValueError, match="grpo.trl.use_vllm: vLLM is not installed"):
         train_grpo(cfg, qa_file(tmp_path / "qa.jsonl"), tmp_path, tmp_path / "out")
 
 
@@ -228,7 +227,7 @@ def test_reward_components():
 
 
 def test_nan_reward_fails_with_step_and_sample():
-    funcs = trl_reward_funcs("em", call_budget=0, call_penalty=float("nan"))
+    funcs = Rubric({"answer": 1.0}, "em", call_budget=0, call_penalty=float("nan")).trl_reward_funcs()
     ep = trace_with([call_step("MSU", "{}"), Step(answer="1755")]).model_dump()
 
     class State:
@@ -238,55 +237,59 @@ def test_nan_reward_fails_with_step_and_sample():
         funcs[3](prompts=[None], completions=[None], episode=[ep], trainer_state=State())
 
 
-def test_toolmaker_failures_are_skipped_and_counted(tmp_path):
-    data = qa_file(tmp_path / "qa.jsonl", n=3)
+def draw(cfg, backend, path, data, needed=None):
     from mtr.data import load_qa
 
+    env = Environment.from_config(cfg, "grpo", Pool(backend), path)
+    try:
+        chosen, failed = draw_questions(env, load_qa(data), needed, cfg.seed)
+    finally:
+        env.close()
+    return [ex.id for ex in chosen], failed
+
+
+def test_toolmaker_failures_are_skipped_and_counted(tmp_path):
+    data = qa_file(tmp_path / "qa.jsonl", n=3)
     answers = iter([json.dumps(GOOD_TOOLS), "prose, not JSON", json.dumps(GOOD_TOOLS)])
     cfg = Config()
-    cfg.grpo.toolmaker_retries = 0
+    cfg.tools.toolmaker_retries = 0
     b = ScriptedBackend(toolmaker=lambda m: next(answers))
-    tools, failed = prepare_tools(cfg, load_qa(data), Pool(b), tmp_path)
-    assert len(tools) == 2 and len(failed) == 1 and "not JSON" in next(iter(failed.values()))
+    chosen, failed = draw(cfg, b, tmp_path / "tools.jsonl", data)
+    assert len(chosen) == 2 and len(failed) == 1 and "not JSON" in next(iter(failed.values()))
     # made once: a second call (a resume) asks the ToolMaker nothing
-    tools2, failed2 = prepare_tools(cfg, load_qa(data), Pool(ScriptedBackend(toolmaker=lambda m: 1 / 0)), tmp_path)
-    assert tools2.keys() == tools.keys() and failed2 == failed
+    chosen2, failed2 = draw(cfg, ScriptedBackend(toolmaker=lambda m: 1 / 0), tmp_path / "tools.jsonl", data)
+    assert chosen2 == chosen and failed2 == failed
 
 
 def test_tools_are_made_only_for_the_questions_training_draws(tmp_path):
-    from mtr.data import load_qa
-    from mtr.grpo import questions_needed
+    from mtr.stages.grpo import questions_needed
 
     data = qa_file(tmp_path / "qa.jsonl", n=6)
     cfg = Config()
-    g = cfg.grpo
-    g.toolmaker_retries, g.train_steps, g.num_generations, g.per_device_train_batch_size = 0, 2, 4, 4
-    assert questions_needed(g) == 2 and questions_needed(g, world_size=2) == 4
-    g.gradient_accumulation_steps = 3
-    assert questions_needed(g) == 6
-    g.gradient_accumulation_steps = 1
+    cfg.tools.toolmaker_retries = 0
+    t = {"max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 4, "gradient_accumulation_steps": 1}
+    assert questions_needed(t) == 2 and questions_needed(t, world_size=2) == 4
+    assert questions_needed({**t, "gradient_accumulation_steps": 3}) == 6
     answers = iter(["prose, not JSON"] + [json.dumps(GOOD_TOOLS)] * 5)
     b = ScriptedBackend(toolmaker=lambda m: next(answers))
-    tools, failed = prepare_tools(cfg, load_qa(data), Pool(b), tmp_path, needed=2)
+    chosen, failed = draw(cfg, b, tmp_path / "tools.jsonl", data, needed=2)
     # the first drawn question failed, so one more was drawn in its place: 3 ToolMaker calls, not 6
-    assert b.calls["toolmaker"] == 3 and len(tools) == 2 and len(failed) == 1
+    assert b.calls["toolmaker"] == 3 and len(chosen) == 2 and len(failed) == 1
     assert len((tmp_path / "tools.jsonl").read_text().splitlines()) == 3
     # a resume draws the same questions and asks the ToolMaker nothing
     again = ScriptedBackend(toolmaker=lambda m: 1 / 0)
-    tools2, failed2 = prepare_tools(cfg, load_qa(data), Pool(again), tmp_path, needed=2)
-    assert tools2.keys() == tools.keys() and failed2 == failed and again.calls["toolmaker"] == 0
+    chosen2, failed2 = draw(cfg, again, tmp_path / "tools.jsonl", data, needed=2)
+    assert chosen2 == chosen and failed2 == failed and again.calls["toolmaker"] == 0
     # with failures replaced by the utility tools, the failed question stays and no replacement is drawn
-    cfg.grpo.on_toolmaker_failure = "utilities"
-    tools3, failed3 = prepare_tools(cfg, load_qa(data), Pool(again), tmp_path, needed=2)
-    assert len(tools3) == 2 and not failed3 and set(failed) <= set(tools3)
+    cfg.tools.on_failure = "utilities"
+    chosen3, failed3 = draw(cfg, again, tmp_path / "tools.jsonl", data, needed=2)
+    assert len(chosen3) == 2 and not failed3 and set(failed) <= set(chosen3)
 
 
 def test_a_toolmaker_server_failure_stops_without_drawing_replacements_and_a_rerun_retries(tmp_path):
-    from mtr.data import load_qa
-
     data = qa_file(tmp_path / "qa.jsonl", n=6)
     cfg = Config()
-    cfg.grpo.toolmaker_retries = 0
+    cfg.tools.toolmaker_retries = 0
 
     def down(messages):
         raise BackendError("openai backend: connection refused")
@@ -294,11 +297,11 @@ def test_a_toolmaker_server_failure_stops_without_drawing_replacements_and_a_rer
     b = ScriptedBackend(toolmaker=down)
     with pytest.raises(ValueError, match=r"backend failed on 2 question\(s\), e\.g\. toolmaker: openai backend: "
                                          r"connection refused; .* a re-run retries"):
-        prepare_tools(cfg, load_qa(data), Pool(b), tmp_path, needed=2)
+        draw(cfg, b, tmp_path / "tools.jsonl", data, needed=2)
     assert b.calls["toolmaker"] == 2  # no replacements drawn for a failure of the server
     back = ScriptedBackend()
-    tools, failed = prepare_tools(cfg, load_qa(data), Pool(back), tmp_path, needed=2)
-    assert len(tools) == 2 and not failed and back.calls["toolmaker"] == 2
+    chosen, failed = draw(cfg, back, tmp_path / "tools.jsonl", data, needed=2)
+    assert len(chosen) == 2 and not failed and back.calls["toolmaker"] == 2
 
 
 @pytest.mark.model
@@ -306,11 +309,10 @@ def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=3)  # 2 steps of one group draw 2 of the 3 questions
     cfg = Config()
     g = cfg.grpo
-    g.num_generations, g.per_device_train_batch_size, g.train_steps = 2, 2, 2
-    g.max_turn_tokens, g.max_completion_tokens, g.max_steps = 24, 96, 2
-    g.save_steps, g.save_total_limit, g.report_to, g.sample_every = 1, 1, [], 1
-    g.learning_rate = 1e-5
-    init = policy_source(cfg)
+    g.trl = {"num_generations": 2, "per_device_train_batch_size": 2, "max_steps": 2, "max_completion_length": 96,
+             "save_steps": 1, "save_total_limit": 1, "report_to": [], "learning_rate": 1e-5}
+    g.max_turn_tokens, g.max_tool_calls, g.sample_every = 24, 2, 1
+    init = policy_checkpoint(cfg)
     stats = train_grpo(cfg, data, init, tmp_path / "out", pool=Pool(ScriptedBackend()))
     assert stats["steps"] == 2 and stats["questions"] == 2
     assert len((tmp_path / "out" / "tools.jsonl").read_text().splitlines()) == 2

@@ -7,9 +7,10 @@ import pytest
 
 from mtr.config import load_config
 from mtr.data import resolve_benchmark
-from mtr.evaluate import evaluate
+from mtr.stages.evaluate import evaluate
 from mtr.jsonl import read_jsonl
-from mtr.synth import synthesize
+from mtr.stages.filter import run_filter
+from mtr.stages.synth import synthesize
 
 pytestmark = pytest.mark.model
 
@@ -25,9 +26,10 @@ def small_config():
 
 def test_synth_with_embedded_model(tmp_path):
     cfg = small_config()
-    cfg.synth.max_steps = 1
-    cfg.synth.toolmaker_retries = 1
+    cfg.synth.max_tool_calls = 1
+    cfg.tools.toolmaker_retries = 1
     stats = asyncio.run(synthesize(cfg, resolve_benchmark("hotpotqa"), tmp_path, limit=2))
+    funnel = run_filter(cfg, tmp_path / "traces.jsonl")
     traces = read_jsonl(tmp_path / "traces.jsonl")
     assert len(traces) == 2 and stats["episodes"] == 2
     for t in traces:
@@ -35,7 +37,7 @@ def test_synth_with_embedded_model(tmp_path):
         if "error" not in t:  # the ToolMaker succeeded: a real episode with checks on every step
             assert t["steps"] and all(s["checks"] for s in t["steps"])
             assert t["tools"][0]["function"]["name"] == "search"
-    assert sum(stats["rejected"].values()) + stats["kept"] == 2
+    assert sum(funnel["rejected"].values()) + funnel["kept"] == 2
     assert (tmp_path / "sft.jsonl").exists() and json.loads((tmp_path / "stats.json").read_text())["questions"] == 2
 
 
@@ -43,8 +45,8 @@ def test_eval_with_embedded_model(tmp_path):
     cfg = small_config()
     cfg.eval.benchmarks = ["bamboogle"]
     cfg.eval.limit = 2
-    cfg.eval.max_steps = 1
-    cfg.eval.toolmaker_retries = 0
+    cfg.eval.max_tool_calls = 1
+    cfg.tools.toolmaker_retries = 0
     res = asyncio.run(evaluate(cfg, tmp_path))
     assert {(r["benchmark"], r["mode"]) for r in res["rows"]} == {("bamboogle", "tools-on"), ("bamboogle", "tools-off")}
     preds = read_jsonl(tmp_path / "predictions.jsonl")

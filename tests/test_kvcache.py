@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from mtr.kvcache import PrefixCache, common_prefix, generate_with_prefix_cache
+from mtr.backends.kvcache import PrefixCache, common_prefix, generate_with_prefix_cache
 
 PAD, EOS = 0, 2
 GREEDY = dict(max_new_tokens=6, do_sample=False, eos_token_id=EOS)
@@ -107,7 +107,7 @@ def test_the_cache_keeps_within_its_budget_least_recently_used_first(model):
 
 
 def test_model_sampler_with_and_without_the_cache_samples_the_same_turns(model):
-    from mtr.grpo import ModelSampler
+    from mtr.rollout import ModelSampler
 
     tok = SimpleNamespace(pad_token_id=PAD, eos_token_id=EOS)
     prompt = tokens(40, 13)

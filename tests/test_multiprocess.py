@@ -24,9 +24,9 @@ def tiny_policy(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from mtr.embedded import ensure_checkpoint
-    from mtr.sft import load_policy_tokenizer
+    from mtr.checkpoints import load_tokenizer
 
-    tok = load_policy_tokenizer(ensure_checkpoint())
+    tok = load_tokenizer(ensure_checkpoint())
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,

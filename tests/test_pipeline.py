@@ -15,10 +15,11 @@ def fake_stages(monkeypatch):
     """Each stage writes a file into its directory and records the policy it was given; one can be made to fail."""
     calls, fail = [], set()
 
-    def run_stage(stage, cfg, out, train_path, init, policy, last_checkpoint):
-        calls.append((stage, str(policy)))
-        (out / stage).mkdir(parents=True, exist_ok=True)
-        (out / stage / "partial.txt").write_text("work")
+    def run_stage(stage, run, fresh):
+        policy = run.policy(stage) if stage in ("grpo", "eval") else None
+        calls.append((stage, str(policy) if policy else None, fresh))
+        (run.out / stage).mkdir(parents=True, exist_ok=True)
+        (run.out / stage / "partial.txt").write_text("work")
         if stage in fail:
             raise RuntimeError(f"{stage} crashed")
         return {"policy": str(policy)}
@@ -27,21 +28,26 @@ def fake_stages(monkeypatch):
     return calls, fail
 
 
-def config(tmp_path, **run):
+ALL = ["tools", "synth", "filter", "sft", "grpo", "eval"]
+
+
+def config(tmp_path, run=None, **sections):
     data = qa_file(tmp_path / "train.jsonl", n=3)
-    return parse_config({"run": {"train_data": str(data), **run}, "eval": {"benchmarks": ["bamboogle"], "limit": 2}})
+    return parse_config({"run": {"train_data": str(data), **(run or {})},
+                         "eval": {"benchmarks": ["bamboogle"], "limit": 2, **sections.pop("eval", {})}, **sections})
 
 
 def test_stages_run_in_order_and_hand_on_the_policy(tmp_path, fake_stages):
     calls, _ = fake_stages
     out = tmp_path / "run"
     records = pipeline.run_pipeline(config(tmp_path), out)
-    assert [c[0] for c in calls] == ["synth", "sft", "grpo", "eval"]
-    assert calls[2][1] == str(out / "sft")  # GRPO starts from the SFT checkpoint
-    assert calls[3][1] == str(out / "grpo")  # eval uses the GRPO checkpoint
-    assert set(records) == {"synth", "sft", "grpo", "eval"}
+    assert [c[0] for c in calls] == ALL
+    assert calls[4][1] == str(out / "sft")  # GRPO starts from the SFT checkpoint
+    assert calls[5][1] == str(out / "grpo")  # eval uses the GRPO checkpoint
+    assert set(records) == set(ALL)
     for stage in records:
-        assert json.loads((out / stage / "stage_done.json").read_text())["wall_s"] >= 0
+        done = json.loads((out / stage / "stage_done.json").read_text())
+        assert done["wall_s"] >= 0 and done["peak_rss_mb"] > 0 and done["identity"]["config"]
     assert json.loads((out / "manifest.json").read_text())["stage"] == "pipeline"
     assert (out / "report.html").is_file()
 
@@ -65,27 +71,37 @@ def test_a_crash_keeps_finished_stages_and_the_next_run_continues(tmp_path, fake
     calls.clear()
     pipeline.run_pipeline(config(tmp_path), out)
     assert [c[0] for c in calls] == ["grpo", "eval"]
-    assert calls[0][1] == str(out / "sft")
+    assert calls[0][1] == str(out / "sft") and calls[0][2] is False  # resumed, not started afresh
 
 
 def test_without_training_stages_eval_uses_the_initial_policy(tmp_path, fake_stages):
     calls, _ = fake_stages
-    cfg = config(tmp_path, stages=["eval"])
+    cfg = config(tmp_path, run={"stages": ["eval"]})
     pipeline.run_pipeline(cfg, tmp_path / "run", report=False)
-    from mtr.sft import policy_source
+    from mtr.checkpoints import policy_checkpoint
 
-    assert calls == [("eval", str(policy_source(cfg)))]
+    assert calls == [("eval", str(policy_checkpoint(cfg)), False)]
 
 
-def test_another_config_in_the_same_directory_is_refused(tmp_path, fake_stages):
+def test_a_changed_setting_reruns_its_stage_and_those_after_never_those_before(tmp_path, fake_stages):
+    calls, _ = fake_stages
     out = tmp_path / "run"
     pipeline.run_pipeline(config(tmp_path), out, report=False)
-    with pytest.raises(ValueError, match="holds a different pipeline run"):
-        pipeline.run_pipeline(config(tmp_path, train_limit=2), out, report=False)
-    calls, _ = fake_stages
     calls.clear()
-    pipeline.run_pipeline(config(tmp_path, train_limit=2), out, overwrite=True, report=False)
-    assert [c[0] for c in calls] == ["synth", "sft", "grpo", "eval"]
+    pipeline.run_pipeline(config(tmp_path, grpo={"trl": {"learning_rate": 3e-6}}), out, report=False)
+    assert [(c[0], c[2]) for c in calls] == [("grpo", True), ("eval", True)]
+    calls.clear()
+    pipeline.run_pipeline(config(tmp_path, grpo={"trl": {"learning_rate": 3e-6}}, filter={"max_turns": 4}), out,
+                          report=False)
+    assert [c[0] for c in calls] == ["filter", "sft", "grpo", "eval"]
+    calls.clear()
+    # more evaluation questions: the tools stage adds theirs, evaluation runs again, training is untouched
+    pipeline.run_pipeline(config(tmp_path, grpo={"trl": {"learning_rate": 3e-6}}, filter={"max_turns": 4},
+                                 eval={"limit": 3}), out, report=False)
+    assert [(c[0], c[2]) for c in calls] == [("tools", False), ("eval", True)]
+    calls.clear()
+    pipeline.run_pipeline(config(tmp_path, run={"train_limit": 2}), out, overwrite=True, report=False)
+    assert [c[0] for c in calls] == ALL
 
 
 def test_stage_order_is_validated():
@@ -98,8 +114,8 @@ def test_stage_order_is_validated():
 def test_plan_tells_what_and_how_long(tmp_path):
     cfg = parse_config(yaml.safe_load(open(pipeline.Path(pipeline.__file__).parent / "configs" / "demo.yaml")))
     lines, seconds = pipeline.plan(cfg, n_train=cfg.run.train_limit)
-    assert [line.split(":")[0] for line in lines] == ["synth", "sft", "grpo", "eval"]
-    assert "bamboogle (12)" in lines[3]
+    assert [line.split(":")[0] for line in lines] == ALL
+    assert "bamboogle (12)" in lines[5]
     assert 3 * 60 < seconds < 12 * 60  # the demo takes ~6 min on 2 cores (benchmarks/results/demo.json)
 
 
@@ -112,9 +128,10 @@ def test_real_pipeline_on_the_embedded_model(tmp_path):
 
     cfg = yaml.safe_load(open(pipeline.Path(pipeline.__file__).parent / "configs" / "demo.yaml"))
     cfg["run"]["train_limit"] = 4
-    cfg["sft"].update(max_steps=1, per_device_train_batch_size=2, save_steps=1)
-    cfg["grpo"].update(num_generations=2, per_device_train_batch_size=2, train_steps=1, save_steps=1,
-                       max_turn_tokens=64, max_completion_tokens=192)
+    cfg["sft"]["trl"].update(max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1, save_steps=1)
+    cfg["grpo"]["trl"].update(num_generations=2, per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                              max_steps=1, save_steps=1, max_completion_length=192)
+    cfg["grpo"]["max_turn_tokens"] = 64
     cfg["eval"]["limit"] = 2
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -122,10 +139,10 @@ def test_real_pipeline_on_the_embedded_model(tmp_path):
     cmd = [sys.executable, "-m", "mtr.cli", "run", "-c", str(path), "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
-    for stage in ("synth", "sft", "grpo", "eval"):
+    for stage in ALL:
         assert (out / stage / "stage_done.json").is_file()
     rows = json.loads((out / "eval" / "results.json").read_text())["rows"]
     assert {(row["mode"], row["n"]) for row in rows} == {("tools-on", 2), ("tools-off", 2)}
     assert "Not in this report" not in (out / "report.html").read_text()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.count("done in an earlier invocation, skipped") == 4
+    assert r.returncode == 0 and r.stdout.count("done in an earlier invocation, skipped") == 6

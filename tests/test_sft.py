@@ -2,16 +2,17 @@ import json
 
 import pytest
 
+from mtr.checkpoints import load_tokenizer, policy_checkpoint
 from mtr.config import Config
-from mtr.manifest import RunDirError
-from mtr.sft import SFTDataError, load_policy_tokenizer, policy_source, read_sft_rows, train_sft
+from mtr.rundir import RunDirError
+from mtr.stages.sft import SFTDataError, read_sft_rows, train_sft
 
 from test_trace import two_call_trace
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return load_policy_tokenizer(policy_source(Config()))
+    return load_tokenizer(policy_checkpoint(Config()))
 
 
 def write_rows(path, rows):
@@ -30,7 +31,7 @@ def test_trainer_labels_cover_assistant_tokens_only(tok, tmp_path):
     from trl import SFTConfig, SFTTrainer
 
     trace = two_call_trace()
-    model = AutoModelForCausalLM.from_pretrained(policy_source(Config()))
+    model = AutoModelForCausalLM.from_pretrained(policy_checkpoint(Config()))
     args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, use_cpu=True, bf16=False,
                      gradient_checkpointing=False, report_to=[], max_length=2048)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([stored(trace)]),
@@ -69,15 +70,12 @@ def test_too_long_rows_are_counted(tok, tmp_path):
     assert len(rows) == 2 and report["too_long_truncated"] == 1
 
 
-def tiny_cfg(**sft):
+def tiny_cfg(lora=False, **trl):
     cfg = Config()
-    cfg.sft.max_steps = 2
-    cfg.sft.per_device_train_batch_size = 2
-    cfg.sft.save_steps = 1
-    cfg.sft.save_total_limit = 1  # a checkpoint with its optimizer is 1.6 GB
-    cfg.sft.report_to = []
-    for k, v in sft.items():
-        setattr(cfg.sft, k, v)
+    # a checkpoint with its optimizer is 1.6 GB: keep one
+    cfg.sft.trl = {"max_steps": 2, "per_device_train_batch_size": 2, "save_steps": 1, "save_total_limit": 1,
+                   "report_to": [], **trl}
+    cfg.sft.lora = {"r": 16, "lora_alpha": 32} if lora else None
     return cfg
 
 
@@ -94,7 +92,7 @@ def test_full_finetune_resume_and_checkpoint_loads(tmp_path):
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-1").exists()  # save_total_limit reaches TRL
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size > 0
-    tok = load_policy_tokenizer(out)
+    tok = load_tokenizer(out)
     assert "{%- generation -%}" in tok.chat_template
     # --resume continues from the last checkpoint
     cfg = tiny_cfg(max_steps=3)

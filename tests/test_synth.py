@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from mtr.backends import BackendError, _LocalBackend
+from mtr.backends import BackendError, LocalBackend
 from mtr.config import Config, RoleConfig
 from mtr.data import DataError, load_qa
 from mtr.jsonl import JsonlAppender, read_jsonl
-from mtr.manifest import RunDirError
-from mtr.synth import synthesize
+from mtr.rundir import RunDirError
+from mtr.stages.filter import run_filter
+from mtr.stages.synth import synthesize
 
 from scripted import Pool, ScriptedBackend, qa_file
 
@@ -22,7 +23,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def run(cfg, data, out, backend, **kw):
-    return asyncio.run(synthesize(cfg, data, out, pool=Pool(backend), **kw))
+    """`mtr synth`: synthesis, then the filter beside the traces; the two stages' figures together."""
+    stats = asyncio.run(synthesize(cfg, data, out, pool=Pool(backend), **kw))
+    return {**stats, **run_filter(cfg, out / "traces.jsonl")}
 
 
 def test_end_to_end_with_scripted_models(tmp_path):
@@ -47,8 +50,13 @@ def test_end_to_end_with_scripted_models(tmp_path):
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
     assert ds[0]["messages"][-1]["content"].endswith("<answer>1755</answer>")
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["inputs"]["data"]["sha256"] and manifest["seed"] == 0 and "torch" in manifest["versions"]
-    assert json.loads((tmp_path / "run" / "stats.json").read_text())["kept"] == 3
+    assert manifest["inputs"]["data"]["sha256"] and manifest["config"]["seed"] == 0 and "torch" in manifest["versions"]
+    # the manifest holds what synthesis reads, not the other stages' settings
+    assert set(manifest["config"]) == {"seed", "synth", "tools", "roles"}
+    assert set(manifest["config"]["roles"]) == {"toolmaker", "toolactor", "autoagent"}
+    assert json.loads((tmp_path / "run" / "filter.json").read_text())["kept"] == 3
+    # the tools were made once per question and kept for every later stage
+    assert [r["id"] for r in read_jsonl(tmp_path / "run" / "tools.jsonl")] == ["q0", "q1", "q2"]
     assert [v["rejected"] for v in read_jsonl(tmp_path / "run" / "verdicts.jsonl")] == [None, None, None]
 
 
@@ -56,7 +64,7 @@ def test_toolmaker_prose_is_retried_then_recorded_failed(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=2)
     b = ScriptedBackend(toolmaker=lambda m: "Sure! Here are some tools you could use.")
     cfg = Config()
-    cfg.synth.toolmaker_retries = 2
+    cfg.tools.toolmaker_retries = 2
     stats = run(cfg, data, tmp_path / "run", b)
     assert b.calls["toolmaker"] == 2 * 3 and b.calls["agent"] == 0
     assert stats["rejected"] == {"toolmaker_failed": 2} and stats["toolmaker_failed_questions"] == 2
@@ -122,7 +130,7 @@ def test_step_budget(tmp_path):
     b = ScriptedBackend(agent=lambda m: json.dumps({"thought": "t", "tool_call": {"name": "search",
                                                                                   "arguments": {"query": "x"}}}))
     cfg = Config()
-    cfg.synth.max_steps = 2
+    cfg.synth.max_tool_calls = 2
     stats = run(cfg, qa_file(tmp_path / "qa.jsonl", n=1), tmp_path / "run", b)
     steps = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]["steps"]
     assert len(steps) == 3
@@ -170,7 +178,7 @@ import asyncio, sys
 sys.path.insert(0, {str(HERE)!r})
 from scripted import Pool, ScriptedBackend
 from mtr.config import Config
-from mtr.synth import synthesize
+from mtr.stages.synth import synthesize
 cfg = Config(); cfg.synth.concurrency = 2
 asyncio.run(synthesize(cfg, {str(data)!r}, __import__('pathlib').Path({str(out)!r}), pool=Pool(ScriptedBackend(delay=0.15))))
 """
@@ -198,7 +206,7 @@ def test_different_config_in_same_dir_is_refused(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=1)
     run(Config(), data, tmp_path / "run", ScriptedBackend())
     cfg = Config()
-    cfg.synth.max_steps = 7
+    cfg.synth.max_tool_calls = 7
     with pytest.raises(RunDirError, match="config differs"):
         run(cfg, data, tmp_path / "run", ScriptedBackend())
     run(cfg, data, tmp_path / "run", ScriptedBackend(), overwrite=True)
@@ -266,7 +274,7 @@ def test_backend_failures_are_retried_on_resume(tmp_path):
     assert b.calls["toolmaker"] == 1 and stats["kept"] == 3 and stats["episodes"] == 3
 
 
-class ScriptedLocal(_LocalBackend):
+class ScriptedLocal(LocalBackend):
     """The scripted answers through a local backend's batcher, without a model: a prompt is its messages as
     JSON, and a batch takes a moment on the worker thread, as a model's would."""
 
@@ -282,9 +290,9 @@ class ScriptedLocal(_LocalBackend):
     def render(self, messages, tools=None):
         return json.dumps(messages)
 
-    def _run_batch(self, prompts, params):
+    def _run_batch(self, requests):
         time.sleep(0.02)
-        return [asyncio.run(self.scripted.chat(json.loads(p), params))[0] for p in prompts]
+        return [asyncio.run(self.scripted.chat(json.loads(r.prompt), r.params))[0] for r in requests]
 
 
 def test_stats_say_how_many_rows_each_batch_of_a_local_backend_held(tmp_path):
@@ -293,7 +301,7 @@ def test_stats_say_how_many_rows_each_batch_of_a_local_backend_held(tmp_path):
     cfg.synth.concurrency = 4
     b = ScriptedLocal()
     stats = asyncio.run(synthesize(cfg, data, tmp_path / "run", pool=Pool(b)))
-    assert stats["kept"] == 4
+    assert stats["episodes"] == 4 and stats["failed_episodes"] == 0
     [(name, batches)] = stats["batches"].items()
     assert name == "scripted-local:embedded"
     assert batches["rows"] == sum(b.scripted.calls.values()) == 16  # ToolMaker, 2 agent turns, ToolActor

@@ -1,6 +1,6 @@
 import pytest
 
-from mtr.roles import compile_tool, utility_tools
+from mtr.toolmaker import compile_tool, utility_tools
 from mtr.trace import ToolCall
 from mtr.validate import check_answer, validate_call, validate_observation, validate_tools
 

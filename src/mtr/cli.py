@@ -122,20 +122,56 @@ def chat(role: str = typer.Argument(..., help=f"one of: {', '.join(ROLES)}"),
 
 @app.command()
 @user_errors
+def tools(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, answers)"),
+          out: Path = typer.Option(..., "--out", help="directory for <data name>.jsonl (re-running adds only new "
+                                   "questions)"),
+          config: Optional[Path] = ConfigOpt,
+          limit: Optional[int] = typer.Option(None, min=1, help="first N questions only"),
+          overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
+    """The ToolMaker writes each question's tools once; synth, grpo and eval read them (--tools)."""
+    from mtr.stages.tools import make_tools, tools_file
+
+    asyncio.run(make_tools(load_config(config), {data.stem: (data, limit)}, out, overwrite=overwrite))
+    console.print(f"wrote {tools_file(out, data.stem)}, stats.json, manifest.json")
+
+
+ToolsOpt = typer.Option(None, "--tools", help="a tools file from `mtr tools` (questions not in it get their tools "
+                        "made and added to it)")
+
+
+@app.command()
+@user_errors
 def synth(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, answers[, context])"),
           out: Path = typer.Option(..., "--out", help="run directory (re-running resumes it)"),
           config: Optional[Path] = ConfigOpt,
           limit: Optional[int] = typer.Option(None, min=1, help="first N questions only"),
           teacher: Optional[str] = typer.Option(None, help="override synth.teacher: model | scripted"),
+          tools_file: Optional[Path] = ToolsOpt,
           overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
-    """Synthesise tool-use traces (ToolMaker -> AutoAgent <-> V <-> ToolActor), filter them into sft.jsonl."""
-    from mtr.synth import synthesize
+    """Synthesise tool-use traces (ToolMaker -> AutoAgent <-> V <-> ToolActor), then filter them into sft.jsonl."""
+    from mtr.stages.filter import run_filter
+    from mtr.stages.synth import synthesize
 
     cfg = load_config(config)
     if teacher is not None:
         cfg.synth.teacher = teacher
-    asyncio.run(synthesize(cfg, data, out, limit=limit, overwrite=overwrite))
-    console.print(f"wrote {out}/traces.jsonl, sft.jsonl, stats.json, manifest.json")
+    asyncio.run(synthesize(cfg, data, out, limit=limit, overwrite=overwrite, tools_path=tools_file))
+    run_filter(cfg, out / "traces.jsonl", out)
+    console.print(f"wrote {out}/traces.jsonl, stats.json, manifest.json; filtered: sft.jsonl, verdicts.jsonl, "
+                  "filter.json")
+
+
+@app.command("filter")
+@user_errors
+def filter_cmd(run_dir: Path = typer.Argument(..., help="a synthesis run (its traces.jsonl)"),
+               out: Optional[Path] = typer.Option(None, "--out", help="where sft.jsonl goes (default: RUN_DIR)"),
+               config: Optional[Path] = ConfigOpt):
+    """Re-filter a synthesis run's traces with the config's `filter` settings, without synthesising again."""
+    from mtr.stages.filter import run_filter
+
+    traces = run_dir / "traces.jsonl" if run_dir.is_dir() else run_dir
+    run_filter(load_config(config), traces, out)
+    console.print(f"wrote {out or traces.parent}/sft.jsonl, verdicts.jsonl, filter.json")
 
 
 @app.command("eval")
@@ -148,10 +184,12 @@ def eval_cmd(out: Optional[Path] = typer.Option(None, "--out", help="run directo
              limit: Optional[int] = typer.Option(None, min=1, help="first N questions of each benchmark"),
              policy: Optional[str] = typer.Option(None, help="a checkpoint directory to evaluate as the policy (hf)"),
              compare: Optional[tuple[Path, Path]] = typer.Option(None, help="print two eval runs side by side"),
+             tools_dir: Optional[Path] = typer.Option(None, "--tools", help="a directory of `mtr tools` files "
+                                                      "(<benchmark>.jsonl); default: made in OUT/tools"),
              overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
     """Evaluate the policy: EM/F1 (+ cover EM) and structural health, tools on and off."""
-    from mtr.evaluate import compare as compare_runs
-    from mtr.evaluate import evaluate
+    from mtr.stages.evaluate import compare as compare_runs
+    from mtr.stages.evaluate import evaluate
 
     if compare:
         compare_runs(*compare)
@@ -167,19 +205,19 @@ def eval_cmd(out: Optional[Path] = typer.Option(None, "--out", help="run directo
         cfg.eval.limit = limit
     if policy:
         cfg.roles.policy = cfg.roles.policy.model_copy(update={"backend": "hf", "model": policy})
-    asyncio.run(evaluate(cfg, out, overwrite=overwrite))
+    asyncio.run(evaluate(cfg, out, overwrite=overwrite, tools_dir=tools_dir))
     console.print(f"wrote {out}/predictions.jsonl, results.json, results.md, manifest.json")
 
 
 @app.command()
 @user_errors
-def sft(data: Path = typer.Option(..., "--data", help="sft.jsonl from `mtr synth` (messages + tools)"),
+def sft(data: Path = typer.Option(..., "--data", help="sft.jsonl from `mtr synth` / `mtr filter` (messages + tools)"),
         out: Path = typer.Option(..., "--out", help="output directory: the checkpoint, logs, manifest"),
         config: Optional[Path] = ConfigOpt,
         resume: bool = typer.Option(False, help="continue from the last checkpoint in --out"),
         overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
     """Stage 1: supervised fine-tuning on filtered traces (TRL SFTTrainer, loss on assistant tokens only)."""
-    from mtr.sft import train_sft
+    from mtr.stages.sft import train_sft
 
     train_sft(load_config(config), data, out, resume=resume, overwrite=overwrite)
 
@@ -191,12 +229,14 @@ def grpo(data: Path = typer.Option(..., "--data", help="QA JSONL (id, question, 
          out: Path = typer.Option(..., "--out", help="output directory: checkpoints, logs, samples, manifest"),
          config: Optional[Path] = ConfigOpt,
          limit: Optional[int] = typer.Option(None, min=1, help="first N questions only"),
+         tools_file: Optional[Path] = ToolsOpt,
          resume: bool = typer.Option(False, help="continue from the last checkpoint in --out"),
          overwrite: bool = typer.Option(False, help="start afresh in a directory that holds another run")):
     """Stage 2: GRPO with multi-turn simulated-tool rollouts and the composite reward (TRL GRPOTrainer)."""
-    from mtr.grpo import train_grpo
+    from mtr.stages.grpo import train_grpo
 
-    train_grpo(load_config(config), data, init, out, limit=limit, resume=resume, overwrite=overwrite)
+    train_grpo(load_config(config), data, init, out, limit=limit, resume=resume, overwrite=overwrite,
+               tools_path=tools_file)
 
 
 @app.command()
@@ -213,7 +253,7 @@ def prompts(role: str = typer.Argument(..., help="toolmaker | autoagent | toolac
 def run(config: Optional[Path] = ConfigOpt,
         out: Path = typer.Option(..., "--out", help="run directory (re-running continues where it stopped)"),
         overwrite: bool = typer.Option(False, help="discard the stages of another run in --out and start afresh")):
-    """The whole method from one config: synth -> filter -> SFT -> GRPO -> eval (tools on/off) -> report."""
+    """The whole method from one config: tools -> synth -> filter -> SFT -> GRPO -> eval (tools on/off) -> report."""
     from mtr.pipeline import run_pipeline
 
     run_pipeline(load_config(config), out, overwrite=overwrite)
@@ -236,7 +276,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory"),
          config: Path = typer.Option(DEMO_CONFIG, "--config", "-c", help="YAML config (default: the demo preset)"),
          overwrite: bool = typer.Option(False, help="start afresh")):
-    """The main job on the embedded default: `mtr run` with the demo preset on a small slice (~15-20 min, CPU)."""
+    """The main job on the embedded default: `mtr run` with the demo preset on a small slice (~6 min, 2-core CPU)."""
     from mtr.pipeline import run_pipeline
 
     run_pipeline(load_config(config), out, overwrite=overwrite)

@@ -1,17 +1,22 @@
-"""Configuration: one YAML file binds each role to a backend and a model, plus stage settings.
+"""Configuration: one YAML file binds each role to a backend and a model, plus each stage's settings.
 
-Validated with pydantic; every error is one line that names the file and the dotted field path.
+Validated with pydantic; every error is one line that names the file and the dotted field path. The names
+are the method's, one meaning each (`max_tool_calls`, `max_turns`, `max_trace_tokens`); TRL's and peft's own
+arguments pass through unchanged under `sft.trl`, `grpo.trl` and `*.lora` (any option of `SFTConfig`,
+`GRPOConfig` or `LoraConfig` works without a field here). A key of an older mtr gets a one-line error that
+names its new place.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ROLES = ("toolmaker", "autoagent", "toolactor", "policy", "reference")
+ROLES = ("toolmaker", "autoagent", "toolactor", "policy")
+STAGES = ("tools", "synth", "filter", "sft", "grpo", "eval")  # the order data flows in
 BACKENDS = ("hf", "openai", "llamacpp")
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "cpu-tiny.yaml"
 
@@ -45,8 +50,7 @@ class RoleConfig(_Strict):
     device: str = Field("auto", min_length=1)
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
         "auto", description="hf: auto is bfloat16 on a GPU, float32 on a CPU; int8 quantizes the linear layers "
-        "for CPU inference (2.2x faster decoding on one host, none on an AVX2-only one; outputs differ a little "
-        "from float32)")
+        "for CPU inference (docs/performance.md: the gain depends on the CPU; outputs differ a little)")
     batch_size: int = Field(16, ge=1, le=1024)
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
@@ -58,7 +62,7 @@ class RoleConfig(_Strict):
     # sampling defaults for this role
     temperature: float = Field(0.7, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(256, ge=1)
+    max_tokens: int = Field(256, ge=1, description="tokens a reply may have (the sampling budget)")
 
     @model_validator(mode="after")
     def _backend_fits_model(self) -> "RoleConfig":
@@ -74,17 +78,25 @@ class RolesConfig(_Strict):
     autoagent: RoleConfig = Field(default_factory=RoleConfig)
     toolactor: RoleConfig = Field(default_factory=RoleConfig)
     policy: RoleConfig = Field(default_factory=RoleConfig)
-    reference: RoleConfig = Field(default_factory=RoleConfig)
 
 
-class EpisodeConfig(_Strict):
-    """How episodes run (shared by synthesis and evaluation): tools, budget, the ToolActor."""
+class ToolsConfig(_Strict):
+    """Stage `tools`: the ToolMaker writes each question's tools once; synthesis, GRPO and evaluation read them."""
 
-    max_steps: int = Field(4, ge=1, le=32, description="tool calls allowed per episode before the answer")
     max_tools: int = Field(2, ge=1, le=8, description="task-specific tools the ToolMaker writes per question")
     toolmaker_retries: int = Field(2, ge=0, le=10)
     utility_tools: list[str] = Field(default_factory=lambda: ["search"],
                                      description="predefined tools offered beside the generated ones")
+    on_failure: Literal["skip", "utilities"] = Field(
+        "skip", description="a question whose ToolMaker failed: run it with the utility tools alone (the "
+        "failure is recorded in its episodes), or skip it in training (synthesis records a failed episode, GRPO "
+        "draws another question); evaluation always uses the utility tools, so every question is scored")
+
+
+class EpisodeConfig(_Strict):
+    """How a stage's episodes run in the Environment: the call budget, the ToolActor, episodes in flight."""
+
+    max_tool_calls: int = Field(4, ge=0, le=32, description="tool calls an episode may make before it must answer")
     grounding: Literal["none", "context"] = Field(
         "none", description="context: the ToolActor is given the record's paragraphs as its knowledge")
     actor_retries: int = Field(1, ge=0, le=5)
@@ -121,101 +133,108 @@ class EvalConfig(EpisodeConfig):
 
 
 class FilterConfig(_Strict):
-    """Trace filtering: which episodes become SFT data."""
+    """Trace filtering (`mtr filter`): which episodes become SFT data."""
 
     answer_metric: Literal["em", "f1"] = "em"
     f1_threshold: float = Field(0.8, ge=0.0, le=1.0)
     max_validation_errors: int = Field(0, ge=0)
-    max_steps: int = Field(6, ge=1)
-    max_tokens: int = Field(2048, ge=16, description="tokens of the rendered trace, policy tokenizer")
+    max_turns: int = Field(6, ge=1, description="assistant turns of an episode")
+    max_trace_tokens: int = Field(2048, ge=16, description="tokens of the rendered trace, policy tokenizer")
     require_tool_call: bool = Field(True, description="reject episodes that answer without any tool call")
 
 
-class LoraSettings(_Strict):
-    lora: bool = Field(False, description="train a LoRA adapter (peft) instead of all weights")
-    lora_r: int = Field(16, ge=1)
-    lora_alpha: int = Field(32, ge=1)
-    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    lora_target_modules: str | list[str] = "all-linear"
+def _lora(value: Any) -> Any:
+    if value is None or isinstance(value, dict):
+        return value
+    raise ValueError("give peft's LoraConfig arguments as a mapping (e.g. {r: 16, lora_alpha: 32, "
+                     "target_modules: all-linear}), or null for full fine-tuning")
+
+
+class TrainStage(_Strict):
+    """What SFT and GRPO share: TRL's arguments (passed through), LoRA (peft's arguments, passed through)."""
+
+    trl: dict[str, Any] = Field(default_factory=dict, description="arguments of TRL's config class, as TRL names them")
+    lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments; null: full fine-tuning")
+
+    # mtr's defaults for TRL's arguments; the user's `trl` mapping is laid over them key by key
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_mapping(cls, v: Any) -> Any:
+        return _lora(v)
+
+    @field_validator("trl", mode="before")
+    @classmethod
+    def _merge_defaults(cls, v: Any) -> Any:
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise ValueError("a mapping of TRL's arguments (e.g. {learning_rate: 1.0e-5})")
+        if "output_dir" in v:
+            raise ValueError("output_dir is set by mtr (the stage's --out)")
+        return {**cls.TRL_DEFAULTS, **v}
 
     def peft_config(self) -> Any:
-        """peft's LoraConfig for these settings, or None without `lora`."""
-        if not self.lora:
+        """peft's LoraConfig for these settings, or None for full fine-tuning."""
+        if self.lora is None:
             return None
         from peft import LoraConfig
 
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM")
+        return LoraConfig(**{"task_type": "CAUSAL_LM", "target_modules": "all-linear", **self.lora})
+
+    @property
+    def lora_on(self) -> bool:
+        return self.lora is not None
 
 
-class SFTStageConfig(LoraSettings):
+class SFTStageConfig(TrainStage):
     """Stage 1 (`mtr sft`): TRL's SFTTrainer on sft.jsonl, loss on the assistant's own tokens only."""
 
-    learning_rate: float = Field(5e-5, gt=0)
-    num_train_epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, ge=-1, description="stop after N optimizer steps (-1: run the epochs)")
-    per_device_train_batch_size: int = Field(4, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_length: int = Field(1024, ge=32, description="tokens per training sequence")
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {"learning_rate": 5e-5, "num_train_epochs": 3.0, "max_steps": -1, "per_device_train_batch_size": 4,
+                    "gradient_accumulation_steps": 1, "max_length": 1024, "gradient_checkpointing": False,
+                    "logging_steps": 1, "save_steps": 50, "save_total_limit": 2, "report_to": ["tensorboard"]}
+    trl: dict[str, Any] = Field(default_factory=lambda: dict(SFTStageConfig.TRL_DEFAULTS),
+                                description="arguments of TRL's SFTConfig, as TRL names them")
     too_long: Literal["drop", "truncate"] = Field(
-        "drop", description="what to do with longer sequences (counted and reported either way)")
-    bf16: bool = Field(False, description="bfloat16 mixed precision (GPU)")
-    gradient_checkpointing: bool = False
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int = Field(2, ge=1)
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+        "drop", description="what to do with sequences over trl.max_length tokens (counted and reported either way)")
 
 
-class GRPOStageConfig(EpisodeConfig, LoraSettings):
+class GRPOStageConfig(EpisodeConfig, TrainStage):
     """Stage 2 (`mtr grpo`): TRL's GRPOTrainer with MTR's multi-turn rollout and composite reward."""
 
-    num_generations: int = Field(8, ge=2, description="group size: rollouts per question (paper: 8)")
-    per_device_train_batch_size: int = Field(8, ge=1, description="rollouts in one forward/backward pass; times "
-                                             "gradient_accumulation_steps: rollouts per step, whole groups")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    beta: float = Field(0.04, ge=0.0, description="KL coefficient to the reference (the initial policy)")
-    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
-    learning_rate: float = Field(1e-6, gt=0)
-    train_steps: int = Field(100, ge=1, description="optimizer steps (max_steps is the tool-call budget)")
+    TRL_DEFAULTS: ClassVar[dict[str, Any]] = {"num_generations": 8, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                    "beta": 0.04, "loss_type": "grpo", "learning_rate": 1e-6, "max_steps": 100, "temperature": 1.0,
+                    "max_completion_length": 1024, "gradient_checkpointing": False, "logging_steps": 1,
+                    "save_steps": 25, "save_total_limit": 2, "report_to": ["tensorboard"], "ddp_timeout": 10800}
+    trl: dict[str, Any] = Field(default_factory=lambda: dict(GRPOStageConfig.TRL_DEFAULTS),
+                                description="arguments of TRL's GRPOConfig, as TRL names them; max_completion_length "
+                                "is an episode's whole token budget, ddp_timeout covers the ToolMaker before training")
     max_turn_tokens: int = Field(128, ge=8, description="tokens the policy may write in one turn")
-    max_completion_tokens: int = Field(1024, ge=16, description="tokens of a whole episode after the prompt")
-    temperature: float = Field(1.0, gt=0.0)
     answer_metric: Literal["em", "f1"] = "em"
     call_budget: int = Field(2, ge=0, description="calls beyond this cost call_penalty each (efficiency)")
     call_penalty: float = Field(0.1, ge=0.0)
     reward_weights: dict[str, float] = Field(
         default_factory=lambda: {"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2})
-    on_toolmaker_failure: Literal["skip", "utilities"] = Field(
-        "skip", description="skip (and count) questions whose ToolMaker failed, or give them the utility tools")
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    use_vllm: bool = Field(False, description="GPU: sample the policy's turns with vLLM through TRL (colocate mode)")
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0,
-                                               description="share of each GPU's memory vLLM may take beside training")
-    logging_steps: int = Field(1, ge=1)
-    save_steps: int = Field(25, ge=1)
-    save_total_limit: int = Field(2, ge=1)
     sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
-    process_timeout_s: int = Field(
-        10800, ge=60, description="several processes: how long a rank waits for the others (TrainingArguments' "
-        "ddp_timeout); it covers the ToolMaker run on the main process before training")
 
     @model_validator(mode="after")
     def _weights_and_groups(self) -> "GRPOStageConfig":
-        unknown = set(self.reward_weights) - {"answer", "format", "consistency", "efficiency"}
+        from mtr.rubric import REWARD_NAMES
+
+        unknown = set(self.reward_weights) - set(REWARD_NAMES)
         if unknown:
             raise ValueError(f"reward_weights: unknown component(s) {sorted(unknown)}; "
-                             "components are answer, format, consistency, efficiency")
-        # TRL rolls out per_device_train_batch_size x gradient_accumulation_steps episodes at once (its generation
-        # batch) and takes the loss on them in micro-batches: the whole groups must be in one generation batch
-        rollouts = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if rollouts % self.num_generations:
-            raise ValueError(f"per_device_train_batch_size x gradient_accumulation_steps ({rollouts}) must be a "
-                             f"multiple of num_generations ({self.num_generations})")
+                             f"components are {', '.join(REWARD_NAMES)}")
+        t = self.trl
+        # TRL rolls out per_device_train_batch_size x gradient_accumulation_steps episodes at once (its
+        # generation batch) and takes the loss on them in micro-batches: whole groups must be in one batch
+        rollouts = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+        if rollouts % t["num_generations"]:
+            raise ValueError(f"trl.per_device_train_batch_size x trl.gradient_accumulation_steps ({rollouts}) must "
+                             f"be a multiple of trl.num_generations ({t['num_generations']})")
+        if t["max_completion_length"] < 16:
+            raise ValueError("trl.max_completion_length: an episode needs at least 16 tokens")
         return self
 
 
@@ -224,28 +243,28 @@ class RunConfig(_Strict):
 
     train_data: str = Field("hotpotqa", description="QA for synthesis and GRPO: a benchmark name or a .jsonl path")
     train_limit: int | None = Field(None, ge=1, description="first N training questions")
-    stages: list[Literal["synth", "sft", "grpo", "eval"]] = Field(
-        default_factory=lambda: ["synth", "sft", "grpo", "eval"])
+    stages: list[Literal["tools", "synth", "filter", "sft", "grpo", "eval"]] = Field(
+        default_factory=lambda: ["tools", "synth", "filter", "sft", "grpo", "eval"])
     eval_base: bool = Field(False, description="also evaluate the initial policy, for a before/after table")
 
     @model_validator(mode="after")
     def _stage_order(self) -> "RunConfig":
-        order = ["synth", "sft", "grpo", "eval"]
-        if [s for s in order if s in self.stages] != self.stages:
-            raise ValueError(f"stages must be a subset of {order} in that order (got {self.stages})")
+        if [s for s in STAGES if s in self.stages] != self.stages:
+            raise ValueError(f"stages must be a subset of {list(STAGES)} in that order (got {self.stages})")
         return self
 
 
 class Config(_Strict):
-    """The whole run configuration. Each stage reads its own section."""
+    """The whole run configuration. Each stage reads its own section (and records only that one)."""
 
     seed: int = 0
     roles: RolesConfig = Field(default_factory=RolesConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     def role(self, name: str) -> RoleConfig:
@@ -253,17 +272,21 @@ class Config(_Strict):
             raise ConfigError(f"unknown role {name!r}; roles are: {', '.join(ROLES)}")
         return getattr(self.roles, name)
 
+    def stage_config(self, sections: tuple[str, ...], roles: tuple[str, ...]) -> dict[str, Any]:
+        """What a stage's manifest records: the sections it reads, the roles it uses, the seed. A change
+        anywhere else leaves the stage (and its directory) alone."""
+        return {"seed": self.seed, **{s: getattr(self, s).model_dump(mode="json") for s in sections},
+                "roles": {r: self.role(r).model_dump(mode="json") for r in roles}}
+
     def episodes_in_flight(self, stage: Literal["synth", "eval"]) -> int:
         """The stage's `concurrency`, with `auto` resolved.
 
         llama-cpp-python decodes one sequence at a time, so when every role a stage generates with is on
-        `llamacpp`, episodes in flight only take turns. With a model playing the agent an episode alternates
+        `llamacpp`, episodes in flight only take turns; with a model playing the agent an episode alternates
         between two prompts (agent, ToolActor) that evict each other's cached prefix, and one episode at a
-        time was fastest (16 in flight: 0.87x on 4 questions, 0.67x on 32; docs/performance.md). With the
-        scripted teacher the requests in flight are ToolMaker and ToolActor prompts that share their
-        templates, and a batch of them runs back to back on one cached prefix: on the demo's 12 questions
-        16 in flight ran at 1.11x 4 in flight (2 runs each). Anywhere else episodes in flight pay too:
-        `hf` batches them, a server serves them in parallel."""
+        time is fastest. With the scripted teacher the requests in flight are ToolActor prompts that share
+        their templates and run back to back on one cached prefix. Anywhere else episodes in flight pay:
+        `hf` batches them, a server serves them in parallel (docs/performance.md)."""
         section = self.synth if stage == "synth" else self.eval
         if section.concurrency != "auto":
             return section.concurrency
@@ -272,6 +295,46 @@ class Config(_Strict):
         if model_agent and all(self.role(r).backend == "llamacpp" for r in ("toolmaker", "toolactor", agent)):
             return 1
         return 16
+
+
+# Keys of older configs -> where they live now (a dotted path), or why they are gone.
+MOVED = {
+    "roles.reference": "gone: GRPO's KL reference is the initial policy (--init); its weight is grpo.trl.beta",
+    **{f"{s}.max_steps": f"{s}.max_tool_calls" for s in ("synth", "eval")},
+    **{f"{s}.{k}": f"tools.{k}" for s in ("synth", "eval", "grpo") for k in ("max_tools", "toolmaker_retries",
+                                                                             "utility_tools")},
+    "grpo.on_toolmaker_failure": "tools.on_failure",
+    "grpo.max_steps": "grpo.max_tool_calls",
+    "grpo.train_steps": "grpo.trl.max_steps",
+    "grpo.max_completion_tokens": "grpo.trl.max_completion_length",
+    "grpo.process_timeout_s": "grpo.trl.ddp_timeout",
+    "filter.max_steps": "filter.max_turns",
+    "filter.max_tokens": "filter.max_trace_tokens",
+    "sft.max_length": "sft.trl.max_length",
+    "sft.max_steps": "sft.trl.max_steps",
+    "sft.warmup_ratio": "sft.trl.warmup_steps (a number below 1 is a share of the steps)",
+    **{f"{s}.{k}": f"{s}.trl.{k}" for s in ("sft", "grpo") for k in (
+        "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "bf16",
+        "gradient_checkpointing", "logging_steps", "save_steps", "save_total_limit", "report_to")},
+    **{f"sft.{k}": f"sft.trl.{k}" for k in ("num_train_epochs", "weight_decay")},
+    **{f"grpo.{k}": f"grpo.trl.{k}" for k in ("num_generations", "beta", "loss_type", "temperature", "use_vllm",
+                                              "vllm_gpu_memory_utilization")},
+    **{f"{s}.lora_{k}": f"{s}.lora.{'lora_' if k in ('alpha', 'dropout') else ''}{k}" for s in ("sft", "grpo")
+       for k in ("r", "alpha", "dropout", "target_modules")},
+}
+
+
+def _moved_key(data: dict) -> str | None:
+    for path, where in MOVED.items():
+        node: Any = data
+        for part in path.split("."):
+            node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            return f"{path}: {where}" if where.startswith("gone") else f"{path}: moved to {where}"
+    return None
+
+
+_MISSING = object()
 
 
 def _format_error(source: str, err: ValidationError) -> str:
@@ -291,6 +354,8 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    if moved := _moved_key(data):
+        raise ConfigError(f"{source}: {moved}")
     try:
         return Config.model_validate(data)
     except ValidationError as e:
@@ -309,3 +374,18 @@ def load_config(path: str | Path | None = None) -> Config:
         where = f"line {mark.line + 1}" if mark is not None else "?"
         raise ConfigError(f"{p}: {where}: not valid YAML ({getattr(e, 'problem', e)})") from None
     return parse_config(data, str(p))
+
+
+def trl_args(config_class: type, section: str, values: dict[str, Any]) -> Any:
+    """TRL's config object from `values`; an argument TRL does not know is a one-line ConfigError."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{section}.trl.{unknown[0]}: not an argument of TRL's {config_class.__name__}")
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{section}.trl: TRL's {config_class.__name__} refused the arguments: "
+                          f"{' '.join(str(e).split())[:300]}") from None

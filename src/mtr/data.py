@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from mtr.jsonl import json_lines
 from mtr.trace import QAExample
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,28 +60,22 @@ def load_qa(path: str | Path, limit: int | None = None) -> list[QAExample]:
         raise DataError(f"{path}: no such file")
     examples: list[QAExample] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            try:
-                ex = QAExample.model_validate(obj)
-            except ValidationError as e:
-                err = e.errors()[0]
-                field = ".".join(str(p) for p in err["loc"]) or "(record)"
-                raise DataError(f"{path}:{lineno}: field {field}: {err['msg']}") from None
-            if ex.id in seen:
-                raise DataError(f"{path}:{lineno}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
-            seen[ex.id] = lineno
-            examples.append(ex)
-            if limit is not None and len(examples) >= limit:
-                break
+    for lineno, obj in json_lines(path, lambda n, e: DataError(f"{path}:{n}: malformed JSON ({e.msg} at column "
+                                                               f"{e.colno})")):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        try:
+            ex = QAExample.model_validate(obj)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(record)"
+            raise DataError(f"{path}:{lineno}: field {field}: {err['msg']}") from None
+        if ex.id in seen:
+            raise DataError(f"{path}:{lineno}: duplicate id {ex.id!r} (first on line {seen[ex.id]})")
+        seen[ex.id] = lineno
+        examples.append(ex)
+        if limit is not None and len(examples) >= limit:
+            break
     if not examples:
         raise DataError(f"{path}: no QA records (empty file)")
     return examples

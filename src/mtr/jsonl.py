@@ -11,7 +11,7 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -84,21 +84,42 @@ class JsonlAppender:
         self.close()
 
 
-def read_jsonl(path: str | Path, latest_by: str | None = None) -> list[dict[str, Any]]:
-    """Read our own JSONL output; a corrupt line is an error naming the file and line. With `latest_by`,
-    only the last record of each id is kept (a retried record replaces the failed one)."""
-    out = []
-    with Path(path).open(encoding="utf-8") as f:
+def json_lines(path: str | Path, on_error: Callable[[int, json.JSONDecodeError], Exception] | None = None,
+               errors: str = "strict") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line of a JSONL file. A line that is not JSON raises
+    what `on_error(line number, error)` returns, or yields (line number, None) without `on_error`."""
+    with Path(path).open(encoding="utf-8", errors=errors) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: corrupt record ({e.msg})") from None
+                if on_error is not None:
+                    raise on_error(lineno, e) from None
+                yield lineno, None
+
+
+def read_jsonl(path: str | Path, latest_by: str | None = None) -> list[dict[str, Any]]:
+    """Read our own JSONL output; a corrupt line is an error naming the file and line. With `latest_by`,
+    only the last record of each id is kept (a retried record replaces the failed one)."""
+    out = [obj for _, obj in json_lines(path, lambda n, e: ValueError(f"{path}:{n}: corrupt record ({e.msg})"))]
     if latest_by is not None:
         out = list({str(r[latest_by]): r for r in out}.values())
     return out
+
+
+def print_table(title: str, rows: list[tuple[str, Any]]) -> None:
+    """A stage's summary as a two-column table on the console."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for key, value in rows:
+        table.add_row(key, str(value))
+    Console().print(table)
 
 
 def progress_bar() -> Progress:

@@ -1,9 +1,14 @@
-"""The whole method from one config (`mtr run`): synth -> filter -> SFT -> GRPO -> eval -> report.
+"""The whole method from one config (`mtr run`): tools -> synth -> filter -> SFT -> GRPO -> eval -> report.
 
-Each stage writes into its own subdirectory of the run and, when it has finished, a `stage_done.json` there.
-A stage with that marker is skipped; one without it is re-entered and resumes from what it wrote (synthesis
-and evaluation skip finished questions, SFT and GRPO continue from their last checkpoint). So a killed run
-continues where it stopped, and nothing that was written is lost.
+Each stage writes into its own subdirectory of the run and, when it has finished, a `stage_done.json` there
+holding what it was run on: its own part of the config and its inputs (the data's hash, the tools it read,
+the finish stamp of the stage whose checkpoint it started from). On the next invocation a stage is
+- skipped when it finished on exactly the same config and inputs;
+- resumed when it did not finish and its config is unchanged (synthesis and evaluation skip finished
+  questions, SFT and GRPO continue from their last checkpoint, the tools stage makes only new questions);
+- run afresh otherwise, and so is every stage after it; the stages before it are never touched.
+So a killed run continues where it stopped, and changing `grpo.trl.learning_rate` re-runs GRPO and
+evaluation, not synthesis.
 """
 
 from __future__ import annotations
@@ -17,15 +22,21 @@ from typing import Any
 
 from rich.console import Console
 
-from mtr.config import Config
+from mtr.checkpoints import policy_checkpoint
+from mtr.config import STAGES, Config
 from mtr.data import load_qa, resolve_benchmark
+from mtr.embedded import file_sha256
 from mtr.jsonl import write_text_atomic
-from mtr.manifest import write_manifest
 from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
+from mtr.rundir import mark_done, stage_done
+from mtr.stages import evaluate as eval_stage
+from mtr.stages import filter as filter_stage
+from mtr.stages import grpo as grpo_stage
+from mtr.stages import sft as sft_stage
+from mtr.stages import synth as synth_stage
+from mtr.stages import tools as tools_stage
 
 console = Console()
-DONE = "stage_done.json"
-STAGES = ("synth", "sft", "grpo", "eval")
 
 # Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, benchmarks/results/demo.json:
 # synth 66 s for 12 questions, SFT 75 s for 12 rows, GRPO 90 s for 8 rollouts, eval 87 s for 12 questions
@@ -35,25 +46,67 @@ CPU_SECONDS = {"synth_question": 5.5, "sft_row_epoch": 5.0, "grpo_rollout": 10.0
                "eval_off": 1.5, "stage_start": 10.0}
 
 
-def stage_done(stage_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((stage_dir / DONE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+class Run:
+    """The paths and inputs of one run directory, as every stage of the pipeline sees them."""
 
+    def __init__(self, cfg: Config, out: Path):
+        self.cfg, self.out = cfg, Path(out)
+        self.train_path = resolve_benchmark(cfg.run.train_data)
+        self.train_name = cfg.run.train_data if not cfg.run.train_data.endswith(".jsonl") else self.train_path.stem
+        self.benchmarks = eval_stage.benchmark_files(cfg) if "eval" in cfg.run.stages else {}
+        self.init = policy_checkpoint(cfg)
 
-def mark_done(stage_dir: Path, wall_s: float, **extra: Any) -> None:
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(stage_dir / DONE, json.dumps(
-        {"wall_s": wall_s, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}, indent=2))
+    def tools_path(self, name: str) -> Path:
+        return tools_stage.tools_file(self.out / "tools", name)
 
+    def datasets(self) -> dict[str, tuple[Path, int | None]]:
+        """What the tools stage makes tools for: the training questions, and each benchmark evaluated tools-on."""
+        sets = {self.train_name: (self.train_path, self.cfg.run.train_limit)}
+        if "tools-on" in self.cfg.eval.modes:
+            sets.update({b: (p, self.cfg.eval.limit) for b, p in self.benchmarks.items()})
+        return sets
 
-def eval_benchmark_sizes(cfg: Config) -> dict[str, int]:
-    sizes = {}
-    for b in cfg.eval.benchmarks:
-        n = sum(1 for line in resolve_benchmark(b).open(encoding="utf-8") if line.strip())
-        sizes[b] = min(n, cfg.eval.limit) if cfg.eval.limit else n
-    return sizes
+    def policy(self, stage: str) -> Path:
+        """The checkpoint a stage starts from: the last training stage's before it, else the initial policy."""
+        before = STAGES[:STAGES.index(stage)]
+        for s in ("grpo", "sft"):
+            if s in before and s in self.cfg.run.stages:
+                return self.out / s
+        return self.init
+
+    def eval_config(self, model: Path) -> Config:
+        c = self.cfg.model_copy(deep=True)
+        c.roles.policy = c.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
+        return c
+
+    def identity(self, stage: str) -> dict[str, Any]:
+        """What a finished stage was run on; the stage is skipped only while this stays the same."""
+        cfg = self.cfg
+
+        def sha(path: Path) -> str | None:
+            return file_sha256(path) if path.is_file() else None
+
+        def upstream(path: Path) -> str | None:  # a checkpoint is identified by its stage's finish stamp
+            done = stage_done(path) if path != self.init else None
+            return (done or {}).get("finished", str(path))
+
+        if stage == "tools":
+            return {"config": tools_stage.stage_config(cfg),
+                    "datasets": {n: [sha(p), lim] for n, (p, lim) in self.datasets().items()}}
+        if stage == "synth":
+            return {"config": synth_stage.stage_config(cfg), "data": sha(self.train_path),
+                    "limit": cfg.run.train_limit, "tools": sha(self.tools_path(self.train_name))}
+        if stage == "filter":
+            return {"config": filter_stage.stage_config(cfg), "traces": sha(self.out / "synth" / "traces.jsonl")}
+        if stage == "sft":
+            return {"config": sft_stage.stage_config(cfg), "data": sha(self.out / "filter" / "sft.jsonl")}
+        if stage == "grpo":
+            return {"config": grpo_stage.stage_config(cfg), "data": sha(self.train_path), "limit": cfg.run.train_limit,
+                    "tools": sha(self.tools_path(self.train_name)), "init": upstream(self.policy("grpo"))}
+        return {"config": eval_stage.stage_config(self.eval_config(self.policy("eval"))),
+                "benchmarks": {b: sha(p) for b, p in self.benchmarks.items()},
+                "tools": {b: sha(self.tools_path(b)) for b in self.benchmarks},
+                "policy": upstream(self.policy("eval")), "base": cfg.run.eval_base}
 
 
 def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
@@ -61,25 +114,29 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
     r, lines, total = cfg.run, [], 0.0
     for stage in r.stages:
         total += CPU_SECONDS["stage_start"]
-        if stage == "synth":
+        if stage == "tools":
+            lines.append(f"tools: the ToolMaker writes up to {cfg.tools.max_tools} tool(s) per question, once")
+        elif stage == "synth":
             lines.append(f"synth: {n_train} questions x {cfg.synth.episodes_per_question} episode(s), "
-                         f"teacher {cfg.synth.teacher}, then filtering")
+                         f"teacher {cfg.synth.teacher}")
             total += CPU_SECONDS["synth_question"] * n_train * cfg.synth.episodes_per_question
+        elif stage == "filter":
+            lines.append("filter: correct, valid, short enough -> sft.jsonl")
         elif stage == "sft":
-            s = cfg.sft
+            s, t = cfg.sft, cfg.sft.trl
             rows = n_train * cfg.synth.episodes_per_question
-            batch = s.per_device_train_batch_size * s.gradient_accumulation_steps
-            steps = s.max_steps if s.max_steps > 0 else int(rows * s.num_train_epochs / batch)
-            lines.append(f"sft: {'LoRA' if s.lora else 'full'} fine-tuning, {steps} steps of {batch} traces")
+            batch = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+            steps = t["max_steps"] if t["max_steps"] > 0 else int(rows * t["num_train_epochs"] / batch)
+            lines.append(f"sft: {'LoRA' if s.lora_on else 'full'} fine-tuning, {steps} steps of {batch} traces")
             total += CPU_SECONDS["sft_row_epoch"] * steps * batch
         elif stage == "grpo":
-            g = cfg.grpo
-            rollouts = g.per_device_train_batch_size * g.gradient_accumulation_steps
-            lines.append(f"grpo: {g.train_steps} steps, {rollouts} rollouts a step in groups "
-                         f"of {g.num_generations}, up to {g.max_steps} tool calls each")
-            total += CPU_SECONDS["grpo_rollout"] * g.train_steps * rollouts
+            g, t = cfg.grpo, cfg.grpo.trl
+            rollouts = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
+            lines.append(f"grpo: {t['max_steps']} steps, {rollouts} rollouts a step in groups "
+                         f"of {t['num_generations']}, up to {g.max_tool_calls} tool calls each")
+            total += CPU_SECONDS["grpo_rollout"] * t["max_steps"] * rollouts
         elif stage == "eval":
-            sizes = eval_benchmark_sizes(cfg)
+            sizes = {b: len(load_qa(p, cfg.eval.limit)) for b, p in eval_stage.benchmark_files(cfg).items()}
             policies = 2 if r.eval_base else 1
             lines.append("eval: " + ", ".join(f"{b} ({n})" for b, n in sizes.items()) + f", {' and '.join(cfg.eval.modes)}"
                          + (", trained and initial policy" if r.eval_base else ""))
@@ -90,20 +147,20 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
 
 def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool = True) -> dict[str, Any]:
     """Run the configured stages into `out`; returns {stage: stage_done record}."""
-    from mtr.sft import last_checkpoint, policy_source
-
-    out = Path(out)
-    train_path = resolve_benchmark(cfg.run.train_data)
-    n_train = len(load_qa(train_path, cfg.run.train_limit))
+    run = Run(cfg, out)
+    out = run.out
+    n_train = len(load_qa(run.train_path, cfg.run.train_limit))
     if overwrite and out.exists():
         for stage in (*STAGES, "eval-base"):
             shutil.rmtree(out / stage, ignore_errors=True)
-    write_manifest(out, "pipeline", cfg.model_dump(mode="json"), {"train_data": train_path}, cfg.seed, overwrite=overwrite)
-    for b in cfg.eval.benchmarks if "eval" in cfg.run.stages else []:
-        if resolve_benchmark(b).resolve() == train_path.resolve():
-            console.print(f"[yellow]warning:[/yellow] eval benchmark {b!r} is the training file {train_path}: "
+    out.mkdir(parents=True, exist_ok=True)
+    # the run's top manifest: the latest invocation's whole config (each stage keeps its own part)
+    write_text_atomic(out / "manifest.json", json.dumps({"stage": "pipeline", "config": cfg.model_dump(mode="json"),
+                                                         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2))
+    for b, path in run.benchmarks.items():
+        if path.resolve() == run.train_path.resolve():
+            console.print(f"[yellow]warning:[/yellow] eval benchmark {b!r} is the training file {run.train_path}: "
                           "its first questions were trained on", highlight=False)
-
     lines, seconds = plan(cfg, n_train)
     console.rule(f"mtr run -> {out}")
     for i, line in enumerate(lines, 1):
@@ -111,27 +168,35 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
     console.print(f"  expected: about {seconds / 60:.0f} min on a 2-core CPU with the embedded model "
                   "(much less with a GPU or a server); finished stages are skipped", highlight=False)
 
-    init = policy_source(cfg)
-    policy = init
     records: dict[str, Any] = {}
     n = len(cfg.run.stages)
+    upstream_ran = False
     try:
         for i, stage in enumerate(cfg.run.stages, 1):
             d = out / stage
+            identity = run.identity(stage)
             done = stage_done(d)
-            if done is not None:
+            if done is not None and done.get("identity") == identity and not upstream_ran:
                 console.rule(f"stage {i}/{n}: {stage} (done in an earlier invocation, skipped)")
+                records[stage] = done
+                continue
+            if done is not None:
+                # finished on other inputs or settings: run again (the tools stage only adds the questions it
+                # has not made, unless its own settings changed)
+                fresh = stage != "tools" or done.get("identity", {}).get("config") != identity["config"]
             else:
-                console.rule(f"stage {i}/{n}: {stage}")
-                t0 = time.perf_counter()
-                reset_peak()
-                extra = _run_stage(stage, cfg, out, train_path, init, policy, last_checkpoint)
-                done = {"wall_s": time.perf_counter() - t0, "peak_rss_mb": round(peak_rss_mb()), **extra}
-                mark_done(d, **done)
-                release_memory()  # the next stage loads its own model
+                # unfinished: resumed, unless what came before it ran again or its settings changed
+                fresh = upstream_ran or recorded_config(d) not in (None, identity["config"])
+            console.rule(f"stage {i}/{n}: {stage}" + (" (afresh: its inputs or settings changed)" if fresh else ""))
+            t0 = time.perf_counter()
+            reset_peak()
+            extra = _run_stage(stage, run, fresh)
+            done = {"wall_s": time.perf_counter() - t0, "peak_rss_mb": round(peak_rss_mb()), **extra,
+                    "identity": identity}
+            mark_done(d, **done)
+            release_memory()  # the next stage loads its own model
             records[stage] = done
-            if stage in ("sft", "grpo"):
-                policy = d
+            upstream_ran = upstream_ran or stage != "tools" or extra.get("made_now", 0) > 0
     finally:
         # A failed or interrupted run still gets its report: it shows what finished and says what did not.
         if report:
@@ -144,41 +209,59 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
     return records
 
 
-def _run_stage(stage: str, cfg: Config, out: Path, train_path: Path, init: Path, policy: Path,
-               last_checkpoint) -> dict[str, Any]:
+def recorded_config(stage_dir: Path) -> dict[str, Any] | None:
+    """The config an unfinished stage was started with (its manifest; filter.json for the filter)."""
+    for name in ("manifest.json", "filter.json"):
+        try:
+            return json.loads((stage_dir / name).read_text())["config"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            continue
+    return None
+
+
+def _run_stage(stage: str, run: Run, fresh: bool) -> dict[str, Any]:
+    cfg, out = run.cfg, run.out
+    if stage == "tools":
+        stats = asyncio.run(tools_stage.make_tools(cfg, run.datasets(), out / "tools", overwrite=fresh))
+        return {"made_now": sum(s["made_now"] for s in stats.values())}
     if stage == "synth":
-        from mtr.synth import synthesize
-
-        stats = asyncio.run(synthesize(cfg, train_path, out / "synth", limit=cfg.run.train_limit))
-        if stats["kept"] == 0:
-            raise ValueError(f"{out / 'synth'}: synthesis kept no trace of {stats['episodes']} "
-                             f"(rejected: {stats['rejected']}); SFT has nothing to learn from. A small model as "
+        stats = asyncio.run(synth_stage.synthesize(cfg, run.train_path, out / "synth", limit=cfg.run.train_limit,
+                                                   overwrite=fresh, tools_path=_existing(run.tools_path(run.train_name))))
+        return {"episodes": stats["episodes"]}
+    if stage == "filter":
+        if fresh:
+            shutil.rmtree(out / "filter", ignore_errors=True)
+        res = filter_stage.run_filter(cfg, out / "synth" / "traces.jsonl", out / "filter")
+        if res["kept"] == 0:
+            raise ValueError(f"{out / 'filter'}: filtering kept no trace of {res['episodes']} "
+                             f"(rejected: {res['rejected']}); SFT has nothing to learn from. A small model as "
                              "teacher rarely answers right: try synth.teacher: scripted, or a larger teacher")
-        return {"kept": stats["kept"], "episodes": stats["episodes"]}
+        return {"kept": res["kept"], "episodes": res["episodes"]}
     if stage == "sft":
-        from mtr.sft import train_sft
-
-        data = out / "synth" / "sft.jsonl"
+        data = out / "filter" / "sft.jsonl"
         if not data.is_file():
-            raise FileNotFoundError(f"{data}: no SFT data; the synth stage runs first (run.stages)")
-        stats = train_sft(cfg, data, out / "sft", resume=last_checkpoint(out / "sft") is not None)
+            raise FileNotFoundError(f"{data}: no SFT data; the synth and filter stages run first (run.stages)")
+        stats = sft_stage.train_sft(cfg, data, out / "sft", resume=not fresh, overwrite=fresh)
         return {"steps": stats.get("steps"), "loss_first": stats.get("loss_first"), "loss_last": stats.get("loss_last")}
     if stage == "grpo":
-        from mtr.grpo import train_grpo
-
-        stats = train_grpo(cfg, train_path, policy, out / "grpo", limit=cfg.run.train_limit,
-                           resume=last_checkpoint(out / "grpo") is not None)
+        stats = grpo_stage.train_grpo(cfg, run.train_path, run.policy("grpo"), out / "grpo", limit=cfg.run.train_limit,
+                                      resume=not fresh, overwrite=fresh,
+                                      tools_path=_existing(run.tools_path(run.train_name)))
         return {"steps": stats.get("steps")}
     if stage == "eval":
-        from mtr.evaluate import evaluate
-
         result = {}
-        runs = [("eval", policy)] + ([("eval-base", init)] if cfg.run.eval_base and policy != init else [])
-        for name, model in runs:
-            c = cfg.model_copy(deep=True)
-            c.roles.policy = c.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
+        policy = run.policy("eval")
+        evals = [("eval", policy)] + ([("eval-base", run.init)] if cfg.run.eval_base and policy != run.init else [])
+        tools_dir = out / "tools" if (out / "tools").is_dir() else None
+        for name, model in evals:
             console.print(f"eval: policy {model}", highlight=False)
-            res = asyncio.run(evaluate(c, out / name))
+            res = asyncio.run(eval_stage.evaluate(run.eval_config(model), out / name, overwrite=fresh,
+                                                  tools_dir=tools_dir))
             result[name] = res["rows"]
         return {"rows": result}
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def _existing(path: Path) -> Path | None:
+    """The tools stage's file when it ran, else None (the stage then makes its tools itself)."""
+    return path if path.is_file() else None

@@ -7,6 +7,9 @@ from functools import lru_cache
 from importlib import resources
 from string import Template
 
+# What the policy is told when its call budget is spent (both the evaluation agent and the GRPO rollout).
+FINAL_NUDGE = "No more tool calls: give your final answer now."
+
 PROMPT_FILES = {
     "toolmaker": "toolmaker.txt",
     "autoagent": "autoagent.txt",

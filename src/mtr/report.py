@@ -17,15 +17,16 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from mtr.jsonl import write_text_atomic
+from mtr.config import STAGES
+from mtr.jsonl import json_lines, write_text_atomic
 from mtr.metrics import exact_match, f1_score
 from mtr.references import REFERENCE_EM
+from mtr.rubric import REWARD_NAMES, trl_log_key
+from mtr.rundir import stage_done
 
 BENCH_ORDER = ["hotpotqa", "2wiki", "musique", "bamboogle"]
 MAX_TRACES = 400  # per source; keeps the file a few MB at most
-REWARD_KEYS = [("reward", "total"), ("rewards/answer_reward/mean", "answer"),
-               ("rewards/format_reward/mean", "format"), ("rewards/consistency_reward/mean", "consistency"),
-               ("rewards/efficiency_reward/mean", "efficiency")]
+REWARD_KEYS = [("reward", "total")] + [(trl_log_key(n), n) for n in REWARD_NAMES]
 
 
 class Notes:
@@ -54,20 +55,9 @@ def read_records(path: Path, notes: Notes, what: str, latest_by: str | None = No
     if not path.is_file():
         notes.add(f"{path.parent.name}/{path.name} not found: no {what}")
         return []
-    out, bad = [], 0
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                out.append(obj)
-            else:
-                bad += 1
+    values = [obj for _, obj in json_lines(path, errors="replace")]
+    out = [obj for obj in values if isinstance(obj, dict)]
+    bad = len(values) - len(out)
     if bad:
         notes.add(f"{path.parent.name}/{path.name}: {bad} unreadable line(s) skipped (a torn write?)")
     if latest_by is not None:
@@ -225,9 +215,16 @@ def synth_section(run: Path, notes: Notes) -> dict[str, Any] | None:
     stats = read_json(run / "synth" / "stats.json", notes, "synthesis funnel")
     if not stats:
         return None
+    # the filter's verdicts: its own stage directory, or (a standalone `mtr synth`, an older mtr) beside the traces
+    funnel_file = next((d / "filter.json" for d in (run / "filter", run / "synth") if (d / "filter.json").is_file()), None)
+    verdict = read_json(funnel_file, notes, "filter funnel") if funnel_file else stats
+    if funnel_file is None and "kept" not in stats:
+        notes.add("filter/filter.json not found: the filter has not run, so kept/rejected is not shown")
+    stats = {**stats, "kept": verdict.get("kept", 0), "kept_pct": verdict.get("kept_pct", 0.0),
+             "rejected": verdict.get("rejected") or {}}
     funnel = [("questions", stats.get("questions", 0)), ("episodes", stats.get("episodes", 0)),
-              ("kept", stats.get("kept", 0))]
-    rejected = sorted((stats.get("rejected") or {}).items(), key=lambda kv: -kv[1])
+              ("kept", stats["kept"])]
+    rejected = sorted(stats["rejected"].items(), key=lambda kv: -kv[1])
     return {"stats": stats, "plot": bar_plot("questions -> episodes -> kept; rejected by reason",
                                              funnel + [(f"rejected: {k}", v) for k, v in rejected]),
             "rejected": rejected}
@@ -270,10 +267,11 @@ def traces_section(run: Path, notes: Notes) -> tuple[list[dict[str, Any]], list[
     shown: list[str] = []
     if (run / "synth").is_dir():
         traces = read_records(run / "synth" / "traces.jsonl", notes, "synthesis traces", latest_by="id")
-        verdict_path = run / "synth" / "verdicts.jsonl"
+        verdict_path = next((p for p in (run / "filter" / "verdicts.jsonl", run / "synth" / "verdicts.jsonl")
+                             if p.is_file()), run / "filter" / "verdicts.jsonl")
         verdicts = {str(v.get("id")): v.get("rejected") for v in read_records(verdict_path, Notes(), "")}
         if traces and not verdict_path.is_file():
-            notes.add("synth/verdicts.jsonl not found (a run from an older mtr): kept/rejected is not shown")
+            notes.add("filter/verdicts.jsonl not found (the filter has not run): kept/rejected is not shown")
         for t in traces[:MAX_TRACES]:
             tid = str(t.get("id"))
             known = tid in verdicts
@@ -313,8 +311,6 @@ def manifests_section(run: Path) -> list[tuple[str, str]]:
 
 
 def stages_section(run: Path) -> list[dict[str, Any]]:
-    from mtr.pipeline import STAGES, stage_done
-
     rows = []
     for stage in STAGES:
         done = stage_done(run / stage)

@@ -9,7 +9,7 @@ Codes:
                      never reaches the ToolActor; the agent gets a validation-error observation instead)
   observation_valid  the ToolActor's observation is JSON matching the tool's `returns` schema
   answer_present     the final answer is present and non-empty
-  step_budget        the episode ended within `max_steps` tool calls
+  step_budget        the episode ended within `max_tool_calls` tool calls
 """
 
 from __future__ import annotations

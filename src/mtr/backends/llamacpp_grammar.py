@@ -1,12 +1,11 @@
 """Grammar-constrained sampling for llama-cpp-python in llama.cpp server's order: sample, then check.
 
 llama-cpp-python puts the grammar first in its sampler chain, so every token the grammar is matched against
-the whole vocabulary (49,152 tokens for SmolLM2): 8.6-10.4 ms a token on the 2-core CPU, against ~30 ms for
-the forward pass. llama.cpp's own sampler (common/sampling.cpp, which its server uses) samples without the
-grammar first and checks only the chosen token; only when the grammar rejects it does it apply the grammar
-to the whole vocabulary and sample again. Measured on a ToolMaker prompt: 0.6-0.9 ms a token, the same text
-at temperature 0, and 2-9 tokens of ~100 rejected. Hand-written because llama-cpp-python exposes the
-sampler chain but not this order.
+the whole vocabulary (49,152 tokens for SmolLM2). llama.cpp's own sampler (common/sampling.cpp, which its
+server uses) samples without the grammar first and checks only the chosen token; only when the grammar
+rejects it does it apply the grammar to the whole vocabulary and sample again: the same text at temperature
+0 for a fraction of the sampling time (docs/performance.md). Hand-written because llama-cpp-python exposes
+the sampler chain but not this order.
 
 Without truncation the result is the grammar-constrained distribution: a token the grammar allows is kept
 with its unconstrained probability p, and the rest of the time (1 - sum of allowed p) the resample draws from

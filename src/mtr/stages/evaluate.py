@@ -1,9 +1,9 @@
 """`mtr eval`: the policy on multi-hop QA benchmarks, tools on and off, as the papers report it.
 
-tools-on: the ToolMaker makes the question's tools, the policy runs the ReAct loop, the ToolActor plays
-the tools, with the validation checks of synthesis (the same episode loop). If the ToolMaker fails, the
-policy still gets the utility tools (recorded as `toolmaker_error`), so every question is answered.
-tools-off: the policy answers directly, with its reasoning.
+tools-on: the policy runs the ReAct loop in the same Environment as synthesis and GRPO: the question's
+tools (the ToolMaker's, read from the tools stage's files or made here), the ToolActor playing them, the
+validation checks. If the ToolMaker failed, the policy still gets the utility tools (recorded as
+`toolmaker_error`), so every question is answered. tools-off: the policy answers directly.
 
 Outputs: `predictions.jsonl` (one record per benchmark, mode and question, with the trace; resumable),
 `results.json`, `results.md` (papers' layout: one row per mode, EM/F1 per benchmark, average), manifest.
@@ -12,6 +12,7 @@ Outputs: `predictions.jsonl` (one record per benchmark, mode and question, with 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,135 +21,86 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mtr.agents import PolicyAgent
 from mtr.backends import BackendPool
 from mtr.config import Config
 from mtr.data import BENCHMARKS, load_qa, resolve_benchmark
-from mtr.episode import run_episode
+from mtr.env import Environment
 from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
-from mtr.manifest import write_manifest
-from mtr.metrics import cover_em, exact_match, f1_score, normalize_answer
-from mtr.roles import PolicyAgent, ToolActor, ToolCache, ToolMaker, utility_tools
+from mtr.metrics import cover_em, exact_match, f1_score
+from mtr.rubric import episode_counts, health
+from mtr.rundir import start_fresh, write_manifest
 from mtr.trace import QAExample, Trace
 
 console = Console()
-
-# Words that carry no entity: an argument made only of these is not checked for support.
-STOPWORDS = frozenset("""a an the of in on at to for from by with and or is was were are be been who what when where
-which whose how many much did does do year years first last name born""".split())
+ROLES = ("toolmaker", "toolactor", "policy")
 
 
-def slot_disagreements(trace: Trace) -> tuple[int, int]:
-    """(calls whose arguments are unsupported, calls). A call is *slot-disagreeing* when one of its
-    string or number argument values has a normalised content token (not a stopword) that occurs neither
-    in the normalised question nor in any observation the agent saw before that call. E.g. searching
-    "Barack Obama" for a question about "Citibank" before any observation mentions Obama."""
-    seen = set(normalize_answer(trace.question).split())
-    bad = total = 0
-    for step in trace.steps:
-        if step.call is not None:
-            total += 1
-            for value in _leaves(step.call.arguments):
-                tokens = [t for t in normalize_answer(str(value)).split() if t not in STOPWORDS]
-                if any(t not in seen for t in tokens):
-                    bad += 1
-                    break
-        if step.observation is not None:
-            seen |= set(normalize_answer(step.observation).split())
-    return bad, total
+def stage_config(cfg: Config) -> dict[str, Any]:
+    """What this stage's manifest records of the config (a change elsewhere leaves it alone)."""
+    return cfg.stage_config(("eval", "tools"), ROLES)
 
 
-def _leaves(value: Any) -> list[Any]:
-    if isinstance(value, dict):
-        return [x for v in value.values() for x in _leaves(v)]
-    if isinstance(value, list):
-        return [x for v in value for x in _leaves(v)]
-    if isinstance(value, bool) or value is None:
-        return []
-    return [value]
+def benchmark_files(cfg: Config) -> dict[str, Path]:
+    """The configured benchmarks: {name: QA file}."""
+    return {(name if name in BENCHMARKS else Path(name).stem): resolve_benchmark(name) for name in cfg.eval.benchmarks}
 
 
 def score_record(trace: Trace, benchmark: str, mode: str, example: QAExample) -> dict[str, Any]:
     pred = trace.final_answer
-    bad_slots, calls = slot_disagreements(trace)
-    invalid_calls = sum(1 for s in trace.steps if s.call is not None
-                        and any(c.code in ("tool_exists", "args_valid") and not c.ok for c in s.checks))
     return {
         "key": f"{benchmark}|{mode}|{example.id}", "benchmark": benchmark, "mode": mode, "id": example.id,
         "question": example.question, "gold": example.answers, "prediction": pred,
         "em": exact_match(pred, example.answers), "f1": f1_score(pred, example.answers),
-        "cover_em": cover_em(pred, example.answers),
-        "steps": len(trace.steps), "malformed_steps": sum(1 for s in trace.steps if not s.ok),
-        "calls": calls, "invalid_calls": invalid_calls, "slot_disagreements": bad_slots,
-        "tokens": trace.meta.get("agent_tokens", 0), "error": trace.error,
-        "retryable": bool(trace.meta.get("retryable")),
+        "cover_em": cover_em(pred, example.answers), **episode_counts(trace),
+        "error": trace.error, "retryable": bool(trace.meta.get("retryable")),
         "trace": trace.model_dump(mode="json", exclude_none=True),
     }
 
 
 def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     n = len(records)
-    steps = sum(r["steps"] for r in records)
-    calls = sum(r["calls"] for r in records)
+    h = health(records)
 
-    def pct(num: float, den: float) -> float:
-        return 100.0 * num / den if den else 0.0
+    def pct(key: str) -> float:
+        return 100.0 * sum(r[key] for r in records) / n if n else 0.0
 
-    return {
-        "n": n,
-        "em": pct(sum(r["em"] for r in records), n),
-        "f1": pct(sum(r["f1"] for r in records), n),
-        "cover_em": pct(sum(r["cover_em"] for r in records), n),
-        "malformed_pct": pct(sum(r["malformed_steps"] for r in records), steps),
-        "invalid_call_pct": pct(sum(r["invalid_calls"] for r in records), calls),
-        "slot_disagreement_pct": pct(sum(r["slot_disagreements"] for r in records), calls),
-        "no_answer_pct": pct(sum(1 for r in records if not (r["prediction"] or "").strip()), n),
-        "error_pct": pct(sum(1 for r in records if r["error"]), n),
-        "mean_calls": calls / n if n else 0.0,
-        "mean_tokens": sum(r["tokens"] for r in records) / n if n else 0.0,
-    }
+    return {"n": n, "em": pct("em"), "f1": pct("f1"), "cover_em": pct("cover_em"),
+            "malformed_pct": h["malformed_pct"], "invalid_call_pct": h["invalid_call_pct"],
+            "slot_disagreement_pct": h["slot_disagreement_pct"], "no_answer_pct": h["no_answer_pct"],
+            "error_pct": h["error_pct"], "mean_calls": h["tool_calls"], "mean_tokens": h["tokens"]}
 
 
-async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: BackendPool | None = None
-                   ) -> dict[str, Any]:
+async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: Any = None,
+                   tools_dir: Path | None = None) -> dict[str, Any]:
+    """The policy on every configured benchmark and mode. Each benchmark's tools come from
+    `tools_dir/<benchmark>.jsonl` (the tools stage's), or are made here and kept in `out_dir/tools/`."""
     e = cfg.eval
-    benches = {(name if name in BENCHMARKS else Path(name).stem): resolve_benchmark(name) for name in e.benchmarks}
+    out_dir = Path(out_dir)
+    benches = benchmark_files(cfg)
     examples = {name: load_qa(path, e.limit) for name, path in benches.items()}
-    write_manifest(out_dir, "eval", cfg.model_dump(mode="json"),
-                   {f"benchmark:{k}": v for k, v in benches.items()}, cfg.seed, overwrite=overwrite)
-    pred_path = out_dir / "predictions.jsonl"
-    if overwrite and pred_path.exists():
-        pred_path.unlink()
-    out = JsonlAppender(pred_path, id_key="key")
+    own_tools = tools_dir is None
+    tools_dir = Path(tools_dir) if tools_dir else out_dir / "tools"
+    if overwrite:
+        start_fresh(out_dir, ("predictions.jsonl", "results.json", "results.md"))
+        if own_tools:
+            shutil.rmtree(tools_dir, ignore_errors=True)
+    write_manifest(out_dir, "eval", stage_config(cfg),
+                   {f"benchmark:{k}": v for k, v in benches.items()}, overwrite=overwrite)
+    out = JsonlAppender(out_dir / "predictions.jsonl", id_key="key")
     own_pool = pool is None
     pool = pool or BackendPool(cfg)
     policy = pool.get("policy")
-    tool_cache = ToolCache(ToolMaker(pool.get("toolmaker"), max_tools=e.max_tools, retries=e.toolmaker_retries,
-                                     utilities=e.utility_tools, seed=cfg.seed))
-    actor = ToolActor(pool.get("toolactor"), grounding=e.grounding, retries=e.actor_retries)
-    agents = {"tools-on": PolicyAgent(policy, seed=cfg.seed, tools_on=True),
-              "tools-off": PolicyAgent(policy, seed=cfg.seed, tools_on=False)}
-    todo = [(b, m, ex) for b in examples for m in e.modes for ex in examples[b]
-            if f"{b}|{m}|{ex.id}" not in out.done]
+    agent = PolicyAgent(policy, seed=cfg.seed)
+    envs = {(b, m): Environment.from_config(cfg, "eval", pool, tools_dir / f"{b}.jsonl", tools_on=m == "tools-on")
+            for b in examples for m in e.modes}
+    todo = [(b, m, ex) for b in examples for m in e.modes for ex in examples[b] if f"{b}|{m}|{ex.id}" not in out.done]
 
     async def worker(item: tuple[str, str, QAExample]) -> dict[str, Any]:
         bench, mode, ex = item
-        agent = agents[mode]
-        meta = {"seed": cfg.seed, "policy": policy.describe(), "grounding": e.grounding if mode == "tools-on" else None}
-        if mode == "tools-off":
-            trace = await run_episode(ex, ex.id, [], agent, None, agent.system_prompt(), max_steps=0, meta=meta)
-        else:
-            tm = await tool_cache.get(ex)
-            tools = tm.tools
-            if tm.retryable:  # the ToolMaker's server failed: record it, and let a resume try again
-                trace = Trace(id=ex.id, question=ex.question, answers=ex.answers, error=tm.error,
-                              meta={**meta, "retryable": True})
-                return score_record(trace, bench, mode, ex)
-            if tm.error is not None:
-                tools = utility_tools(e.utility_tools)
-                meta["toolmaker_error"] = tm.error
-            trace = await run_episode(ex, ex.id, tools, agent, actor, agent.system_prompt(), max_steps=e.max_steps,
-                                      seed=cfg.seed, meta=meta)
-        return score_record(trace, bench, mode, ex)
+        env = envs[(bench, mode)]
+        meta = {"policy": policy.describe(), "grounding": e.grounding if env.tools_on else None}
+        return score_record(await env.rollout(ex, agent, ex.id, seed=cfg.seed, meta=meta), bench, mode, ex)
 
     t0 = time.perf_counter()
     try:
@@ -156,18 +108,30 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: Ba
                        status=lambda r: f"EM {r['em']:.0f}")
     finally:
         out.close()
+        for env in envs.values():
+            env.close()
         if own_pool:
             await pool.aclose()
-    return write_results(out_dir, time.perf_counter() - t0)
+    return write_results(out_dir, time.perf_counter() - t0, describe_tools(cfg) if "tools-on" in e.modes else None)
 
 
-def write_results(out_dir: Path, wall_s: float | None = None) -> dict[str, Any]:
+def describe_tools(cfg: Config) -> str:
+    """Which tools played in tools-on episodes, in words a reader of the table needs."""
+    actor = cfg.role("toolactor")
+    return (f"simulated: the ToolMaker's tools and {', '.join(cfg.tools.utility_tools)}, played by the ToolActor "
+            f"({actor.backend}:{actor.model}, grounding {cfg.eval.grounding})")
+
+
+def write_results(out_dir: Path, wall_s: float | None = None, tools: str | None = None) -> dict[str, Any]:
     records = read_jsonl(out_dir / "predictions.jsonl", latest_by="key")
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in records:
         groups[(r["benchmark"], r["mode"])].append(r)
+    previous = out_dir / "results.json"
+    if tools is None and previous.is_file():  # rebuilt from predictions: keep what the run said of its tools
+        tools = json.loads(previous.read_text()).get("tools")
     results = {"rows": [{"benchmark": b, "mode": m, **aggregate(rs)} for (b, m), rs in sorted(groups.items())],
-               "wall_s": wall_s}
+               "wall_s": wall_s, "tools": tools}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     (out_dir / "results.md").write_text(markdown_table(results))
     print_results(results, out_dir)
@@ -222,6 +186,8 @@ def print_results(results: dict[str, Any], out_dir: Path | None = None) -> None:
         t.add_row(r["benchmark"], r["mode"], str(r["n"]), f"{r['em']:.1f}", f"{r['f1']:.1f}",
                   f"{100.0 - r['no_answer_pct']:.1f}", f"{r['malformed_pct']:.1f}", f"{r['mean_calls']:.2f}")
     console.print(t)
+    if results.get("tools"):
+        console.print(f"tools-on: {results['tools']}", highlight=False)
     if out_dir is not None:
         console.print(f"all columns (cover EM, invalid calls, slot disagreement, tokens): {out_dir / 'results.md'}",
                       highlight=False)

@@ -1,0 +1,117 @@
+"""Run-directory bookkeeping: the stages, their manifests, done marks, fresh starts and resumes.
+
+Every stage writes into its own directory:
+
+- `manifest.json`: the stage's own config (its section, the roles it uses, the seed), the versions, the
+  inputs' hashes, the git commit. A directory holding a run of another config is refused unless
+  `--overwrite`, so that a resume never mixes two runs in one output.
+- `stage_done.json` (in `mtr run`): written when the stage finished; wall time and peak memory.
+
+`mtr run` re-runs a stage whose recorded config differs from the current one, and every stage after it;
+never the ones before.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mtr.embedded import file_sha256
+from mtr.jsonl import write_text_atomic
+
+DONE = "stage_done.json"
+PACKAGES = ("mtr", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "xgrammar",
+            "llama_cpp_python", "openai", "pydantic")
+
+
+class RunDirError(ValueError):
+    """An output directory holds a different run."""
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                           cwd=Path(__file__).resolve().parent)
+        return r.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: dict[str, Path],
+                   extra: dict[str, Any] | None = None, overwrite: bool = False, inputs_may_grow: bool = False
+                   ) -> dict[str, Any]:
+    """Write `manifest.json`; `config` is what the stage reads (`Config.stage_config`). A directory already
+    holding a run of another config or data is refused unless `overwrite`; with `inputs_may_grow` (a stage
+    that adds records for new inputs beside the old ones) only another config is refused."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"stage": stage, "config": config,
+                "inputs": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in inputs.items()},
+                **(extra or {})}
+    path = out_dir / "manifest.json"
+    if path.exists() and not overwrite:
+        old = read_manifest(out_dir)
+        for key in ("stage", "config") if inputs_may_grow else ("stage", "config", "inputs", *(extra or {})):
+            if old.get(key) != manifest[key]:
+                raise RunDirError(f"{out_dir} holds a different {old.get('stage', '?')} run (its {key} differs); "
+                                  "use another --out, or --overwrite to start afresh")
+        manifest["created"] = old.get("created")
+    manifest.update(created=manifest.get("created") or _now(), updated=_now(), versions=versions(),
+                    git_commit=git_commit(), argv=sys.argv)
+    write_text_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False))
+    return manifest
+
+
+def read_manifest(out_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def start_fresh(out: Path, files: tuple[str, ...]) -> None:
+    """`--overwrite`: remove what an earlier run of the stage wrote (its checkpoints and `files`)."""
+    if not out.exists():
+        return
+    for p in out.glob("checkpoint-*"):
+        shutil.rmtree(p)
+    for name in (*files, "manifest.json", DONE):
+        (out / name).unlink(missing_ok=True)
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def stage_done(stage_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage_dir / DONE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def mark_done(stage_dir: Path, wall_s: float, **extra: Any) -> None:
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(stage_dir / DONE, json.dumps({"wall_s": wall_s, "finished": _now(), **extra}, indent=2))

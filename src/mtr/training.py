@@ -1,0 +1,71 @@
+"""What the two training stages (SFT, GRPO) share around their TRL trainer: its arguments from the config,
+the run directory prepared by the main process, the resume point, and the log.
+
+TRL's arguments come from the stage's `trl` mapping unchanged; mtr adds only what it owns (the output
+directory, the seed, CPU or GPU and its precision default, no dataloader workers).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from mtr.config import trl_args
+from mtr.distributed import is_main, on_main
+from mtr.rundir import last_checkpoint, start_fresh
+
+console = Console()
+
+
+def trainer_args(config_class: type, section: str, trl: dict[str, Any], out: Path, seed: int,
+                 fixed: dict[str, Any] | None = None) -> Any:
+    """TRL's config object: mtr's device defaults, then the user's `trl` mapping, then what the stage fixes
+    (e.g. SFT's assistant-only loss). Creating it sets up the processes under a launcher."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    values = {"use_cpu": not cuda, "bf16": cuda, "dataloader_num_workers": 0, **trl, "output_dir": str(out),
+              "seed": seed, **(fixed or {})}
+    if not cuda:
+        values["bf16"] = False  # no mixed precision on a CPU, whatever a GPU preset asks for
+    return trl_args(config_class, section, values)
+
+
+def prepare_run(args: Any, out: Path, overwrite: bool, files: tuple[str, ...], manifest: Callable[[], Any]) -> Any:
+    """On the main process alone: with `overwrite`, remove what an earlier run wrote (checkpoints and `files`);
+    then `manifest()` (which writes the manifest, refusing a different run, and may do more). Every rank
+    gets its result, or its exception."""
+
+    def prepare() -> Any:
+        if overwrite:
+            start_fresh(out, files)
+        return manifest()
+
+    return on_main(args, prepare)
+
+
+def resume_point(args: Any, out: Path, resume: bool) -> Path | None:
+    """The checkpoint to continue from with `--resume`: the main process's view (without a filesystem shared
+    by every node, the ranks could disagree)."""
+    ckpt = on_main(args, lambda: last_checkpoint(out) if resume else None)
+    if is_main(args):
+        if resume and ckpt is None:
+            console.print(f"[yellow]--resume: no checkpoint in {out}; starting from the beginning[/yellow]")
+        elif ckpt is not None:
+            console.print(f"resuming from {ckpt}")
+    return ckpt
+
+
+def read_log(out: Path) -> list[dict[str, Any]]:
+    path = out / "log.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def write_stats(args: Any, out: Path, stats: dict[str, Any], summary: str) -> None:
+    """train_stats.json and a one-line summary, from the main process."""
+    if is_main(args):
+        (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+        console.print(f"{summary}; checkpoint in {out}", highlight=False)
