@@ -152,3 +152,22 @@ def test_results_table_is_readable_in_80_columns(tmp_path, monkeypatch):
     for word in ("benchmark", "mode", "EM", "F1", "answered", "malformed", "calls", "bamboogle", "tools-off",
                  "41.7", "results.md"):
         assert word in screen, word
+
+
+def test_one_policy_with_simulated_live_and_hybrid_tools(tmp_path):
+    from test_retrieval import corpus_file
+
+    cfg = cfg_for(tmp_path, modes=("simulated", "live", "hybrid", "tools-off"))
+    cfg.retriever.corpus = str(corpus_file(tmp_path))
+    b = ScriptedBackend(agent=hermes_policy)
+    res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
+    assert {r["mode"] for r in res["rows"]} == {"simulated", "live", "hybrid", "tools-off"}
+    preds = {(p["mode"], p["id"]): p for p in read_jsonl(tmp_path / "run" / "predictions.jsonl")}
+    players = {m: {s.get("player") for s in preds[(m, "q0")]["trace"]["steps"] if s.get("call")}
+               for m in ("simulated", "live", "hybrid")}
+    assert players == {"simulated": {"toolactor"}, "live": {"live:bm25"}, "hybrid": {"live:bm25"}}
+    assert [t["function"]["name"] for t in preds[("live", "q0")]["trace"]["tools"]] == ["search"]
+    assert preds[("hybrid", "q0")]["trace"]["meta"]["tool_mode"] == "hybrid"
+    tools = json.loads((tmp_path / "run" / "results.json").read_text())["tools"]
+    assert tools["live"].startswith("live: `search` only") and tools["tools-off"] == "none"
+    assert "ToolActor" in tools["simulated"] and "BM25" in tools["hybrid"]

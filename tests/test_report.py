@@ -89,3 +89,24 @@ def test_cli_report(tmp_path):
     assert (run / "report.html").is_file()
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no such run directory" in r.output
+
+
+def test_report_shows_the_audit_and_which_tools_played(tmp_path):
+    run = make_run(tmp_path / "run")
+    results = json.loads((run / "eval" / "results.json").read_text())
+    results["tools"] = {"tools-on": "hybrid: `search` answered by a BM25 index", "tools-off": "none"}
+    (run / "eval" / "results.json").write_text(json.dumps(results))
+    fig = {"calls": 3, "answer_contained_pct": {"simulated": 0.0, "live": 66.7},
+           "supporting_title_pct": {"simulated": 33.3, "live": 100.0}, "schema_valid_pct": {"simulated": 100.0,
+           "live": 100.0}, "claims": 5, "supported_claims_pct": 20.0, "median_seconds": {"simulated": 1.2, "live": 0.01}}
+    (run / "audit").mkdir()
+    (run / "audit" / "audit.json").write_text(json.dumps({
+        "questions": 3, "overall": fig, "by_tool": {"search": fig}, "toolactor": "llamacpp:embedded",
+        "retriever": "bm25 over default", "transfer_gap": [{"benchmark": "hotpotqa", "n": 3, "em": {"simulated": 0.0,
+        "live": 33.3}, "f1": {"simulated": 5.0, "live": 40.0}, "em_gap": 33.3, "f1_gap": 35.0}],
+        "examples": [{"tool": "search", "arguments": {"query": "x"}, "simulated": HOSTILE, "live": "{}"}]}))
+    html = write_report(run).read_text()
+    assert 'id="audit-table"' in html and "0.0 / 66.7" in html and "Transfer gap on hotpotqa" in html
+    assert "hybrid: `search` answered by a BM25 index" in html  # which tools played in our row
+    assert "live: E5 retriever over a 2018 Wikipedia dump" in html  # and in the references' rows
+    assert HOSTILE not in html  # model text is escaped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -257,6 +258,71 @@ def run(config: Optional[Path] = ConfigOpt,
     from mtr.pipeline import run_pipeline
 
     run_pipeline(load_config(config), out, overwrite=overwrite)
+
+
+corpus_app = typer.Typer(help="Passage corpora for the real `search` tool (BM25).", no_args_is_help=True)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("build")
+@user_errors
+def corpus_build(data: Optional[list[Path]] = typer.Option(None, "--data", help="QA JSONL files whose paragraphs "
+                                                           "(`context`) form the corpus; default: the shipped data"),
+                 out: Optional[Path] = typer.Option(None, "--out", help="corpus directory (corpus.jsonl + index); "
+                                                    "default: the default corpus under $MTR_HOME")):
+    """Build a corpus and its BM25 index (deduplicated by title and text); `retriever.corpus` names it."""
+    from mtr.retrieval import build_corpus, default_corpus
+
+    t = time.perf_counter()
+    if not data and out is None:
+        path = default_corpus()
+    else:
+        if not data or out is None:
+            raise ValueError("give both --data and --out, or neither (the default corpus)")
+        build_corpus(list(data), out)
+        path = out
+    meta = json.loads((path / "meta.json").read_text())
+    console.print(f"corpus ready: {path} ({meta['passages']} passages; {time.perf_counter() - t:.1f}s)")
+
+
+@app.command()
+@user_errors
+def audit(data: Path = typer.Option(..., "--data", help="held-out QA JSONL (with supporting facts or paragraphs)"),
+          out: Path = typer.Option(..., "--out", help="audit directory: audit.json, and eval/ unless --calls"),
+          config: Optional[Path] = ConfigOpt,
+          limit: int = typer.Option(100, min=1, help="questions to audit"),
+          policy: Optional[str] = typer.Option(None, help="the policy whose calls are audited (a checkpoint)"),
+          calls: Optional[Path] = typer.Option(None, help="take the calls from these traces (traces.jsonl or "
+                                               "predictions.jsonl) instead of evaluating the policy")):
+    """The reality gap: the same calls answered by the ToolActor and by the retriever, and the policy's EM/F1
+    with simulated and with live tools."""
+    from mtr.audit import run_audit
+    from mtr.env import shared_retriever
+    from mtr.livetools import LiveSearch
+    from mtr.stages.evaluate import evaluate
+    from mtr.toolactor import ToolActor
+
+    cfg = load_config(config)
+    eval_dir = None
+    if calls is None:
+        cfg.eval.benchmarks, cfg.eval.modes, cfg.eval.limit = [str(data)], ["simulated", "live"], limit
+        if policy:
+            cfg.roles.policy = cfg.roles.policy.model_copy(update={"backend": "hf", "model": policy})
+        eval_dir = out / "eval"
+        asyncio.run(evaluate(cfg, eval_dir))
+        calls = eval_dir / "predictions.jsonl"
+    r = cfg.retriever
+    retriever = shared_retriever(r)
+    pool = BackendPool(cfg)
+    actor = ToolActor(pool.get("toolactor"), grounding=cfg.eval.grounding, retries=cfg.eval.actor_retries,
+                      retriever=retriever, max_chars=r.max_chars)
+    result = run_audit(calls, data, out, actor, LiveSearch(retriever, r.top_k, r.max_chars), limit, eval_dir,
+                       meta={"toolactor": pool.get("toolactor").describe(), "retriever": retriever.describe(),
+                             "grounding": cfg.eval.grounding})
+    from mtr.audit import print_audit
+
+    print_audit(result)
+    console.print(f"wrote {out / 'audit.json'}")
 
 
 @app.command()

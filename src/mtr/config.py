@@ -93,12 +93,39 @@ class ToolsConfig(_Strict):
         "draws another question); evaluation always uses the utility tools, so every question is scored")
 
 
+class RetrieverConfig(_Strict):
+    """The real `search` tool: a local BM25 index, or a retrieval server (the Search-R1 protocol)."""
+
+    kind: Literal["bm25", "remote"] = "bm25"
+    corpus: str = Field("default", min_length=1, description="bm25: `default` (the shipped data's paragraphs, "
+                        "indexed once under $MTR_HOME), a corpus directory, or a corpus JSONL (id, title, text)")
+    url: str | None = Field(None, description="remote: the server's address, e.g. http://127.0.0.1:8000/retrieve")
+    top_k: int = Field(3, ge=1, le=20, description="passages a search returns")
+    max_chars: int = Field(600, ge=50, le=20000, description="a passage's text in an observation is cut to this")
+    timeout_s: float = Field(30.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _remote_has_url(self) -> "RetrieverConfig":
+        if self.kind == "remote" and not self.url:
+            raise ValueError("a remote retriever needs `url` (e.g. http://127.0.0.1:8000/retrieve)")
+        return self
+
+
 class EpisodeConfig(_Strict):
-    """How a stage's episodes run in the Environment: the call budget, the ToolActor, episodes in flight."""
+    """How a stage's episodes run in the Environment: who plays the tools, the call budget, episodes in flight."""
 
     max_tool_calls: int = Field(4, ge=0, le=32, description="tool calls an episode may make before it must answer")
-    grounding: Literal["none", "context"] = Field(
-        "none", description="context: the ToolActor is given the record's paragraphs as its knowledge")
+    tool_mode: Literal["simulated", "live", "hybrid"] = Field(
+        "simulated", description="who plays the tools: the ToolActor (simulated); the retriever for `search`, the "
+        "only tool then offered (live); `search` live and the ToolMaker's tools simulated, grounded in retrieval "
+        "(hybrid)")
+    grounding: Literal["none", "retrieval", "oracle"] = Field(
+        "none", description="what the ToolActor knows beside its own weights: nothing, the passages the retriever "
+        "finds for the call's arguments, or the record's own paragraphs, gold ones included (oracle: training only, "
+        "labelled)")
+    live_share: float = Field(0.0, ge=0.0, le=1.0, description="with tool_mode simulated: the share of episodes "
+                              "(of GRPO groups) played hybrid instead, drawn per question and seed")
     actor_retries: int = Field(1, ge=0, le=5)
     concurrency: int | Literal["auto"] = Field(
         "auto", description="episodes in flight (batched on hf, requests in flight on a server); auto: 16, but 1 "
@@ -112,6 +139,17 @@ class EpisodeConfig(_Strict):
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096):
             return v
         raise ValueError("must be `auto` or a number of episodes from 1 to 4096")
+
+    @field_validator("grounding", mode="before")
+    @classmethod
+    def _old_grounding(cls, v: Any) -> Any:
+        if v == "context":
+            raise ValueError("context is now `oracle` (the record's own paragraphs, gold ones included); "
+                             "`retrieval` grounds the ToolActor in what a search finds")
+        return v
+
+    def uses_retriever(self) -> bool:
+        return self.tool_mode != "simulated" or self.grounding == "retrieval" or self.live_share > 0
 
 
 class SynthConfig(EpisodeConfig):
@@ -128,8 +166,27 @@ class EvalConfig(EpisodeConfig):
 
     benchmarks: list[str] = Field(default_factory=lambda: ["bamboogle"],
                                   description="names (hotpotqa, 2wiki, musique, bamboogle) or QA .jsonl paths")
-    modes: list[Literal["tools-on", "tools-off"]] = Field(default_factory=lambda: ["tools-on", "tools-off"])
+    modes: list[Literal["tools-on", "tools-off", "simulated", "live", "hybrid"]] = Field(
+        default_factory=lambda: ["tools-on", "tools-off"],
+        description="tools-on: tools played as `tool_mode` says; simulated, live, hybrid: that mode, whatever "
+        "`tool_mode` is (e.g. [simulated, live] for the transfer gap); tools-off: no tools")
     limit: int | None = Field(None, ge=1, description="first N questions of each benchmark")
+    allow_oracle: bool = Field(False, description="allow `grounding: oracle` in evaluation (the simulator then "
+                               "reads the gold paragraphs: a figure of the simulator, not of the policy)")
+
+    @model_validator(mode="after")
+    def _no_oracle_unasked(self) -> "EvalConfig":
+        if self.grounding == "oracle" and not self.allow_oracle:
+            raise ValueError("grounding: oracle hands the ToolActor the record's own paragraphs, gold ones included; "
+                             "set eval.allow_oracle: true to evaluate with it anyway")
+        return self
+
+    def mode_of(self, mode: str) -> str:
+        """The tool mode an evaluation mode plays: off, simulated, live or hybrid."""
+        return {"tools-on": self.tool_mode, "tools-off": "off"}.get(mode, mode)
+
+    def uses_retriever(self) -> bool:
+        return super().uses_retriever() or any(self.mode_of(m) in ("live", "hybrid") for m in self.modes)
 
 
 class FilterConfig(_Strict):
@@ -260,6 +317,7 @@ class Config(_Strict):
     seed: int = 0
     roles: RolesConfig = Field(default_factory=RolesConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    retriever: RetrieverConfig = Field(default_factory=RetrieverConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
@@ -273,8 +331,11 @@ class Config(_Strict):
         return getattr(self.roles, name)
 
     def stage_config(self, sections: tuple[str, ...], roles: tuple[str, ...]) -> dict[str, Any]:
-        """What a stage's manifest records: the sections it reads, the roles it uses, the seed. A change
-        anywhere else leaves the stage (and its directory) alone."""
+        """What a stage's manifest records: the sections it reads (and the retriever when its episodes use
+        it), the roles it uses, the seed. A change anywhere else leaves the stage (and its directory) alone."""
+        episodes = [getattr(self, s) for s in sections if isinstance(getattr(self, s), EpisodeConfig)]
+        if any(e.uses_retriever() for e in episodes):
+            sections = (*sections, "retriever")
         return {"seed": self.seed, **{s: getattr(self, s).model_dump(mode="json") for s in sections},
                 "roles": {r: self.role(r).model_dump(mode="json") for r in roles}}
 

@@ -4,7 +4,10 @@ As in `verifiers`, an Environment owns the world and the rules, and any agent ca
 teacher or the AutoAgent in synthesis, the policy in evaluation, the policy on token ids in a GRPO group.
 It owns
 - the tools of each question (the ToolMaker's, through a `ToolStore`, beside the utility tools),
-- the player of those tools (the ToolActor),
+- the players of those tools: the ToolActor (simulated), and live backends for the tools that have one
+  (`search`, answered by a retriever), by the tool mode: `simulated`, `live` (only the tools a real backend
+  plays are offered), `hybrid` (`search` live, the ToolMaker's tools simulated), or a share of episodes
+  played hybrid (`live_share`); every step records which player answered it,
 - the policy's system prompt and the call budget,
 - the validation checks V that gate every step.
 
@@ -21,78 +24,119 @@ retryable; nothing raises.
 from __future__ import annotations
 
 import asyncio
+import random
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 from mtr.agents import Agent
 from mtr.backends import BackendError
 from mtr.prompts import fill
+from mtr.livetools import LIVE_TOOLS, LiveSearch
+from mtr.retrieval import Retriever, make_retriever
 from mtr.toolactor import ToolActor
-from mtr.toolmaker import ToolStore
+from mtr.toolmaker import ToolStore, utility_tools
 from mtr.trace import Check, QAExample, ToolSchema, Trace
 from mtr.validate import check_answer, validate_call, validation_error_observation
 
 
 class Environment:
     def __init__(self, store: ToolStore | None, actor: ToolActor | None, max_tool_calls: int,
-                 system: str | None = None, evaluation: bool = False):
+                 system: str | None = None, evaluation: bool = False, mode: str = "simulated",
+                 live: dict[str, Any] | None = None, live_share: float = 0.0, hybrid_actor: ToolActor | None = None):
         self.store, self.actor, self.max_tool_calls = store, actor, max_tool_calls
-        self.tools_on = store is not None and actor is not None and max_tool_calls > 0
+        self.tools_on = store is not None and actor is not None and max_tool_calls > 0 and mode != "off"
         self.system = system if system is not None else fill("policy" if self.tools_on else "policy-no-tools")
         self.evaluation = evaluation  # a question the ToolMaker failed on still runs, with the utility tools
+        self.mode, self.live, self.live_share = mode, live or {}, live_share
+        if (mode in ("live", "hybrid") or live_share > 0) and not self.live:
+            raise ValueError(f"tool mode {mode} (live share {live_share}) needs a live player for `search`")
+        # in hybrid episodes the ToolMaker's tools are simulated grounded in retrieval
+        self.hybrid_actor = hybrid_actor or actor
 
     @classmethod
     def from_config(cls, cfg: Any, stage: str, pool: Any, tools_path: Path | None = None,
-                    tools_on: bool = True) -> "Environment":
-        """The environment of `stage` (synth, grpo or eval): its call budget and ToolActor settings, the
-        `tools` section's ToolMaker, and the tools already made in `tools_path` (new ones are added there)."""
+                    tools_on: bool = True, mode: str | None = None) -> "Environment":
+        """The environment of `stage` (synth, grpo or eval): its tool mode, call budget and ToolActor settings,
+        the `tools` section's ToolMaker, the tools already made in `tools_path` (new ones are added there),
+        and the retriever where its episodes use one."""
         section = getattr(cfg, stage)
-        if not tools_on:
-            return cls(None, None, 0, evaluation=stage == "eval")
-        store = ToolStore.from_config(cfg, pool, tools_path)
-        actor = ToolActor(pool.get("toolactor"), grounding=section.grounding, retries=section.actor_retries)
-        return cls(store, actor, section.max_tool_calls, evaluation=stage == "eval")
+        mode = mode or section.tool_mode
+        if not tools_on or mode == "off":
+            return cls(None, None, 0, evaluation=stage == "eval", mode="off")
+        retriever = shared_retriever(cfg.retriever) if section.uses_retriever() else None
+        r = cfg.retriever
+
+        def actor(grounding: str) -> ToolActor:
+            return ToolActor(pool.get("toolactor"), grounding=grounding, retries=section.actor_retries,
+                             retriever=retriever, max_chars=r.max_chars)
+
+        live = {"search": LiveSearch(retriever, r.top_k, r.max_chars)} if retriever is not None else {}
+        return cls(ToolStore.from_config(cfg, pool, tools_path), actor(section.grounding), section.max_tool_calls,
+                   evaluation=stage == "eval", mode=mode, live=live,
+                   live_share=section.live_share if mode == "simulated" else 0.0,
+                   hybrid_actor=actor("retrieval") if retriever is not None else None)
 
     def close(self) -> None:
         if self.store is not None:
             self.store.close()
 
+    def episode_mode(self, example: QAExample, world: int) -> str:
+        """The mode of one episode: the environment's, or with a live share, hybrid for that share of worlds
+        (a question and a seed: the episodes of one GRPO group share theirs)."""
+        if self.mode == "simulated" and self.live_share > 0:
+            draw = random.Random(f"{example.id}|{world}").random()
+            return "hybrid" if draw < self.live_share else "simulated"
+        return self.mode
+
     async def rollout(self, example: QAExample, agent: Agent, episode_id: str | None = None, seed: int = 0,
-                      meta: dict | None = None) -> Trace:
+                      meta: dict | None = None, world: int | None = None) -> Trace:
         """One episode of `agent` on `example`, with the question's tools (from the store)."""
         meta = {"seed": seed, **(meta or {})}
         episode_id = episode_id or example.id
         tools: list[ToolSchema] = []
+        players: dict[str, Any] = {}
         if self.tools_on:
-            made = await self.store.get(example)
-            meta.update(domain=made.domain, toolmaker_attempts=made.attempts, toolmaker_tokens=made.tokens,
-                        toolmaker_rejections=made.rejections)
-            usable = self.store.usable(made, self.evaluation)
-            if usable is None:  # skipped, or the ToolMaker's server failed (then a resume runs it again)
-                return Trace(id=episode_id, question=example.question, answers=example.answers, system=self.system,
-                             error=made.error, meta={**meta, **({"retryable": True} if made.retryable else {})})
-            if made.error is not None:
-                meta["toolmaker_error"] = made.error
-            tools = usable
-        return await self._loop(example, episode_id, tools, agent, seed, meta)
+            mode = meta["tool_mode"] = self.episode_mode(example, seed if world is None else world)
+            if mode == "live":  # only the tools a real backend plays: no ToolMaker needed
+                tools = [t for t in utility_tools(LIVE_TOOLS) if t.name in self.live]
+            else:
+                made = await self.store.get(example)
+                meta.update(domain=made.domain, toolmaker_attempts=made.attempts, toolmaker_tokens=made.tokens,
+                            toolmaker_rejections=made.rejections)
+                usable = self.store.usable(made, self.evaluation)
+                if usable is None:  # skipped, or the ToolMaker's server failed (then a resume runs it again)
+                    return Trace(id=episode_id, question=example.question, answers=example.answers,
+                                 system=self.system, error=made.error,
+                                 meta={**meta, **({"retryable": True} if made.retryable else {})})
+                if made.error is not None:
+                    meta["toolmaker_error"] = made.error
+                tools = usable
+            actor = self.hybrid_actor if mode == "hybrid" else self.actor
+            players = {t.name: self.live[t.name] if mode != "simulated" and t.name in self.live else actor
+                       for t in tools}
+        return await self._loop(example, episode_id, tools, players, agent, seed, meta)
 
     async def rollout_group(self, examples: Sequence[QAExample], agent: Agent, seeds: Sequence[int],
-                            ids: Sequence[str] | None = None, meta: dict | None = None) -> list[Trace]:
+                            ids: Sequence[str] | None = None, meta: dict | None = None,
+                            worlds: Sequence[int] | None = None) -> list[Trace]:
         """Episodes that run together (a GRPO group, the rollouts of a step). An agent that batches them in
-        lockstep is told (`episode_ended`) when each one ends, so its next batch stops waiting for it."""
+        lockstep is told (`episode_ended`) when each one ends, so its next batch stops waiting for it.
+        Episodes of the same question and world play the same tool mode."""
         ended = getattr(agent, "episode_ended", None)
 
         async def one(i: int, ex: QAExample) -> Trace:
             try:
-                return await self.rollout(ex, agent, ids[i] if ids else f"{ex.id}#{i}", seeds[i], meta)
+                return await self.rollout(ex, agent, ids[i] if ids else f"{ex.id}#{i}", seeds[i], meta,
+                                          world=worlds[i] if worlds else None)
             finally:
                 if ended is not None:
                     ended()
 
         return list(await asyncio.gather(*[one(i, ex) for i, ex in enumerate(examples)]))
 
-    async def _loop(self, example: QAExample, episode_id: str, tools: list[ToolSchema], agent: Agent, seed: int,
-                    meta: dict) -> Trace:
+    async def _loop(self, example: QAExample, episode_id: str, tools: list[ToolSchema], players: dict[str, Any],
+                    agent: Agent, seed: int, meta: dict) -> Trace:
         trace = Trace(id=episode_id, question=example.question, answers=example.answers, system=self.system,
                       tools=tools, meta=meta)
         memo: dict[str, str] = {}
@@ -125,11 +169,12 @@ class Environment:
                 if not all(c.ok for c in checks):
                     step.observation = validation_error_observation(checks)
                     continue
-                role = "toolactor"
-                obs, obs_check, tokens = await self.actor.observe(trace, by_name[step.call.name], step.call, memo,
-                                                                  example=example, seed=seed + i)
+                player = players[step.call.name]
+                role = player.name
+                obs, obs_check, tokens = await player.observe(trace, by_name[step.call.name], step.call, memo,
+                                                              example=example, seed=seed + i)
                 actor_tokens += tokens
-                step.observation = obs
+                step.observation, step.player = obs, player.name
                 step.checks.append(obs_check)
         except BackendError as e:
             trace.error = f"{role}: {e}"
@@ -138,3 +183,15 @@ class Environment:
             trace.steps[-1].checks.append(Check(code="answer_present", ok=False, detail="no final answer"))
         trace.meta.update(agent_tokens=agent_tokens, actor_tokens=actor_tokens, calls=len(trace.calls))
         return trace
+
+
+@lru_cache(maxsize=4)
+def _retriever(settings: str) -> Retriever:
+    from mtr.config import RetrieverConfig
+
+    return make_retriever(RetrieverConfig.model_validate_json(settings))
+
+
+def shared_retriever(rc: Any) -> Retriever:
+    """One retriever per setting in a process: an index is loaded once for every stage and mode."""
+    return _retriever(rc.model_dump_json())

@@ -62,7 +62,7 @@ class Run:
     def datasets(self) -> dict[str, tuple[Path, int | None]]:
         """What the tools stage makes tools for: the training questions, and each benchmark evaluated tools-on."""
         sets = {self.train_name: (self.train_path, self.cfg.run.train_limit)}
-        if "tools-on" in self.cfg.eval.modes:
+        if any(self.cfg.eval.mode_of(m) in ("simulated", "hybrid") for m in self.cfg.eval.modes):
             sets.update({b: (p, self.cfg.eval.limit) for b, p in self.benchmarks.items()})
         return sets
 

@@ -162,15 +162,30 @@ def results_section(run: Path, notes: Notes) -> dict[str, Any] | None:
         for mode, cells in sorted(by_mode.items()):
             ems = [cells[b]["em"] for b in benches if b in cells]
             f1s = [cells[b]["f1"] for b in benches if b in cells]
-            rows.append({"name": f"{label}, {mode}", "ours": True,
+            rows.append({"name": f"{label}, {mode}", "ours": True, "tools": (res.get("tools") or {}).get(mode)
+                         if isinstance(res.get("tools"), dict) else None,
                          "cells": [(cells[b]["em"], cells[b]["f1"], cells[b]["n"]) if b in cells else None
                                    for b in benches],
                          "avg": (sum(ems) / len(ems), sum(f1s) / len(f1s)) if ems else None})
-    refs = [{"name": f"{r['system']} ({r['model']}; {r['source']})", "ours": False,
+    refs = [{"name": f"{r['system']} ({r['model']}; {r['source']})", "ours": False, "tools": r.get("tools"),
              "cells": [(r.get(b), None, None) if r.get(b) is not None else None for b in benches],
              "avg": (r["avg"], None) if r.get("avg") is not None else None} for r in REFERENCE_EM]
     wall = {label: res.get("wall_s") for label, res in tables}
     return {"benches": benches, "rows": rows, "refs": refs, "health": health, "wall": wall}
+
+
+def audit_section(run: Path, notes: Notes) -> dict[str, Any] | None:
+    """`mtr audit`'s figures, when the run holds an audit (RUN/audit/audit.json)."""
+    path = run / "audit" / "audit.json"
+    if not path.is_file():
+        return None
+    audit = read_json(path, notes, "reality-gap audit")
+    if not audit:
+        return None
+    rows = [{"tool": name, **fig} for name, fig in [("all", audit["overall"]), *audit.get("by_tool", {}).items()]]
+    return {"rows": rows, "examples": audit.get("examples", [])[:6], "gap": audit.get("transfer_gap", []),
+            "questions": audit.get("questions"), "toolactor": audit.get("toolactor"),
+            "retriever": audit.get("retriever")}
 
 
 def sft_section(run: Path, notes: Notes) -> dict[str, Any] | None:
@@ -339,7 +354,8 @@ def build_report(run: Path) -> str:
     manifest = read_json(run / "manifest.json", Notes(), "") or {}
     return template.render(
         run=str(run), created=manifest.get("created"), stages=stages_section(run),
-        results=results_section(run, notes), synth=synth_section(run, notes), sft=sft_section(run, notes),
+        results=results_section(run, notes), audit=audit_section(run, notes), synth=synth_section(run, notes),
+        sft=sft_section(run, notes),
         grpo=grpo_section(run, notes), manifests=manifests_section(run), shown=shown,
         episodes_json=safe_json(episodes), n_episodes=len(episodes), notes=notes.items)
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 
 from mtr.backends import Backend
+from mtr.livetools import call_query
 from mtr.prompts import fill
+from mtr.retrieval import Retriever, RetrieverError
 from mtr.trace import Check, QAExample, ToolCall, ToolSchema, Trace
 from mtr.validate import validate_observation
 
 
-def _grounding_passages(example: QAExample | None, call: ToolCall, k: int = 2) -> list[dict]:
-    """The record's context paragraphs that share the most words with the call's arguments."""
+def oracle_passages(example: QAExample | None, call: ToolCall, k: int = 2) -> list[dict]:
+    """The record's own context paragraphs (gold ones included) that share the most words with the call's
+    arguments: the `oracle` grounding."""
     if example is None or not example.context:
         return []
     words = {w.lower() for w in json.dumps(call.arguments, ensure_ascii=False).split() if len(w) > 2}
@@ -27,19 +30,37 @@ def _grounding_passages(example: QAExample | None, call: ToolCall, k: int = 2) -
 
 
 class ToolActor:
-    """Plays a tool from the model's own knowledge (no live API, never the gold answer).
+    """Plays a tool from a model's knowledge (no live API, never the gold answer).
 
     Consistency: within an episode, the same tool with the same canonicalised arguments returns the same
     observation (memoised in `memo`), and the actor sees the episode's earlier observations.
-    Grounding `context` gives it the record's paragraphs as its knowledge (still simulation; labelled).
+    Grounding adds knowledge to its prompt: `retrieval`, the passages a retriever finds for the call's
+    arguments; `oracle`, the record's own paragraphs, gold ones included (training only; labelled).
     """
 
-    def __init__(self, backend: Backend, grounding: str = "none", retries: int = 1, history: int = 4):
-        if grounding not in ("none", "context"):
-            raise ValueError(f"toolactor grounding must be none or context, got {grounding!r}")
-        self.backend, self.grounding, self.retries, self.history = backend, grounding, retries, history
+    name = "toolactor"
 
-    def prompt(self, trace: Trace, tool: ToolSchema, call: ToolCall, example: QAExample | None) -> list[dict]:
+    def __init__(self, backend: Backend, grounding: str = "none", retries: int = 1, history: int = 4,
+                 retriever: Retriever | None = None, top_k: int = 2, max_chars: int = 600):
+        if grounding not in ("none", "retrieval", "oracle"):
+            raise ValueError(f"toolactor grounding must be none, retrieval or oracle, got {grounding!r}")
+        if grounding == "retrieval" and retriever is None:
+            raise ValueError("toolactor grounding retrieval needs a retriever")
+        self.backend, self.grounding, self.retries, self.history = backend, grounding, retries, history
+        self.retriever, self.top_k, self.max_chars = retriever, top_k, max_chars
+
+    async def grounding_passages(self, call: ToolCall, example: QAExample | None) -> list[dict]:
+        if self.grounding == "oracle":
+            return oracle_passages(example, call)
+        if self.grounding == "retrieval":
+            try:
+                [found] = await self.retriever.search([call_query(call)], self.top_k)
+            except RetrieverError:
+                return []  # a simulation without reference passages, rather than no observation at all
+            return [p.brief(self.max_chars) for p in found]
+        return []
+
+    def prompt(self, trace: Trace, tool: ToolSchema, call: ToolCall, passages: list[dict]) -> list[dict]:
         earlier = [s for s in trace.steps if s.call is not None and s.observation is not None][-self.history:]
         history = ""
         if earlier:
@@ -47,11 +68,9 @@ class ToolActor:
                 f"- {s.call.name}({json.dumps(s.call.arguments, ensure_ascii=False)}) -> {s.observation}"
                 for s in earlier) + "\n"
         grounding = ""
-        if self.grounding == "context":
-            passages = _grounding_passages(example, call)
-            if passages:
-                grounding = "Reference passages (your knowledge):\n" + "\n".join(
-                    f"- {p['title']}: {p['text']}" for p in passages) + "\n"
+        if passages:
+            grounding = "Reference passages (your knowledge):\n" + "\n".join(
+                f"- {p['title']}: {p['text']}" for p in passages) + "\n"
         content = fill("toolactor", name=tool.name, description=tool.function.description,
                        parameters=json.dumps(tool.function.parameters, ensure_ascii=False),
                        returns=json.dumps(tool.returns or {"type": "object"}, ensure_ascii=False),
@@ -66,11 +85,12 @@ class ToolActor:
         if key in memo:
             return memo[key], Check(code="observation_valid", ok=True, detail="memoised"), 0
         schema = tool.returns or {"type": "object"}
+        prompt = self.prompt(trace, tool, call, await self.grounding_passages(call, example))
         tokens = 0
         check = Check(code="observation_valid", ok=False, detail="no attempt")
         text = ""
         for attempt in range(self.retries + 1):
-            [c] = await self.backend.chat(self.prompt(trace, tool, call, example),
+            [c] = await self.backend.chat(prompt,
                                           self.backend.params(json_schema=schema, seed=seed + attempt))
             tokens += c.completion_tokens
             text = json.dumps(c.json, ensure_ascii=False) if c.json is not None else c.text.strip()

@@ -29,9 +29,9 @@ UTILITY_TOOLS: dict[str, dict[str, Any]] = {
                            "required": ["query"]},
         },
         "returns": {"type": "object", "properties": {"results": {
-            "type": "array", "minItems": 1, "maxItems": 2,
-            "items": {"type": "object", "properties": {"title": {"type": "string", "maxLength": 60},
-                                                       "text": {"type": "string", "maxLength": 300}},
+            "type": "array", "minItems": 1, "maxItems": 3,
+            "items": {"type": "object", "properties": {"title": {"type": "string", "maxLength": 80},
+                                                       "text": {"type": "string", "maxLength": 600}},
                       "required": ["title", "text"], "additionalProperties": False}}},
                     "required": ["results"], "additionalProperties": False},
     },

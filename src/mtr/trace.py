@@ -116,6 +116,7 @@ class Step(BaseModel):
     observation: str | None = None
     answer: str | None = None
     raw: str | None = None  # the model's own text for this turn, when it came from a model
+    player: str | None = None  # who answered the call: `toolactor` (simulated) or `live:<retriever>`
     parse_error: str | None = None
     checks: list[Check] = Field(default_factory=list)
     tokens: int = 0

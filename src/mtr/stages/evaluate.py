@@ -92,7 +92,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
     pool = pool or BackendPool(cfg)
     policy = pool.get("policy")
     agent = PolicyAgent(policy, seed=cfg.seed)
-    envs = {(b, m): Environment.from_config(cfg, "eval", pool, tools_dir / f"{b}.jsonl", tools_on=m == "tools-on")
+    envs = {(b, m): Environment.from_config(cfg, "eval", pool, tools_dir / f"{b}.jsonl", mode=e.mode_of(m))
             for b in examples for m in e.modes}
     todo = [(b, m, ex) for b in examples for m in e.modes for ex in examples[b] if f"{b}|{m}|{ex.id}" not in out.done]
 
@@ -112,17 +112,27 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
             env.close()
         if own_pool:
             await pool.aclose()
-    return write_results(out_dir, time.perf_counter() - t0, describe_tools(cfg) if "tools-on" in e.modes else None)
+    return write_results(out_dir, time.perf_counter() - t0, describe_tools(cfg))
 
 
-def describe_tools(cfg: Config) -> str:
-    """Which tools played in tools-on episodes, in words a reader of the table needs."""
-    actor = cfg.role("toolactor")
-    return (f"simulated: the ToolMaker's tools and {', '.join(cfg.tools.utility_tools)}, played by the ToolActor "
-            f"({actor.backend}:{actor.model}, grounding {cfg.eval.grounding})")
+def describe_tools(cfg: Config) -> dict[str, str]:
+    """Which tools played in each mode, in words a reader of the table needs (a simulated EM is not a live one)."""
+    actor, e, r = cfg.role("toolactor"), cfg.eval, cfg.retriever
+    retriever = (f"a BM25 index of the {r.corpus} corpus, top {r.top_k}" if r.kind == "bm25"
+                 else f"the retrieval server at {r.url}, top {r.top_k}")
+    simulated = f"the ToolActor ({actor.backend}:{actor.model})"
+    knowledge = {"none": "from its own weights", "retrieval": "grounded in retrieval",
+                 "oracle": "grounded in the records' own paragraphs (ORACLE: gold ones included)"}[e.grounding]
+    words = {"simulated": f"simulated: the ToolMaker's tools and {', '.join(cfg.tools.utility_tools)}, played by "
+                          f"{simulated}, {knowledge}",
+             "live": f"live: `search` only, answered by {retriever}",
+             "hybrid": f"hybrid: `search` answered by {retriever}; the ToolMaker's tools played by {simulated}, "
+                       "grounded in retrieval",
+             "off": "none"}
+    return {m: words[e.mode_of(m)] for m in e.modes}
 
 
-def write_results(out_dir: Path, wall_s: float | None = None, tools: str | None = None) -> dict[str, Any]:
+def write_results(out_dir: Path, wall_s: float | None = None, tools: dict[str, str] | None = None) -> dict[str, Any]:
     records = read_jsonl(out_dir / "predictions.jsonl", latest_by="key")
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in records:
@@ -186,8 +196,9 @@ def print_results(results: dict[str, Any], out_dir: Path | None = None) -> None:
         t.add_row(r["benchmark"], r["mode"], str(r["n"]), f"{r['em']:.1f}", f"{r['f1']:.1f}",
                   f"{100.0 - r['no_answer_pct']:.1f}", f"{r['malformed_pct']:.1f}", f"{r['mean_calls']:.2f}")
     console.print(t)
-    if results.get("tools"):
-        console.print(f"tools-on: {results['tools']}", highlight=False)
+    for mode, words in (results.get("tools") or {}).items():
+        if words != "none":
+            console.print(f"{mode}: {words}", highlight=False)
     if out_dir is not None:
         console.print(f"all columns (cover EM, invalid calls, slot disagreement, tokens): {out_dir / 'results.md'}",
                       highlight=False)

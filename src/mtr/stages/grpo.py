@@ -102,7 +102,8 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
             else:
                 agent = RolloutAgent.with_model(model, tokenizer, t["temperature"], g.max_turn_tokens,
                                                 t["max_completion_length"], len(batch), timing)
-            traces = asyncio.run(env.rollout_group(batch, agent, seeds, ids))
+            # a question's episodes in a step share one world (the same tool mode with a live share)
+            traces = asyncio.run(env.rollout_group(batch, agent, seeds, ids, worlds=[cfg.seed + step] * len(batch)))
         toks = [agent.episodes[tr.id] for tr in traces]
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
         main = getattr(getattr(trainer, "accelerator", None), "is_main_process", True)
