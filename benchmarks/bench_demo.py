@@ -48,8 +48,9 @@ def read_run(out: Path, wall: float | None) -> dict:
         stages[s] = {"wall_s": round(done["wall_s"], 1), "peak_rss_mb": done.get("peak_rss_mb")}
     rows = json.loads((out / "eval" / "results.json").read_text())["rows"]
     return {"wall_s": round(wall, 1) if wall is not None else None, "peak_rss_mb": max(v["peak_rss_mb"] or 0 for v in stages.values()),
-            "stages": stages, "eval": [{k: r[k] for k in ("benchmark", "mode", "em", "f1", "no_answer_pct",
-                                                           "malformed_pct", "mean_calls")} for r in rows]}
+            "stages": stages, "eval": [{k: r.get(k) for k in ("benchmark", "mode", "em", "f1", "no_answer_pct",
+                                                               "answered_pct", "well_formed_pct", "parse_valid_pct",
+                                                               "malformed_pct", "mean_calls")} for r in rows]}
 
 
 def main() -> None:

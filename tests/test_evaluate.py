@@ -92,12 +92,19 @@ def test_compare_prints_differences(tmp_path):
 
 @pytest.mark.skipif(not any((d / "2wiki_dev_500.jsonl").is_file() for d in data_dirs()),
                     reason="the shared benchmark files (../shared/data/benchmarks or $MTR_DATA_DIR) are not here")
-def test_named_benchmarks_load():
-    for name, n in (("bamboogle", 125), ("hotpotqa", 500), ("2wiki", 500), ("musique", 500)):
-        path = resolve_benchmark(name)
-        assert len(load_qa(path)) == n
+def test_named_benchmarks_load_and_training_splits_are_disjoint_from_evaluation(tmp_home):
+    from mtr.data import split_of
+
+    assert len(load_qa(resolve_benchmark("bamboogle"))) == 125
+    for name in ("hotpotqa", "2wiki", "musique"):
+        test, train = load_qa(resolve_benchmark(name)), load_qa(resolve_benchmark(f"{name}-train"))
+        assert len(test) + len(train) == 500 and 0.3 < len(train) / 500 < 0.5
+        assert not {e.id for e in test} & {e.id for e in train}
+        assert all(split_of(e.id) == "eval" for e in test) and all(split_of(e.id) == "train" for e in train)
     hp = load_qa(resolve_benchmark("hotpotqa"), limit=3)
     assert hp[0].context and hp[0].supporting_facts
+    # the same split on every machine: a property of the ids alone
+    assert split_of("5ae143ed55429920d5234360") == split_of("5ae143ed55429920d5234360")
 
 
 @pytest.mark.parametrize("arg,msg", [
@@ -127,7 +134,7 @@ def test_shipped_copy_is_used_without_shared_data(monkeypatch, tmp_path):
 
     monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path / "nothing", data.REPO_ROOT / "data" / "benchmarks"])
     assert len(load_qa(resolve_benchmark("bamboogle"))) == 125
-    assert resolve_benchmark("hotpotqa").name == "hotpotqa_dev_first40.jsonl"
+    assert resolve_benchmark("hotpotqa").name.startswith("hotpotqa_dev_first40.eval.")
     with pytest.raises(DataError, match="musique_dev_500.jsonl not found"):
         resolve_benchmark("musique")
 
@@ -141,16 +148,16 @@ def test_results_table_is_readable_in_80_columns(tmp_path, monkeypatch):
     monkeypatch.setattr(ev, "console", narrow)
     row = {"n": 125, "em": 12.5, "f1": 20.25, "cover_em": 15.0, "malformed_pct": 33.3, "invalid_call_pct": 1.0,
            "slot_disagreement_pct": 5.0, "no_answer_pct": 58.3, "error_pct": 0.0, "mean_calls": 1.5,
-           "mean_tokens": 240.0}
+           "mean_tokens": 240.0, "answered_pct": 41.7, "well_formed_pct": 25.0, "parse_valid_pct": 90.0}
     rows = [{"benchmark": b, "mode": m, **row} for b in ("hotpotqa", "2wiki", "musique", "bamboogle")
             for m in ("tools-on", "tools-off")]
     ev.print_results({"rows": rows}, tmp_path)
     screen = narrow.export_text()
     assert "…" not in screen and max(len(line) for line in screen.splitlines()) <= 80
     header = next(line for line in screen.splitlines() if "benchmark" in line)
-    assert all(w in header for w in ("EM", "answered", "malformed", "calls"))  # one header line, none wrapped
-    for word in ("benchmark", "mode", "EM", "F1", "answered", "malformed", "calls", "bamboogle", "tools-off",
-                 "41.7", "results.md"):
+    assert all(w in header for w in ("EM", "answered", "well-formed", "parsed", "calls"))  # one line, none wrapped
+    for word in ("benchmark", "mode", "EM", "F1", "answered", "well-formed", "parsed", "calls", "bamboogle",
+                 "tools-off", "41.7", "25.0", "90.0", "results.md"):
         assert word in screen, word
 
 
@@ -166,8 +173,8 @@ def test_one_policy_with_simulated_live_and_hybrid_tools(tmp_path):
     players = {m: {s.get("player") for s in preds[(m, "q0")]["trace"]["steps"] if s.get("call")}
                for m in ("simulated", "live", "hybrid")}
     assert players == {"simulated": {"toolactor"}, "live": {"live:bm25"}, "hybrid": {"live:bm25"}}
-    assert [t["function"]["name"] for t in preds[("live", "q0")]["trace"]["tools"]] == ["search"]
+    assert [t["function"]["name"] for t in preds[("live", "q0")]["trace"]["tools"]] == ["search", "lookup", "calculate"]
     assert preds[("hybrid", "q0")]["trace"]["meta"]["tool_mode"] == "hybrid"
     tools = json.loads((tmp_path / "run" / "results.json").read_text())["tools"]
-    assert tools["live"].startswith("live: `search` only") and tools["tools-off"] == "none"
+    assert tools["live"].startswith("live: the utility tools only") and tools["tools-off"] == "none"
     assert "ToolActor" in tools["simulated"] and "BM25" in tools["hybrid"]

@@ -74,7 +74,7 @@ def test_final_turn_gets_the_nudge(tok):
 def test_toolactor_failure_mid_rollout_is_scored_not_raised(tok):
     trace, st = run_rollout(tok, actor_fn=lambda m: BackendError("openai:x: request timed out after 5s"))
     assert trace.error.startswith("toolactor: openai:x: request timed out")
-    assert format_reward(trace) == 0.0 and efficiency_reward(trace) == -1.0
+    assert format_reward(trace) == 0.0 and efficiency_reward(trace) == 0.0  # the missing answer is format's
     assert len(st.completion_ids) == len(st.env_mask) > 0
 
 
@@ -208,9 +208,6 @@ def test_reward_components():
     assert consistency_reward(good) == 1.0 and efficiency_reward(good) == 0.0
     unsupported = trace_with([call_step("MSU", '{"text": "A university."}'), Step(answer="1755")])
     assert consistency_reward(unsupported) == 0.0 and answer_reward(unsupported) == 1.0
-    disagree = trace_with([call_step("MSU", '{"text": "1755"}'), call_step("MSU", '{"text": "1800"}'),
-                           Step(answer="1755")])
-    assert consistency_reward(disagree) == 0.0
     bad_args = trace_with([call_step("MSU", "{}", ok=False), Step(answer="1755")])
     assert format_reward(bad_args) == 0.5
     no_answer = trace_with([call_step("MSU", "{}")])
@@ -220,10 +217,62 @@ def test_reward_components():
     assert format_reward(trace_with([call_step("MSU", "{}"), over_budget])) == pytest.approx(1 / 3)
     rambling = trace_with([Step(raw="blah", parse_error="no_action: neither <tool_call> nor <answer> found")])
     assert format_reward(rambling) == 0.0
-    many = trace_with([call_step(f"q{i}", "{}") for i in range(5)] + [Step(answer="x")])
-    assert efficiency_reward(many, call_budget=2, call_penalty=0.1) == pytest.approx(-0.3)
-    assert efficiency_reward(trace_with([call_step("a", "{}")])) == -1.0
     assert answer_reward(trace_with([Step(answer="Moscow 1755")]), "f1") == pytest.approx(2 / 3)
+
+
+def test_consistency_reads_text_values_not_keys_and_handles_yes_no_and_quotes():
+    # a JSON key is not evidence: the old definition found "results" and "text" in every observation
+    keys = trace_with([call_step("x", '{"results": [{"title": "T", "text": "nothing"}]}'), Step(answer="results text")],
+                      answers=["results text"])
+    assert consistency_reward(keys) == 0.0
+    # the answer's tokens must stand together, in order: scattered words are not a span
+    scattered = trace_with([call_step("x", '{"text": "1755 was a year; Moscow is a city"}'), Step(answer="Moscow 1755")])
+    assert consistency_reward(scattered) == 0.0
+    # yes/no: supported when both compared entities were looked up
+    q = "Were Scott Derrickson and Ed Wood of the same nationality?"
+    both = Trace(id="t", question=q, answers=["yes"], steps=[
+        call_step("Scott Derrickson", '{"text": "Scott Derrickson is an American director."}'),
+        call_step("Ed Wood", '{"text": "Ed Wood was an American filmmaker."}'), Step(answer="yes")])
+    one = Trace(id="t", question=q, answers=["yes"], steps=[both.steps[0], both.steps[2]])
+    assert consistency_reward(both) == 1.0 and consistency_reward(one) == 0.0
+    # evidence claimed, not observed: a fabricated quote in the answering thought
+    quoting = trace_with([call_step("MSU", '{"text": "It was founded in 1755."}'),
+                          Step(thought='The page says "the university opened its doors in 1755".', answer="1755")])
+    honest = trace_with([call_step("MSU", '{"text": "It was founded in 1755."}'),
+                         Step(thought='The page says "It was founded in 1755."', answer="1755")])
+    assert consistency_reward(quoting) == 0.0 and consistency_reward(honest) == 1.0
+
+
+def test_efficiency_can_fire_below_the_call_limit_and_on_length():
+    two_calls = trace_with([call_step("a", "{}"), call_step("b", "{}"), Step(answer="x")])
+    assert efficiency_reward(two_calls, call_budget=1, call_penalty=0.1) == pytest.approx(-0.1)
+    long = trace_with([call_step("a", "{}"), Step(answer="x")])
+    long.meta["agent_tokens"] = 512
+    assert efficiency_reward(long, call_budget=1, token_budget=256, token_penalty=0.2) == pytest.approx(-0.2)
+    from mtr.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"call_budget \(2\) must be below max_tool_calls \(2\)"):
+        parse_config({"grpo": {"max_tool_calls": 2, "call_budget": 2}})
+
+
+def test_a_group_shares_one_world(tok):
+    """The same call returns the same observation in every rollout of a group, whatever the simulator samples;
+    two groups (or two steps) have their own worlds."""
+    import itertools
+
+    counter = itertools.count()
+    backend = ScriptedBackend(actor=lambda m: json.dumps({"results": [{"title": "T", "text": f"obs {next(counter)}"}]}))
+    env = scripted_env([EX], backend, max_tool_calls=2)
+    turns = [TURNS[0], TURNS[2]]
+
+    def group(world):
+        agent = RolloutAgent(ScriptedSampler(tok, turns * 4), tok, max_turn_tokens=200, max_completion_tokens=2000)
+        return asyncio.run(env.rollout_group([EX] * 4, agent, [1, 2, 3, 4], worlds=[world] * 4))
+
+    first = group(7)
+    assert len({t.steps[0].observation for t in first}) == 1 and backend.calls["actor"] == 1
+    second = group(8)
+    assert second[0].steps[0].observation != first[0].steps[0].observation and backend.calls["actor"] == 2
 
 
 def test_nan_reward_fails_with_step_and_sample():
@@ -328,3 +377,11 @@ def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+def test_training_without_tools_draws_questions_without_the_toolmaker(tmp_path):
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    b = ScriptedBackend()
+    chosen, failed = draw(cfg, b, tmp_path / "tools.jsonl", qa_file(tmp_path / "qa.jsonl", n=4), needed=2)
+    assert len(chosen) == 2 and not failed and b.calls["toolmaker"] == 0

@@ -118,3 +118,39 @@ def test_bad_tool_settings_are_one_line(text, expected):
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
         parse_config(text, "c.yaml")
     assert parse_config({"eval": {"grounding": "oracle", "allow_oracle": True}}).eval.grounding == "oracle"
+
+
+def test_calculator_computes_arithmetic_and_nothing_else():
+    from mtr.livetools import Calculator
+
+    calc = Calculator()
+    tool = utility_tools(["calculate"])[0]
+
+    def run(expr):
+        return asyncio.run(calc.observe(None, tool, ToolCall(name="calculate", arguments={"expression": expr}), {}))
+
+    text, check, _ = run("2021 - 1755")
+    assert json.loads(text) == {"value": 266} and check.ok
+    for bad in ('__import__("os").system("true")', "open('x')", "9 ** 9 ** 9", "'a' * 3", ""):
+        text, check, _ = run(bad)
+        assert not check.ok and "cannot compute" in text
+
+
+def test_lookup_returns_the_article_with_that_title(retriever):
+    from mtr.livetools import LiveLookup
+
+    [p] = asyncio.run(LiveLookup(retriever).passages("sergei tokarev"))
+    assert p["title"] == "Sergei Tokarev" and asyncio.run(LiveLookup(retriever).passages("No Such Title")) == []
+
+
+def test_the_toolmaker_chooses_utilities_for_the_domain_and_can_be_switched_off():
+    from mtr.toolmaker import ToolMaker
+
+    chooser = ScriptedBackend(toolmaker=lambda m: json.dumps({**GOOD_TOOLS, "utilities": ["calculate"]}))
+    made = asyncio.run(ToolMaker(chooser, utilities=["search", "lookup", "calculate"]).make(EX))
+    assert [t.name for t in made.tools] == ["search", "calculate", "get_founding_year"] and made.error is None
+    prompt = chooser.prompts[0][0]["content"]
+    assert "always has this tool: search" in prompt and "lookup (" in prompt and "calculate (" in prompt
+    off = ScriptedBackend()
+    made = asyncio.run(ToolMaker(off, utilities=["search", "lookup"], enabled=False).make(EX))
+    assert [t.name for t in made.tools] == ["search", "lookup"] and off.calls["toolmaker"] == 0

@@ -146,3 +146,30 @@ def test_real_pipeline_on_the_embedded_model(tmp_path):
     assert "Not in this report" not in (out / "report.html").read_text()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.count("done in an earlier invocation, skipped") == 6
+
+
+def test_grpo_from_the_initial_policy_is_one_switch(tmp_path, fake_stages):
+    from mtr.checkpoints import policy_checkpoint
+
+    calls, _ = fake_stages
+    cfg = config(tmp_path, run={"grpo_init": "base"})
+    pipeline.run_pipeline(cfg, tmp_path / "run", report=False)
+    assert [c[1] for c in calls if c[0] == "grpo"] == [str(policy_checkpoint(cfg))]
+
+
+def test_training_on_evaluation_questions_is_an_error_unless_asked_for(tmp_path, fake_stages):
+    from mtr.data import resolve_benchmark
+
+    calls, _ = fake_stages
+    cfg = parse_config({"run": {"train_data": "hotpotqa", "train_limit": 5}, "eval": {"benchmarks": ["hotpotqa"],
+                                                                                    "limit": 3}})
+    with pytest.raises(ValueError, match=r"share 3 question\(s\).*train on a training split"):
+        pipeline.run_pipeline(cfg, tmp_path / "run", report=False)
+    assert calls == []
+    cfg.run.allow_overlap = True
+    pipeline.run_pipeline(cfg, tmp_path / "run", report=False)
+    assert calls
+    # the presets' training split is disjoint from the benchmark by construction
+    train = {x["id"] for x in map(json.loads, resolve_benchmark("hotpotqa-train").read_text().splitlines())}
+    test = {x["id"] for x in map(json.loads, resolve_benchmark("hotpotqa").read_text().splitlines())}
+    assert train and test and not train & test

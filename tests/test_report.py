@@ -110,3 +110,16 @@ def test_report_shows_the_audit_and_which_tools_played(tmp_path):
     assert "hybrid: `search` answered by a BM25 index" in html  # which tools played in our row
     assert "live: E5 retriever over a 2018 Wikipedia dump" in html  # and in the references' rows
     assert HOSTILE not in html  # model text is escaped
+
+
+def test_report_says_which_ablation_switches_are_in_effect(tmp_path):
+    run = make_run(tmp_path / "run")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"] = {"tools": {"toolmaker": False}, "run": {"grpo_init": "base"},
+                          "synth": {"tool_mode": "hybrid", "precheck": True},
+                          "grpo": {"tool_mode": "simulated", "live_share": 0.5, "precheck": False, "trl": {"beta": 0.04}},
+                          "eval": {"tool_mode": "live"}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    html = write_report(run).read_text()
+    assert "ToolMaker OFF (utility tools only)" in html and "validation pre-check: OFF in grpo" in html
+    assert "the initial policy (no SFT)" in html and "grpo simulated (live share 0.5)" in html and "beta 0.04" in html

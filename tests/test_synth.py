@@ -44,7 +44,8 @@ def test_end_to_end_with_scripted_models(tmp_path):
     import datasets
 
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "run" / "sft.jsonl"), split="train")
-    assert ds.column_names == ["messages", "tools"] and len(ds) == 3
+    assert ds.column_names == ["messages", "tools", "id", "teacher"] and len(ds) == 3
+    assert ds[0]["teacher"] == "model"  # which teacher made each row travels with it
     assert isinstance(ds[0]["tools"], str)
     roles = [m["role"] for m in ds[0]["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "assistant"]
@@ -104,7 +105,17 @@ def test_invalid_call_never_reaches_the_toolactor(tmp_path):
     assert b.calls["actor"] == 0
     step = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]["steps"][0]
     assert {c["code"]: c["ok"] for c in step["checks"]}["args_valid"] is False
-    assert stats["rejected"] == {"validation_errors": 1}
+    assert stats["rejected"] == {"unsupported_answer": 1}  # no valid observation, so nothing supports 1755
+    # the pre-check ablation: the same invalid call reaches the ToolActor (its failed check still recorded)
+    cfg = Config()
+    cfg.synth.precheck = False
+    b = ScriptedBackend(agent=lambda m: json.dumps({"thought": "t", "answer": "1755"}) if any(
+        x["role"] == "user" and x["content"].startswith("Result of") for x in m) else json.dumps(
+        {"thought": "t", "tool_call": {"name": "get_founding_year", "arguments": {"institution": 5}}}))
+    run(cfg, qa_file(tmp_path / "qa2.jsonl", n=1), tmp_path / "run2", b)
+    step = read_jsonl(tmp_path / "run2" / "traces.jsonl")[0]["steps"][0]
+    assert b.calls["actor"] >= 1 and step["player"] == "toolactor"
+    assert {c["code"]: c["ok"] for c in step["checks"]}["args_valid"] is False
 
 
 def test_toolactor_memoises_and_sees_earlier_observations(tmp_path):
@@ -145,7 +156,7 @@ def test_server_timeout_mid_run_is_counted_and_nothing_is_lost(tmp_path):
         state["n"] += 1
         if state["n"] == 2:
             return BackendError("openai:m@x: request timed out after 5s (3 retries)")
-        return json.dumps({"results": [{"title": "T", "text": "ok"}]})
+        return json.dumps({"results": [{"title": "T", "text": "It was founded in 1755."}]})
 
     stats = run(Config(), qa_file(tmp_path / "qa.jsonl", n=3), tmp_path / "run", ScriptedBackend(actor=actor))
     traces = read_jsonl(tmp_path / "run" / "traces.jsonl")
@@ -213,20 +224,76 @@ def test_different_config_in_same_dir_is_refused(tmp_path):
     assert len(read_jsonl(tmp_path / "run" / "traces.jsonl")) == 1
 
 
-def test_scripted_teacher_on_hotpotqa_records(tmp_path):
-    rec = {"id": "h1", "question": "Which year?", "answers": ["1755"],
-           "supporting_facts": [["Sergei Tokarev", 0], ["Moscow State University", 1]],
+def hotpot_record(tmp_path, answers=("1755",)):
+    rec = {"id": "h1", "question": "In what year was the university where Sergei Tokarev taught founded?",
+           "answers": list(answers), "supporting_facts": [["Sergei Tokarev", 0], ["Moscow State University", 1]],
            "context": [{"title": "Moscow State University", "text": "It was founded in 1755.", "is_supporting": True}]}
     data = tmp_path / "h.jsonl"
     data.write_text(json.dumps(rec) + "\n")
+    return data
+
+
+def passages(by_query):
+    """A ToolActor that answers each search from `by_query` (its first matching key), like a search engine."""
+    def actor(msgs):
+        content = msgs[0]["content"]
+        # the call's own arguments come last in the prompt (earlier results are listed before them)
+        at = {key: content.rfind(f'"query": "{key}"') for key in by_query}
+        key = max(at, key=at.get, default=None)
+        if key is not None and at[key] >= 0:
+            return json.dumps({"results": [{"title": key, "text": by_query[key]}]})
+        return json.dumps({"results": [{"title": "?", "text": "Nothing relevant."}]})
+    return actor
+
+
+def test_scripted_teacher_reads_its_evidence(tmp_path):
     cfg = Config()
     cfg.synth.teacher = "scripted"
-    b = ScriptedBackend()
-    stats = run(cfg, data, tmp_path / "run", b)
+    b = ScriptedBackend(actor=passages({
+        "Sergei Tokarev": "Sergei Tokarev was a professor at Moscow State University.",
+        "Moscow State University": "Lomonosov Moscow State University was founded in 1755. It is in Moscow."}))
+    stats = run(cfg, hotpot_record(tmp_path), tmp_path / "run", b)
     t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
     assert [s["call"]["arguments"]["query"] for s in t["steps"][:2]] == ["Sergei Tokarev", "Moscow State University"]
-    assert t["steps"][2]["answer"] == "1755" and t["meta"]["teacher"] == "scripted"
-    assert b.calls["agent"] == 0 and stats["kept"] == 1
+    last = t["steps"][2]
+    # the answer as the observation writes it, the thought quoting the sentence it came from
+    assert last["answer"] == "1755" and '"Lomonosov Moscow State University was founded in 1755."' in last["thought"]
+    assert t["meta"]["teacher"] == "scripted" and b.calls["agent"] == 0 and stats["kept"] == 1
+
+
+def test_scripted_teacher_searches_on_then_gives_up_and_the_filter_rejects(tmp_path):
+    cfg = Config()
+    cfg.synth.teacher, cfg.synth.max_tool_calls = "scripted", 4
+    b = ScriptedBackend(actor=passages({}))  # no search finds anything
+    stats = run(cfg, hotpot_record(tmp_path), tmp_path / "run", b)
+    t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
+    queries = [s["call"]["arguments"]["query"] for s in t["steps"] if "call" in s]
+    # the supporting titles, then the entities the question names, within the budget
+    assert queries == ["Sergei Tokarev", "Moscow State University"]
+    assert t["steps"][-1]["answer"] == "unknown"  # never the gold answer it did not read
+    assert stats["rejected"] == {"unsupported_answer": 1} and stats["kept"] == 0
+
+
+def test_scripted_teacher_answers_yes_no_once_both_entities_are_observed(tmp_path):
+    rec = {"id": "y1", "question": "Were Scott Derrickson and Ed Wood of the same nationality?", "answers": ["yes"],
+           "supporting_facts": [["Scott Derrickson", 0], ["Ed Wood", 0]]}
+    data = tmp_path / "y.jsonl"
+    data.write_text(json.dumps(rec) + "\n")
+    cfg = Config()
+    cfg.synth.teacher = "scripted"
+    b = ScriptedBackend(actor=passages({"Scott Derrickson": "Scott Derrickson is an American director.",
+                                        "Ed Wood": "Ed Wood was an American filmmaker."}))
+    stats = run(cfg, data, tmp_path / "run", b)
+    t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
+    assert len([s for s in t["steps"] if "call" in s]) == 2 and t["steps"][-1]["answer"] == "yes"
+    assert '"Scott Derrickson is an American director."' in t["steps"][-1]["thought"] and stats["kept"] == 1
+
+
+def test_a_model_teachers_unsupported_answer_is_rejected(tmp_path):
+    # the default scripted agent answers 1755 after a search whose result does not say it
+    b = ScriptedBackend(actor=lambda m: json.dumps({"results": [{"title": "T", "text": "A university in Moscow."}]}))
+    stats = run(Config(), qa_file(tmp_path / "qa.jsonl", n=2), tmp_path / "run", b)
+    assert stats["rejected"] == {"unsupported_answer": 2}
 
 
 @pytest.mark.parametrize("line,msg", [

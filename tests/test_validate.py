@@ -35,6 +35,10 @@ def test_good_tools_pass():
     ([tool(desc="Returns 1755 for any query.")], "leaks the gold answer '1755'"),
     ([tool(name="get_1755_info")], "leaks the gold answer"),
     ([tool(props={"y": {"type": "string", "enum": ["1755", "1800"]}})], "leaks the gold answer"),
+    # every string the ToolActor or the policy sees: parameter names, the result's names and descriptions
+    ([tool(props={"year_1755": {"type": "string"}})], "leaks the gold answer"),
+    ([tool(returns={"type": "object", "properties": {"y": {"type": "string", "description": "it is 1755"}}})],
+     "leaks the gold answer"),
 ])
 def test_bad_tools_rejected_with_reason(raw, reason):
     tools, err = validate_tools(raw, ["1755"])
@@ -44,6 +48,15 @@ def test_bad_tools_rejected_with_reason(raw, reason):
 def test_leak_check_is_whole_word():
     _, err = validate_tools([tool(desc="Find the northern border.")], ["no"])
     assert err is None
+
+
+def test_the_fixed_utility_tools_are_not_leak_checked():
+    calc = utility_tools(["calculate"])[0].as_dict()  # its description's example is "2021 - 1755"
+    assert "1755" in calc["function"]["description"]
+    _, err = validate_tools([calc, tool()], ["1755"], fixed=frozenset({"calculate"}))
+    assert err is None
+    _, err = validate_tools([calc, tool()], ["1755"])
+    assert "leaks" in err
 
 
 def test_compile_tool_makes_valid_openai_schema():

@@ -15,6 +15,9 @@ import json
 from typing import Any, Protocol
 
 from mtr.backends import Backend, Completion, attach_json
+from mtr.evidence import (entities, find_answer, observation_values, observed_text, supported,
+                          valid_observation_steps)
+from mtr.metrics import normalize_answer
 from mtr.prompts import FINAL_NUDGE, fill
 from mtr.trace import QAExample, Step, ToolCall, ToolSchema, Trace, parse_turn
 
@@ -125,9 +128,15 @@ class PolicyAgent:
 
 
 class ScriptedTeacher:
-    """Builds a correct-by-construction trace from a record's supporting facts: search each supporting
-    title in turn, then answer the gold answer. Needs the `search` utility tool and `supporting_facts`
-    (HotpotQA, 2Wiki) or supporting paragraphs (MuSiQue with context)."""
+    """A deterministic teacher that reads its evidence: it searches the record's supporting titles (then the
+    entities the question names), and answers only with what an observation of its own episode says: the
+    gold answer or an alias as the observation writes it, its thought quoting the sentence it used. A yes/no
+    answer, which no text contains, is given once every entity the question compares has been observed.
+    When the budget runs out first it gives up ("unknown"), and the filter rejects the trace
+    (`unsupported_answer`): it never states an answer it did not read. Needs the `search` utility tool and
+    the record's supporting titles (`supporting_facts`, supporting paragraphs, or MuSiQue's metadata)."""
+
+    name = "scripted"
 
     def __init__(self, example_by_id: dict[str, QAExample]):
         self.examples = example_by_id
@@ -140,15 +149,40 @@ class ScriptedTeacher:
                 titles.append(fact[0])
         if not titles:
             titles = [p["title"] for p in example.context or [] if p.get("is_supporting") and p.get("title")]
+        if not titles:
+            titles = list((example.metadata or {}).get("supporting_titles") or [])
         return titles
 
     async def next_step(self, trace: Trace, final: bool) -> Step:
         ex = self.examples[trace.meta.get("question_id", trace.id)]
-        titles = self.titles(ex)
-        done = len(trace.steps)
-        if not final and done < len(titles) and any(t.name == "search" for t in trace.tools):
-            title = titles[done]
-            thought = (f"I need to find out about {title} first." if done == 0
-                       else f"Next I need the facts about {title}.")
-            return Step(thought=thought, call=ToolCall(name="search", arguments={"query": title}))
-        return Step(thought=f"From these results, the answer is {ex.answers[0]}.", answer=ex.answers[0])
+        gold = ex.answers[0]
+        observed = observed_text(trace)
+        if normalize_answer(gold) in ("yes", "no"):
+            if supported(gold, ex.question, observed):
+                quotes = [f'"{s}"' for s in evidence_sentences(trace, entities(ex.question))]
+                return Step(thought=f"The results describe each of them: {' and '.join(quotes)} So the answer is "
+                                    f"{gold}.", answer=gold)
+        elif (found := find_answer(ex, trace)) is not None:
+            span, sentence = found
+            return Step(thought=f'The result says: "{sentence}" So the answer is {span}.', answer=span)
+        searched = {normalize_answer(str(s.call.arguments.get("query", ""))) for s in trace.steps if s.call}
+        queries = [q for q in self.titles(ex) + entities(ex.question) if normalize_answer(q) not in searched]
+        if not final and queries and any(t.name == "search" for t in trace.tools):
+            thought = (f"I need to find out about {queries[0]} first." if not trace.steps
+                       else f"The results do not say it yet. Next I need the facts about {queries[0]}.")
+            return Step(thought=thought, call=ToolCall(name="search", arguments={"query": queries[0]}))
+        return Step(thought="The results do not say, and I cannot answer from them.", answer="unknown")
+
+
+def evidence_sentences(trace: Trace, names: list[str]) -> list[str]:
+    """For each name, the first sentence of the episode's observations that mentions it."""
+    sentences = [sent for step in valid_observation_steps(trace) for value in observation_values(step.observation)
+                 for sent in value.split(". ")]
+    out = []
+    for name in names:
+        # a sentence about the name, not a title that is only the name
+        hit = next((x.strip() for x in sentences if f" {name} " in f" {normalize_answer(x)} "
+                    and len(x.split()) > len(name.split()) + 1), None)
+        if hit and hit not in out:
+            out.append(hit.rstrip(".") + ".")
+    return out

@@ -83,10 +83,14 @@ class RolesConfig(_Strict):
 class ToolsConfig(_Strict):
     """Stage `tools`: the ToolMaker writes each question's tools once; synthesis, GRPO and evaluation read them."""
 
+    toolmaker: bool = Field(True, description="false: no task-specific tools, the utility tools alone (the "
+                            "ToolMaker ablation)")
     max_tools: int = Field(2, ge=1, le=8, description="task-specific tools the ToolMaker writes per question")
     toolmaker_retries: int = Field(2, ge=0, le=10)
-    utility_tools: list[str] = Field(default_factory=lambda: ["search"],
-                                     description="predefined tools offered beside the generated ones")
+    utility_tools: list[str] = Field(default_factory=lambda: ["search", "lookup", "calculate"],
+                                     description="predefined tools: `search` beside every question's generated "
+                                     "ones, and those the ToolMaker chooses for the question's domain (lookup, "
+                                     "calculate)")
     on_failure: Literal["skip", "utilities"] = Field(
         "skip", description="a question whose ToolMaker failed: run it with the utility tools alone (the "
         "failure is recorded in its episodes), or skip it in training (synthesis records a failed episode, GRPO "
@@ -116,10 +120,13 @@ class EpisodeConfig(_Strict):
     """How a stage's episodes run in the Environment: who plays the tools, the call budget, episodes in flight."""
 
     max_tool_calls: int = Field(4, ge=0, le=32, description="tool calls an episode may make before it must answer")
-    tool_mode: Literal["simulated", "live", "hybrid"] = Field(
+    tool_mode: Literal["simulated", "live", "hybrid", "off"] = Field(
         "simulated", description="who plays the tools: the ToolActor (simulated); the retriever for `search`, the "
         "only tool then offered (live); `search` live and the ToolMaker's tools simulated, grounded in retrieval "
-        "(hybrid)")
+        "(hybrid); no tools at all (off: the tools-off ablation)")
+    precheck: bool = Field(True, description="the validation pre-check: a call whose tool or arguments are invalid "
+                           "gets an error observation instead of reaching the ToolActor (false: the pre-check "
+                           "ablation, invalid calls are played too)")
     grounding: Literal["none", "retrieval", "oracle"] = Field(
         "none", description="what the ToolActor knows beside its own weights: nothing, the passages the retriever "
         "finds for the call's arguments, or the record's own paragraphs, gold ones included (oracle: training only, "
@@ -149,7 +156,7 @@ class EpisodeConfig(_Strict):
         return v
 
     def uses_retriever(self) -> bool:
-        return self.tool_mode != "simulated" or self.grounding == "retrieval" or self.live_share > 0
+        return self.tool_mode in ("live", "hybrid") or self.grounding == "retrieval" or self.live_share > 0
 
 
 class SynthConfig(EpisodeConfig):
@@ -198,6 +205,8 @@ class FilterConfig(_Strict):
     max_turns: int = Field(6, ge=1, description="assistant turns of an episode")
     max_trace_tokens: int = Field(2048, ge=16, description="tokens of the rendered trace, policy tokenizer")
     require_tool_call: bool = Field(True, description="reject episodes that answer without any tool call")
+    require_support: bool = Field(True, description="reject episodes whose answer their own observations do not "
+                                  "support (mtr.evidence), whoever the teacher")
 
 
 def _lora(value: Any) -> Any:
@@ -269,8 +278,12 @@ class GRPOStageConfig(EpisodeConfig, TrainStage):
                                 "is an episode's whole token budget, ddp_timeout covers the ToolMaker before training")
     max_turn_tokens: int = Field(128, ge=8, description="tokens the policy may write in one turn")
     answer_metric: Literal["em", "f1"] = "em"
-    call_budget: int = Field(2, ge=0, description="calls beyond this cost call_penalty each (efficiency)")
+    call_budget: int = Field(1, ge=0, description="calls beyond this cost call_penalty each (efficiency); below "
+                             "max_tool_calls, so that the penalty can fire")
     call_penalty: float = Field(0.1, ge=0.0)
+    token_budget: int = Field(256, ge=1, description="the agent's tokens in an episode beyond this cost "
+                              "token_penalty per token_budget (efficiency)")
+    token_penalty: float = Field(0.2, ge=0.0)
     reward_weights: dict[str, float] = Field(
         default_factory=lambda: {"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2})
     sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
@@ -292,17 +305,26 @@ class GRPOStageConfig(EpisodeConfig, TrainStage):
                              f"be a multiple of trl.num_generations ({t['num_generations']})")
         if t["max_completion_length"] < 16:
             raise ValueError("trl.max_completion_length: an episode needs at least 16 tokens")
+        if self.max_tool_calls and self.call_budget >= self.max_tool_calls:
+            raise ValueError(f"call_budget ({self.call_budget}) must be below max_tool_calls ({self.max_tool_calls}), "
+                             "or the efficiency penalty for calls can never fire")
         return self
 
 
 class RunConfig(_Strict):
     """The whole pipeline (`mtr run`): the training questions and which stages run, in this order."""
 
-    train_data: str = Field("hotpotqa", description="QA for synthesis and GRPO: a benchmark name or a .jsonl path")
+    train_data: str = Field("hotpotqa-train", description="QA for synthesis and GRPO: a training split "
+                            "(hotpotqa-train, 2wiki-train, musique-train) or a .jsonl path")
     train_limit: int | None = Field(None, ge=1, description="first N training questions")
     stages: list[Literal["tools", "synth", "filter", "sft", "grpo", "eval"]] = Field(
         default_factory=lambda: ["tools", "synth", "filter", "sft", "grpo", "eval"])
     eval_base: bool = Field(False, description="also evaluate the initial policy, for a before/after table")
+    grpo_init: Literal["sft", "base"] = Field(
+        "sft", description="where GRPO starts: the SFT checkpoint, or the initial policy (base: the paper's "
+        "cold-start ablation, GRPO without SFT)")
+    allow_overlap: bool = Field(False, description="let training and evaluation questions overlap (an error "
+                                "otherwise: scores on trained-on questions say nothing)")
 
     @model_validator(mode="after")
     def _stage_order(self) -> "RunConfig":

@@ -24,6 +24,7 @@ retryable; nothing raises.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -32,19 +33,54 @@ from typing import Any, Sequence
 from mtr.agents import Agent
 from mtr.backends import BackendError
 from mtr.prompts import fill
-from mtr.livetools import LIVE_TOOLS, LiveSearch
+from mtr.livetools import LIVE_TOOLS, live_players
 from mtr.retrieval import Retriever, make_retriever
 from mtr.toolactor import ToolActor
 from mtr.toolmaker import ToolStore, utility_tools
-from mtr.trace import Check, QAExample, ToolSchema, Trace
+from mtr.trace import Check, QAExample, ToolCall, ToolSchema, Trace
 from mtr.validate import check_answer, validate_call, validation_error_observation
+
+
+class World:
+    """What the tools answer in one world: each call's observation, made once. An episode has its own world;
+    the rollouts of a GRPO group share one (the same question in the same step), so the same call returns the
+    same observation in every rollout and what differs inside a group is the policy's doing, not the
+    simulator's sampling. In a shared world an observation depends on the question and the call alone (its
+    seed comes from the call; the player does not see the episode's history)."""
+
+    def __init__(self, seed: int, shared: bool = False):
+        self.seed, self.shared = seed, shared
+        self.calls: dict[str, asyncio.Future] = {}
+
+    async def observe(self, player: Any, trace: Trace, tool: ToolSchema, call: ToolCall, example: QAExample,
+                      turn: int) -> tuple[str, Check, int]:
+        key = call.canonical_key()
+        if key in self.calls:
+            text, check = await asyncio.shield(self.calls[key])
+            return text, Check(code=check.code, ok=check.ok, detail="memoised"), 0
+        future = asyncio.get_running_loop().create_future()
+        self.calls[key] = future
+        seed = self.seed + int(hashlib.sha1(key.encode()).hexdigest()[:6], 16) if self.shared else self.seed + turn
+        seen = Trace(id=trace.id, question=trace.question) if self.shared else trace
+        try:
+            text, check, tokens = await player.observe(seen, tool, call, {}, example=example, seed=seed)
+        except BaseException as e:
+            del self.calls[key]
+            future.set_exception(e)
+            future.exception()  # retrieved: the waiters re-raise it, nobody else needs to
+            raise
+        future.set_result((text, check))
+        if not check.ok:  # a failed observation is not the world's answer: the next call tries again
+            del self.calls[key]
+        return text, check, tokens
 
 
 class Environment:
     def __init__(self, store: ToolStore | None, actor: ToolActor | None, max_tool_calls: int,
                  system: str | None = None, evaluation: bool = False, mode: str = "simulated",
-                 live: dict[str, Any] | None = None, live_share: float = 0.0, hybrid_actor: ToolActor | None = None):
-        self.store, self.actor, self.max_tool_calls = store, actor, max_tool_calls
+                 live: dict[str, Any] | None = None, live_share: float = 0.0, hybrid_actor: ToolActor | None = None,
+                 precheck: bool = True):
+        self.store, self.actor, self.max_tool_calls, self.precheck = store, actor, max_tool_calls, precheck
         self.tools_on = store is not None and actor is not None and max_tool_calls > 0 and mode != "off"
         self.system = system if system is not None else fill("policy" if self.tools_on else "policy-no-tools")
         self.evaluation = evaluation  # a question the ToolMaker failed on still runs, with the utility tools
@@ -71,11 +107,11 @@ class Environment:
             return ToolActor(pool.get("toolactor"), grounding=grounding, retries=section.actor_retries,
                              retriever=retriever, max_chars=r.max_chars)
 
-        live = {"search": LiveSearch(retriever, r.top_k, r.max_chars)} if retriever is not None else {}
+        live = live_players(retriever, r.top_k, r.max_chars) if retriever is not None else {}
         return cls(ToolStore.from_config(cfg, pool, tools_path), actor(section.grounding), section.max_tool_calls,
                    evaluation=stage == "eval", mode=mode, live=live,
                    live_share=section.live_share if mode == "simulated" else 0.0,
-                   hybrid_actor=actor("retrieval") if retriever is not None else None)
+                   hybrid_actor=actor("retrieval") if retriever is not None else None, precheck=section.precheck)
 
     def close(self) -> None:
         if self.store is not None:
@@ -90,16 +126,19 @@ class Environment:
         return self.mode
 
     async def rollout(self, example: QAExample, agent: Agent, episode_id: str | None = None, seed: int = 0,
-                      meta: dict | None = None, world: int | None = None) -> Trace:
-        """One episode of `agent` on `example`, with the question's tools (from the store)."""
+                      meta: dict | None = None, world: World | None = None) -> Trace:
+        """One episode of `agent` on `example`, with the question's tools (from the store), in its own world
+        unless it is given one to share."""
         meta = {"seed": seed, **(meta or {})}
+        world = world or World(seed)
         episode_id = episode_id or example.id
         tools: list[ToolSchema] = []
         players: dict[str, Any] = {}
         if self.tools_on:
-            mode = meta["tool_mode"] = self.episode_mode(example, seed if world is None else world)
+            mode = meta["tool_mode"] = self.episode_mode(example, world.seed)
             if mode == "live":  # only the tools a real backend plays: no ToolMaker needed
-                tools = [t for t in utility_tools(LIVE_TOOLS) if t.name in self.live]
+                configured = [t.name for t in self.store.toolmaker.utilities] if self.store.toolmaker else LIVE_TOOLS
+                tools = [t for t in utility_tools([n for n in LIVE_TOOLS if n in configured]) if t.name in self.live]
             else:
                 made = await self.store.get(example)
                 meta.update(domain=made.domain, toolmaker_attempts=made.attempts, toolmaker_tokens=made.tokens,
@@ -115,20 +154,25 @@ class Environment:
             actor = self.hybrid_actor if mode == "hybrid" else self.actor
             players = {t.name: self.live[t.name] if mode != "simulated" and t.name in self.live else actor
                        for t in tools}
-        return await self._loop(example, episode_id, tools, players, agent, seed, meta)
+        return await self._loop(example, episode_id, tools, players, agent, world, meta)
 
     async def rollout_group(self, examples: Sequence[QAExample], agent: Agent, seeds: Sequence[int],
                             ids: Sequence[str] | None = None, meta: dict | None = None,
                             worlds: Sequence[int] | None = None) -> list[Trace]:
         """Episodes that run together (a GRPO group, the rollouts of a step). An agent that batches them in
         lockstep is told (`episode_ended`) when each one ends, so its next batch stops waiting for it.
-        Episodes of the same question and world play the same tool mode."""
+        With `worlds` (one seed per episode), the episodes of the same question and world seed share one world:
+        the same observation for the same call, the same tool mode."""
         ended = getattr(agent, "episode_ended", None)
+        shared: dict[tuple[str, int], World] = {}
+        if worlds:
+            for ex, w in zip(examples, worlds):
+                shared.setdefault((ex.id, w), World(w, shared=True))
 
         async def one(i: int, ex: QAExample) -> Trace:
             try:
                 return await self.rollout(ex, agent, ids[i] if ids else f"{ex.id}#{i}", seeds[i], meta,
-                                          world=worlds[i] if worlds else None)
+                                          world=shared.get((ex.id, worlds[i])) if worlds else None)
             finally:
                 if ended is not None:
                     ended()
@@ -136,10 +180,9 @@ class Environment:
         return list(await asyncio.gather(*[one(i, ex) for i, ex in enumerate(examples)]))
 
     async def _loop(self, example: QAExample, episode_id: str, tools: list[ToolSchema], players: dict[str, Any],
-                    agent: Agent, seed: int, meta: dict) -> Trace:
+                    agent: Agent, world: World, meta: dict) -> Trace:
         trace = Trace(id=episode_id, question=example.question, answers=example.answers, system=self.system,
                       tools=tools, meta=meta)
-        memo: dict[str, str] = {}
         by_name = {t.name: t for t in tools}
         budget = self.max_tool_calls if self.tools_on else 0
         agent_tokens = actor_tokens = 0
@@ -166,13 +209,15 @@ class Environment:
                     break
                 checks = validate_call(step.call, tools)
                 step.checks.extend(checks)
-                if not all(c.ok for c in checks):
+                # the pre-check: an invalid call gets the validation error instead of an observation (with the
+                # pre-check off, an existing tool plays even invalid arguments: the paper's ablation)
+                if not all(c.ok for c in checks) and (self.precheck or step.call.name not in by_name):
                     step.observation = validation_error_observation(checks)
                     continue
                 player = players[step.call.name]
                 role = player.name
-                obs, obs_check, tokens = await player.observe(trace, by_name[step.call.name], step.call, memo,
-                                                              example=example, seed=seed + i)
+                obs, obs_check, tokens = await world.observe(player, trace, by_name[step.call.name], step.call,
+                                                             example, i)
                 actor_tokens += tokens
                 step.observation, step.player = obs, player.name
                 step.checks.append(obs_check)

@@ -27,6 +27,7 @@ from mtr.config import STAGES, Config
 from mtr.data import load_qa, resolve_benchmark
 from mtr.embedded import file_sha256
 from mtr.jsonl import write_text_atomic
+from mtr.metrics import normalize_answer
 from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
 from mtr.rundir import mark_done, stage_done
 from mtr.stages import evaluate as eval_stage
@@ -38,12 +39,12 @@ from mtr.stages import tools as tools_stage
 
 console = Console()
 
-# Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, benchmarks/results/demo.json:
-# synth 66 s for 12 questions, SFT 75 s for 12 rows, GRPO 90 s for 8 rollouts, eval 87 s for 12 questions
-# tools on and off), used only to tell the user up front how long a run should take; a server or a GPU is
-# much faster, and then the estimate is moot.
-CPU_SECONDS = {"synth_question": 5.5, "sft_row_epoch": 5.0, "grpo_rollout": 10.0, "eval_on": 6.0,
-               "eval_off": 1.5, "stage_start": 10.0}
+# Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, benchmarks/results/demo.json,
+# entry `final`: tools 38 s for 12 questions, SFT 73 s for 12 rows, GRPO 82 s for 8 rollouts, eval 30 s for 12
+# questions tools on and off; synthesis from the entry `refactor`, with simulated tools: 33 s for 12), used
+# only to tell the user up front how long a run should take; a server or a GPU is much faster.
+CPU_SECONDS = {"tools_question": 3.0, "synth_question": 2.8, "synth_question_scripted_live": 0.05,
+               "sft_row_epoch": 6.0, "grpo_rollout": 10.0, "eval_on": 1.5, "eval_off": 1.0, "stage_start": 10.0}
 
 
 class Run:
@@ -67,7 +68,10 @@ class Run:
         return sets
 
     def policy(self, stage: str) -> Path:
-        """The checkpoint a stage starts from: the last training stage's before it, else the initial policy."""
+        """The checkpoint a stage starts from: the last training stage's before it, else the initial policy
+        (GRPO from the initial policy with `run.grpo_init: base`: the cold-start ablation)."""
+        if stage == "grpo" and self.cfg.run.grpo_init == "base":
+            return self.init
         before = STAGES[:STAGES.index(stage)]
         for s in ("grpo", "sft"):
             if s in before and s in self.cfg.run.stages:
@@ -109,6 +113,25 @@ class Run:
                 "policy": upstream(self.policy("eval")), "base": cfg.run.eval_base}
 
 
+def check_overlap(cfg: Config, run: Run) -> None:
+    """Training and evaluation questions must not overlap (by id or by question text): a score on a question
+    trained on says nothing. `run.allow_overlap: true` lets it pass, loudly."""
+    if not run.benchmarks:
+        return
+    train = load_qa(run.train_path, cfg.run.train_limit)
+    ids, texts = {ex.id for ex in train}, {normalize_answer(ex.question) for ex in train}
+    for b, path in run.benchmarks.items():
+        shared = [ex for ex in load_qa(path, cfg.eval.limit) if ex.id in ids or normalize_answer(ex.question) in texts]
+        if not shared:
+            continue
+        what = (f"run.train_data ({run.train_path.name}) and eval benchmark {b!r} share {len(shared)} question(s), "
+                f"e.g. {shared[0].id!r}")
+        if not cfg.run.allow_overlap:
+            raise ValueError(f"{what}: scores on trained-on questions say nothing; train on a training split "
+                             f"(e.g. hotpotqa-train), or set run.allow_overlap: true")
+        console.print(f"[yellow]warning:[/yellow] {what} (run.allow_overlap)", highlight=False)
+
+
 def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
     """What each stage will do, in words, and the expected seconds on a 2-core CPU with the embedded model."""
     r, lines, total = cfg.run, [], 0.0
@@ -116,10 +139,13 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
         total += CPU_SECONDS["stage_start"]
         if stage == "tools":
             lines.append(f"tools: the ToolMaker writes up to {cfg.tools.max_tools} tool(s) per question, once")
+            total += CPU_SECONDS["tools_question"] * n_train
         elif stage == "synth":
             lines.append(f"synth: {n_train} questions x {cfg.synth.episodes_per_question} episode(s), "
                          f"teacher {cfg.synth.teacher}")
-            total += CPU_SECONDS["synth_question"] * n_train * cfg.synth.episodes_per_question
+            fast = cfg.synth.teacher == "scripted" and cfg.synth.tool_mode in ("live", "hybrid")
+            total += (CPU_SECONDS["synth_question_scripted_live" if fast else "synth_question"] * n_train
+                      * cfg.synth.episodes_per_question)
         elif stage == "filter":
             lines.append("filter: correct, valid, short enough -> sft.jsonl")
         elif stage == "sft":
@@ -157,10 +183,7 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
     # the run's top manifest: the latest invocation's whole config (each stage keeps its own part)
     write_text_atomic(out / "manifest.json", json.dumps({"stage": "pipeline", "config": cfg.model_dump(mode="json"),
                                                          "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2))
-    for b, path in run.benchmarks.items():
-        if path.resolve() == run.train_path.resolve():
-            console.print(f"[yellow]warning:[/yellow] eval benchmark {b!r} is the training file {run.train_path}: "
-                          "its first questions were trained on", highlight=False)
+    check_overlap(cfg, run)
     lines, seconds = plan(cfg, n_train)
     console.rule(f"mtr run -> {out}")
     for i, line in enumerate(lines, 1):

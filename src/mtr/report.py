@@ -211,6 +211,8 @@ def grpo_section(run: Path, notes: Notes) -> dict[str, Any] | None:
         line_plot("KL to the reference", {"kl": _curve(log, "kl")}),
         line_plot("completion length (tokens)", {"mean": _curve(log, "completions/mean_length")}),
         line_plot("tool calls per episode", {"calls": _curve(log, "episode/tool_calls")}),
+        line_plot("episodes %: well-formed, answered", {"well-formed": _curve(log, "episode/well_formed_pct"),
+                                                       "answered": _curve(log, "episode/answered_pct")}),
         line_plot("malformed turns %", {"malformed": _curve(log, "episode/malformed_pct")}),
     ]
     plots = [p for p in plots if p]
@@ -266,6 +268,7 @@ def episode_view(trace: dict[str, Any], source: str, **extra: Any) -> dict[str, 
             "observation": None if s.get("observation") is None else _text(s["observation"]),
             "answer": None if s.get("answer") is None else _text(s["answer"]),
             "raw": _text(s["raw"]) if s.get("parse_error") and s.get("raw") else None,
+            "player": s.get("player"),
             "parse_error": s.get("parse_error"),
             "failed": [f"{c.get('code')}: {c.get('detail', '')}" for c in s.get("checks") or [] if not c.get("ok")],
         })
@@ -274,7 +277,9 @@ def episode_view(trace: dict[str, Any], source: str, **extra: Any) -> dict[str, 
     return {"source": source, "id": _text(trace.get("id", "?")), "question": _text(trace.get("question", "")),
             "gold": gold, "prediction": answer, "correct": bool(exact_match(answer, gold)) if gold else False,
             "f1": round(f1_score(answer, gold), 3) if gold else 0.0, "error": trace.get("error"),
-            "tools": tools, "steps": steps, "status": None, "reason": None, **extra}
+            "tools": tools, "steps": steps, "status": None, "reason": None,
+            "teacher": _text((trace.get("meta") or {}).get("teacher") or "") or None,
+            "tool_mode": (trace.get("meta") or {}).get("tool_mode"), **extra}
 
 
 def traces_section(run: Path, notes: Notes) -> tuple[list[dict[str, Any]], list[str]]:
@@ -325,6 +330,24 @@ def manifests_section(run: Path) -> list[tuple[str, str]]:
     return out
 
 
+def settings_section(config: dict[str, Any]) -> list[str]:
+    """The method's switches in effect (the paper's ablations among them), from the run's config."""
+    if not config:
+        return []
+    out = []
+    g, t, r = config.get("grpo", {}), config.get("tools", {}), config.get("run", {})
+    stages = [s for s in ("synth", "grpo", "eval") if isinstance(config.get(s), dict)]
+    modes = ", ".join(f"{s} {config[s].get('tool_mode', 'simulated')}"
+                      + (f" (live share {config[s]['live_share']})" if config[s].get("live_share") else "")
+                      for s in stages)
+    out.append(f"tools: {modes}; ToolMaker {'on' if t.get('toolmaker', True) else 'OFF (utility tools only)'}")
+    off = [s for s in stages if config[s].get("precheck", True) is False]
+    out.append("validation pre-check: " + (f"OFF in {', '.join(off)}" if off else "on"))
+    out.append(f"GRPO starts from: {'the initial policy (no SFT)' if r.get('grpo_init') == 'base' else 'the SFT policy'}"
+               f"; KL weight beta {(g.get('trl') or {}).get('beta', 'n/a')}")
+    return out
+
+
 def stages_section(run: Path) -> list[dict[str, Any]]:
     rows = []
     for stage in STAGES:
@@ -349,11 +372,12 @@ def build_report(run: Path) -> str:
         notes.add("manifest.json not found at the top of the run (a single stage's directory, or an older mtr?)")
     episodes, shown = traces_section(run, notes)
     env = Environment(loader=PackageLoader("mtr", "templates"), autoescape=select_autoescape(["html", "jinja"]))
-    env.filters["num"] = lambda v, d=1: "" if v is None else f"{v:.{d}f}"
+    env.filters["num"] = lambda v, d=1: f"{v:.{d}f}" if isinstance(v, (int, float)) else ""  # absent in older runs
     template = env.get_template("report.html.jinja")
     manifest = read_json(run / "manifest.json", Notes(), "") or {}
     return template.render(
         run=str(run), created=manifest.get("created"), stages=stages_section(run),
+        settings=settings_section(manifest.get("config") or {}),
         results=results_section(run, notes), audit=audit_section(run, notes), synth=synth_section(run, notes),
         sft=sft_section(run, notes),
         grpo=grpo_section(run, notes), manifests=manifests_section(run), shown=shown,

@@ -162,9 +162,9 @@ DEFAULT_SOURCES = ("hotpotqa", "2wiki", "musique")
 
 def default_sources() -> list[Path]:
     """The shipped QA files whose records carry paragraphs (MuSiQue's are in a separate file)."""
-    from mtr.data import data_dirs, resolve_benchmark
+    from mtr.data import data_dirs, source_file
 
-    paths = [resolve_benchmark("hotpotqa"), resolve_benchmark("2wiki")]
+    paths = [source_file("hotpotqa"), source_file("2wiki")]
     for d in data_dirs():
         if (d / "musique_dev_first400_ctx.jsonl").is_file():
             paths.append(d / "musique_dev_first400_ctx.jsonl")
@@ -215,6 +215,13 @@ class Retriever:
     async def search(self, queries: list[str], k: int) -> list[list[Passage]]:
         raise NotImplementedError
 
+    async def lookup(self, title: str, k: int) -> list[Passage]:
+        """The passages whose title is `title` (case and punctuation aside): a search for it, kept if the
+        titles match."""
+        [found] = await self.search([title], 4 * k)
+        want = _norm_title(title)
+        return [p for p in found if _norm_title(p.title) == want][:k]
+
     def describe(self) -> str:
         return self.name
 
@@ -236,6 +243,13 @@ class BM25Retriever(Retriever):
 
     def describe(self) -> str:
         return f"bm25 over {self.dir.name} ({len(self.passages)} passages)"
+
+    async def lookup(self, title: str, k: int) -> list[Passage]:
+        if not hasattr(self, "_by_title"):
+            self._by_title: dict[str, list[Passage]] = {}
+            for passage in self.passages:
+                self._by_title.setdefault(_norm_title(passage.title), []).append(passage)
+        return self._by_title.get(_norm_title(title), [])[:k]
 
     def search_now(self, queries: list[str], k: int) -> list[list[Passage]]:
         """The blocking search (a batch of queries in one call)."""
@@ -309,6 +323,12 @@ class RemoteRetriever(Retriever):
         if self._client is not None and self._loop is asyncio.get_running_loop():
             await self._client.aclose()
         self._client = None
+
+
+def _norm_title(title: str) -> str:
+    from mtr.metrics import normalize_answer
+
+    return normalize_answer(title)
 
 
 def parse_remote(reply: Any, n: int) -> list[list[Passage]]:

@@ -15,12 +15,13 @@ All components score one episode (`Trace`):
                every call validated and the episode answered, and a partly well-formed episode scores
                between 0 and 1 (an all-or-nothing score left most groups of a 135M policy without any
                difference to learn from: docs/grpo.md). An episode cut short by a tool failure scores 0.
-- consistency  1 if (a) the final answer is *supported*: its normalised tokens all occur in the normalised
-               text of the episode's valid observations (calls that passed every check, observations that
-               are well-formed), and (b) no two valid observations of the same call (same tool, same
-               canonicalised arguments) differ; else 0. An episode without answer or without valid
-               observations scores 0.
-- efficiency   a penalty: -`call_penalty` for each call beyond `call_budget`, and -1 for no final answer.
+- consistency  1 if the final answer is *supported* by the episode's own valid observations (its tokens, in
+               order, in their text values; a yes/no answer when every entity the question names was
+               observed) and the answering thought quotes nothing the observations do not say; else 0
+               (mtr.evidence). Within a GRPO group every rollout sees the same observation for the same
+               call (one world per question and step), so support is compared across the group fairly.
+- efficiency   a length penalty: -`call_penalty` per call beyond `call_budget` (which is below the call
+               limit), and -`token_penalty` per `token_budget` of the agent's tokens beyond `token_budget`.
 
 The MTR paper names correctness, consistency and an efficiency term but gives no formula or weights;
 these definitions and the default weights (config `grpo.reward_weights`) are our choice (docs/grpo.md).
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+from mtr.evidence import answer_supported, fabricated_quote
 from mtr.metrics import exact_match, f1_score, normalize_answer
 from mtr.trace import Step, Trace
 
@@ -57,44 +59,20 @@ def format_reward(trace: Trace) -> float:
     return sum(1 for s in trace.steps if well_formed(s)) / (len(trace.steps) + missing)
 
 
-def _valid_observations(trace: Trace) -> list[Step]:
-    """Steps whose call passed every check and whose observation is well-formed: validation-error
-    observations echo the policy's own call, and a failed tool says nothing, so neither may support."""
-    return [s for s in trace.steps if s.call is not None and s.observation is not None and s.checks
-            and all(c.ok for c in s.checks)]
-
-
-def answer_supported(trace: Trace) -> bool:
-    answer = trace.final_answer
-    observed = " ".join(s.observation for s in _valid_observations(trace))
-    tokens = normalize_answer(answer or "").split()
-    if not tokens or not observed:
-        return False
-    seen = set(normalize_answer(observed).split())
-    return all(t in seen for t in tokens)
-
-
-def observations_disagree(trace: Trace) -> bool:
-    by_call: dict[str, str] = {}
-    for s in _valid_observations(trace):
-        key = s.call.canonical_key()
-        if key in by_call and by_call[key] != s.observation:
-            return True
-        by_call.setdefault(key, s.observation)
-    return False
-
-
 def consistency_reward(trace: Trace) -> float:
-    return 1.0 if answer_supported(trace) and not observations_disagree(trace) else 0.0
+    """1 when the answer rests on the episode's own observations and its reasoning quotes nothing they do not
+    say (mtr.evidence); 0 otherwise, and without an answer."""
+    return 1.0 if answer_supported(trace) and not fabricated_quote(trace) else 0.0
 
 
-def efficiency_reward(trace: Trace, call_budget: int = 2, call_penalty: float = 0.1) -> float:
-    penalty = call_penalty * max(0, len(trace.calls) - call_budget)
-    if trace.final_answer is None or not trace.final_answer.strip():
-        penalty += 1.0
-    return -penalty
-
-
+def efficiency_reward(trace: Trace, call_budget: int = 1, call_penalty: float = 0.1, token_budget: int = 256,
+                      token_penalty: float = 0.2) -> float:
+    """A penalty for length: -`call_penalty` for each call beyond `call_budget` (below the call limit, so it
+    can fire), and -`token_penalty` for each `token_budget` the agent's own tokens run past `token_budget`
+    (pro rata). A missing answer is format's business, not this one's."""
+    calls = max(0, len(trace.calls) - call_budget)
+    tokens = max(0, trace.meta.get("agent_tokens", sum(s.tokens for s in trace.steps)) - token_budget)
+    return -(call_penalty * calls + token_penalty * tokens / token_budget)
 
 
 class RewardError(RuntimeError):
@@ -106,8 +84,8 @@ class Rubric:
 
     names = REWARD_NAMES
 
-    def __init__(self, weights: dict[str, float], answer_metric: str = "em", call_budget: int = 2,
-                 call_penalty: float = 0.1):
+    def __init__(self, weights: dict[str, float], answer_metric: str = "em", call_budget: int = 1,
+                 call_penalty: float = 0.1, token_budget: int = 256, token_penalty: float = 0.2):
         unknown = set(weights) - set(REWARD_NAMES)
         if unknown:
             raise ValueError(f"reward weights: unknown component(s) {sorted(unknown)}; components are "
@@ -117,12 +95,12 @@ class Rubric:
             "answer": lambda t: answer_reward(t, answer_metric),
             "format": format_reward,
             "consistency": consistency_reward,
-            "efficiency": lambda t: efficiency_reward(t, call_budget, call_penalty),
+            "efficiency": lambda t: efficiency_reward(t, call_budget, call_penalty, token_budget, token_penalty),
         }
 
     @classmethod
     def from_config(cls, g: Any) -> "Rubric":
-        return cls(g.reward_weights, g.answer_metric, g.call_budget, g.call_penalty)
+        return cls(g.reward_weights, g.answer_metric, g.call_budget, g.call_penalty, g.token_budget, g.token_penalty)
 
     def score(self, trace: Trace) -> dict[str, float]:
         """Each component, and `total`: their weighted sum (what GRPO's advantage is computed from)."""
@@ -210,15 +188,19 @@ def episode_counts(trace: Trace) -> dict[str, int]:
     """One episode's structural counts, from which every health figure is computed (and which evaluation
     stores with each prediction)."""
     bad_slots, calls = slot_disagreements(trace)
+    answered = bool((trace.final_answer or "").strip())
     return {"steps": len(trace.steps), "malformed_steps": sum(1 for s in trace.steps if not s.ok),
+            "unparsed_steps": sum(1 for s in trace.steps if s.parse_error is not None),
+            "well_formed": int(answered and trace.error is None and all(s.ok for s in trace.steps)),
             "calls": calls, "slot_disagreements": bad_slots,
             "invalid_calls": sum(1 for s in trace.steps if s.call is not None
                                  and any(c.code in ("tool_exists", "args_valid") and not c.ok for c in s.checks)),
-            "answered": int(bool((trace.final_answer or "").strip())), "error": int(trace.error is not None),
+            "answered": int(answered), "error": int(trace.error is not None),
             "tokens": trace.meta.get("agent_tokens", 0)}
 
 
-HEALTH_LOGGED = ("tool_calls", "malformed_pct", "no_answer_pct", "error_pct")
+HEALTH_LOGGED = ("tool_calls", "well_formed_pct", "answered_pct", "parse_valid_pct", "malformed_pct", "no_answer_pct",
+                 "error_pct")
 
 
 def health(episodes: list[Trace] | list[dict[str, int]]) -> dict[str, float]:
@@ -232,13 +214,17 @@ def health(episodes: list[Trace] | list[dict[str, int]]) -> dict[str, float]:
         if key == "answered":  # evaluation records of older versions have only the prediction
             return sum(c["answered"] if "answered" in c else bool((c.get("prediction") or "").strip())
                        for c in counts)
-        return sum(int(bool(c[key])) if key == "error" else c[key] for c in counts)
+        return sum(int(bool(c[key])) if key == "error" else c.get(key, 0) for c in counts)
 
     def pct(num: float, den: float) -> float:
         return 100.0 * num / den if den else 0.0
 
     steps, calls = total("steps"), total("calls")
-    return {"episodes": n, "malformed_pct": pct(total("malformed_steps"), steps),
+    return {"episodes": n,
+            # the honest ones first: whole episodes, then turns
+            "well_formed_pct": pct(total("well_formed"), n), "answered_pct": pct(total("answered"), n),
+            "parse_valid_pct": pct(steps - total("unparsed_steps"), steps),
+            "malformed_pct": pct(total("malformed_steps"), steps),
             "invalid_call_pct": pct(total("invalid_calls"), calls),
             "slot_disagreement_pct": pct(total("slot_disagreements"), calls),
             "no_answer_pct": pct(n - total("answered"), n), "error_pct": pct(total("error"), n),

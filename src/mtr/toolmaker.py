@@ -17,7 +17,14 @@ from mtr.prompts import fill
 from mtr.trace import QAExample, ToolSchema
 from mtr.validate import validate_tools
 
-# Predefined utility tools: MTR's ToolMaker combines these with task-specific tools.
+# Predefined utility tools: MTR's ToolMaker combines these with task-specific tools. `search` is always
+# offered (when configured); the ToolMaker chooses the others for a question from its domain.
+_PASSAGES = {"type": "object", "properties": {"results": {
+    "type": "array", "minItems": 1, "maxItems": 3,
+    "items": {"type": "object", "properties": {"title": {"type": "string", "maxLength": 80},
+                                               "text": {"type": "string", "maxLength": 600}},
+              "required": ["title", "text"], "additionalProperties": False}}},
+    "required": ["results"], "additionalProperties": False}
 UTILITY_TOOLS: dict[str, dict[str, Any]] = {
     "search": {
         "type": "function",
@@ -28,14 +35,34 @@ UTILITY_TOOLS: dict[str, dict[str, Any]] = {
                            "properties": {"query": {"type": "string", "description": "what to look up"}},
                            "required": ["query"]},
         },
-        "returns": {"type": "object", "properties": {"results": {
-            "type": "array", "minItems": 1, "maxItems": 3,
-            "items": {"type": "object", "properties": {"title": {"type": "string", "maxLength": 80},
-                                                       "text": {"type": "string", "maxLength": 600}},
-                      "required": ["title", "text"], "additionalProperties": False}}},
-                    "required": ["results"], "additionalProperties": False},
+        "returns": _PASSAGES,
+    },
+    "lookup": {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Return the encyclopedia article with exactly this title.",
+            "parameters": {"type": "object",
+                           "properties": {"title": {"type": "string", "description": "the article's exact title"}},
+                           "required": ["title"]},
+        },
+        "returns": {**_PASSAGES, "properties": {"results": {**_PASSAGES["properties"]["results"], "minItems": 0}}},
+    },
+    "calculate": {
+        "type": "function",
+        "function": {
+            "name": "calculate",
+            "description": "Compute an arithmetic expression, e.g. a difference of years: 2021 - 1755.",
+            "parameters": {"type": "object",
+                           "properties": {"expression": {"type": "string",
+                                                         "description": "numbers with + - * / ** % ( )"}},
+                           "required": ["expression"]},
+        },
+        "returns": {"type": "object", "properties": {"value": {"type": "number"}}, "required": ["value"],
+                    "additionalProperties": False},
     },
 }
+BASE_UTILITIES = ("search",)  # offered with every question; the rest are the ToolMaker's choice
 
 
 def utility_tools(names: list[str]) -> list[ToolSchema]:
@@ -52,7 +79,7 @@ _FIELD = {"type": "object",
           "required": ["name", "type", "description"], "additionalProperties": False}
 
 
-def toolmaker_output_schema(max_tools: int) -> dict[str, Any]:
+def toolmaker_output_schema(max_tools: int, optional: list[str] | None = None) -> dict[str, Any]:
     """The JSON the ToolMaker writes: a compact interface description (tool name, description, typed
     argument and result fields) that `compile_tool` turns into an OpenAI function schema. Constrained
     decoding makes this shape right by construction, so even a small model writes structurally valid tools;
@@ -63,10 +90,11 @@ def toolmaker_output_schema(max_tools: int) -> dict[str, Any]:
                            "arguments": {"type": "array", "items": _FIELD, "minItems": 1, "maxItems": 3},
                            "returns": {"type": "array", "items": _FIELD, "minItems": 1, "maxItems": 4}},
             "required": ["name", "description", "arguments", "returns"], "additionalProperties": False}
-    return {"type": "object",
-            "properties": {"domain": {"type": "string", "maxLength": 40},
-                           "tools": {"type": "array", "items": tool, "minItems": 1, "maxItems": max_tools}},
-            "required": ["domain", "tools"], "additionalProperties": False}
+    properties: dict[str, Any] = {"domain": {"type": "string", "maxLength": 40}}
+    if optional:  # the utility tools the question's domain calls for, chosen from those offered
+        properties["utilities"] = {"type": "array", "items": {"enum": list(optional)}, "maxItems": len(optional)}
+    properties["tools"] = {"type": "array", "items": tool, "minItems": 1, "maxItems": max_tools}
+    return {"type": "object", "properties": properties, "required": ["domain", "tools"], "additionalProperties": False}
 
 
 def _object_schema(fields: list[dict[str, str]]) -> dict[str, Any]:
@@ -105,18 +133,30 @@ class ToolMaker:
     """Task classification (domain), interface generation (schemas), validation checking; with retries."""
 
     def __init__(self, backend: Backend, max_tools: int = 2, retries: int = 3, utilities: list[str] | None = None,
-                 seed: int = 0):
-        self.backend, self.max_tools, self.retries, self.seed = backend, max_tools, retries, seed
+                 seed: int = 0, enabled: bool = True):
+        self.backend, self.max_tools, self.retries, self.seed, self.enabled = backend, max_tools, retries, seed, enabled
         self.utilities = utility_tools(utilities if utilities is not None else ["search"])
 
+    def _split_utilities(self) -> tuple[list[ToolSchema], list[ToolSchema]]:
+        base = [t for t in self.utilities if t.name in BASE_UTILITIES]
+        return base, [t for t in self.utilities if t.name not in BASE_UTILITIES]
+
     def prompt(self, question: str) -> list[dict]:
-        names = ", ".join(f"{t.name} ({t.function.description})" for t in self.utilities) or "none"
+        base, optional = self._split_utilities()
+
+        def listing(tools: list[ToolSchema]) -> str:
+            return ", ".join(f"{t.name} ({t.function.description})" for t in tools) or "none"
+
         return [{"role": "user", "content": fill("toolmaker", question=question, max_tools=self.max_tools,
-                                                 utility_tools=names)}]
+                                                 utility_tools=listing(base), optional_tools=listing(optional))}]
 
     async def make(self, example: QAExample) -> QuestionTools:
         res = QuestionTools(id=example.id)
-        schema = toolmaker_output_schema(self.max_tools)
+        if not self.enabled:  # the ToolMaker ablation: the utility tools alone, no model call
+            res.tools = list(self.utilities)
+            return res
+        base, optional = self._split_utilities()
+        schema = toolmaker_output_schema(self.max_tools, [t.name for t in optional])
         for attempt in range(self.retries + 1):
             res.attempts = attempt + 1
             try:
@@ -130,7 +170,9 @@ class ToolMaker:
                 res.rejections.append(f"output: {c.json_error}")
                 continue
             generated = [compile_tool(t) for t in c.json["tools"]]
-            tools, err = validate_tools([t.as_dict() for t in self.utilities] + generated, example.answers)
+            chosen = [t for t in optional if t.name in (c.json.get("utilities") or [])]
+            tools, err = validate_tools([t.as_dict() for t in base + chosen] + generated, example.answers,
+                                        fixed=frozenset(t.name for t in self.utilities))
             if err is not None:
                 res.rejections.append(err)
                 continue
@@ -163,7 +205,7 @@ class ToolStore:
     def from_config(cls, cfg: Any, pool: Any, path: Path | None = None) -> "ToolStore":
         t = cfg.tools
         maker = ToolMaker(pool.get("toolmaker"), max_tools=t.max_tools, retries=t.toolmaker_retries,
-                          utilities=t.utility_tools, seed=cfg.seed)
+                          utilities=t.utility_tools, seed=cfg.seed, enabled=t.toolmaker)
         return cls(maker, path, t.on_failure)
 
     async def get(self, example: QAExample) -> QuestionTools:

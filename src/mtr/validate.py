@@ -46,20 +46,21 @@ def _strings_in(value: Any) -> list[str]:
     return []
 
 
+# JSON Schema's own words: structure, not content the ToolMaker wrote
+_SCHEMA_WORDS = frozenset("""type object string integer number boolean array null properties required items enum
+description function parameters returns additionalProperties minItems maxItems minLength maxLength pattern
+minimum maximum const anyOf oneOf allOf""".split())
+
+
 def _leaks(tool: dict, answers: list[str]) -> str | None:
-    """The gold answer must not appear in a tool's name, description or enum values.
+    """The gold answer must not appear in anything of a tool the ToolActor or the policy sees: its name, its
+    description, its parameters' and its result's names, descriptions and enum values.
 
     Matched on normalised text, as whole words, so that answer "1755" leaks in "founded in 1755" but answer
     "no" does not leak in "north".
     """
-    fn = tool.get("function", {})
-    texts = [fn.get("name", ""), fn.get("description", "")]
-    params = fn.get("parameters", {})
-    texts += [p.get("description", "") for p in (params.get("properties") or {}).values() if isinstance(p, dict)]
-    for prop in (params.get("properties") or {}).values():
-        if isinstance(prop, dict) and "enum" in prop:
-            texts += _strings_in(prop["enum"])
-    padded = [" " + normalize_answer(t.replace("_", " ")) + " " for t in texts if isinstance(t, str)]
+    texts = [t for t in _strings_in(tool) if t not in _SCHEMA_WORDS]
+    padded = [" " + normalize_answer(t.replace("_", " ")) + " " for t in texts]
     for a in answers:
         na = normalize_answer(a)
         if na and any(f" {na} " in t for t in padded):
@@ -67,8 +68,10 @@ def _leaks(tool: dict, answers: list[str]) -> str | None:
     return None
 
 
-def validate_tools(raw_tools: Any, answers: list[str] | None = None) -> tuple[list[ToolSchema], str | None]:
-    """Check ToolMaker output; returns (tools, None) or ([], "reason")."""
+def validate_tools(raw_tools: Any, answers: list[str] | None = None, fixed: frozenset[str] = frozenset()
+                   ) -> tuple[list[ToolSchema], str | None]:
+    """Check ToolMaker output; returns (tools, None) or ([], "reason"). The tools named in `fixed` (the
+    predefined utility tools, the same for every question) are not checked for leaks."""
     if not isinstance(raw_tools, list) or not raw_tools:
         return [], "no tools: expected a non-empty list"
     tools: list[ToolSchema] = []
@@ -100,7 +103,7 @@ def validate_tools(raw_tools: Any, answers: list[str] | None = None) -> tuple[li
         returns = raw.get("returns")
         if returns is not None and (err := _schema_error(returns)):
             return [], f"tool {name}: returns is not a valid JSON Schema ({err})"
-        if answers and (leak := _leaks(raw, answers)):
+        if answers and name not in fixed and (leak := _leaks(raw, answers)):
             return [], f"tool {name}: leaks the gold answer {leak!r}"
         try:
             tools.append(ToolSchema.model_validate({k: v for k, v in raw.items() if v is not None}))

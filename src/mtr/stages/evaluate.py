@@ -18,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -66,7 +67,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         return 100.0 * sum(r[key] for r in records) / n if n else 0.0
 
     return {"n": n, "em": pct("em"), "f1": pct("f1"), "cover_em": pct("cover_em"),
-            "malformed_pct": h["malformed_pct"], "invalid_call_pct": h["invalid_call_pct"],
+            "answered_pct": h["answered_pct"], "well_formed_pct": h["well_formed_pct"],
+            "parse_valid_pct": h["parse_valid_pct"], "malformed_pct": h["malformed_pct"], "invalid_call_pct": h["invalid_call_pct"],
             "slot_disagreement_pct": h["slot_disagreement_pct"], "no_answer_pct": h["no_answer_pct"],
             "error_pct": h["error_pct"], "mean_calls": h["tool_calls"], "mean_tokens": h["tokens"]}
 
@@ -125,9 +127,10 @@ def describe_tools(cfg: Config) -> dict[str, str]:
                  "oracle": "grounded in the records' own paragraphs (ORACLE: gold ones included)"}[e.grounding]
     words = {"simulated": f"simulated: the ToolMaker's tools and {', '.join(cfg.tools.utility_tools)}, played by "
                           f"{simulated}, {knowledge}",
-             "live": f"live: `search` only, answered by {retriever}",
-             "hybrid": f"hybrid: `search` answered by {retriever}; the ToolMaker's tools played by {simulated}, "
-                       "grounded in retrieval",
+             "live": f"live: the utility tools only ({', '.join(cfg.tools.utility_tools)}), `search` and `lookup` "
+                     f"answered by {retriever}, `calculate` computed",
+             "hybrid": f"hybrid: the utility tools live (`search` and `lookup` by {retriever}, `calculate` "
+                       f"computed); the ToolMaker's tools played by {simulated}, grounded in retrieval",
              "off": "none"}
     return {m: words[e.mode_of(m)] for m in e.modes}
 
@@ -177,24 +180,27 @@ def markdown_table(results: dict[str, Any]) -> str:
         cells += [f"{sum(ems) / len(ems):.1f}", f"{sum(f1s) / len(f1s):.1f}"]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("| benchmark | mode | n | cover EM | malformed % | invalid call % | slot disagr. % | no answer % "
-                 "| calls / ep. | tokens / ep. |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| benchmark | mode | n | cover EM | answered % | well-formed episodes % | parse-valid turns % "
+                 "| malformed turns % | invalid call % | slot disagr. % | calls / ep. | tokens / ep. |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results["rows"]:
-        lines.append(f"| {r['benchmark']} | {r['mode']} | {r['n']} | {r['cover_em']:.1f} | {r['malformed_pct']:.1f} "
-                     f"| {r['invalid_call_pct']:.1f} | {r['slot_disagreement_pct']:.1f} | {r['no_answer_pct']:.1f} "
-                     f"| {r['mean_calls']:.2f} | {r['mean_tokens']:.0f} |")
+        lines.append(f"| {r['benchmark']} | {r['mode']} | {r['n']} | {r['cover_em']:.1f} "
+                     f"| {r.get('answered_pct', 100.0 - r['no_answer_pct']):.1f} | {r.get('well_formed_pct', 0.0):.1f} "
+                     f"| {r.get('parse_valid_pct', 0.0):.1f} | {r['malformed_pct']:.1f} | {r['invalid_call_pct']:.1f} "
+                     f"| {r['slot_disagreement_pct']:.1f} | {r['mean_calls']:.2f} | {r['mean_tokens']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def print_results(results: dict[str, Any], out_dir: Path | None = None) -> None:
     """The headline figures, readable in an 80-column terminal; every column is in results.md."""
-    t = Table(title="evaluation", caption="EM, F1, answered episodes and malformed turns in %; tool calls per episode")
-    for col in ("benchmark", "mode", "n", "EM", "F1", "answered", "malformed", "calls"):
+    t = Table(title="evaluation", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption="in %: EM, F1, episodes answered and well-formed "
+              "(every turn parsed and passed its checks, and an answer), turns that parsed; calls per episode")
+    for col in ("benchmark", "mode", "n", "EM", "F1", "answered", "well-formed", "parsed", "calls"):
         t.add_column(col, justify="left" if col in ("benchmark", "mode") else "right")
     for r in results["rows"]:
         t.add_row(r["benchmark"], r["mode"], str(r["n"]), f"{r['em']:.1f}", f"{r['f1']:.1f}",
-                  f"{100.0 - r['no_answer_pct']:.1f}", f"{r['malformed_pct']:.1f}", f"{r['mean_calls']:.2f}")
+                  f"{r.get('answered_pct', 100.0 - r['no_answer_pct']):.1f}", f"{r.get('well_formed_pct', 0.0):.1f}",
+                  f"{r.get('parse_valid_pct', 0.0):.1f}", f"{r['mean_calls']:.2f}")
     console.print(t)
     for mode, words in (results.get("tools") or {}).items():
         if words != "none":

@@ -2,7 +2,8 @@
 become `sft.jsonl` (conversational `messages` + `tools`, what TRL's SFTTrainer reads).
 
 Reasons, checked in this order (a trace is counted under its first failing reason):
-  toolmaker_failed, episode_error, malformed (a turn did not parse), no_answer, wrong_answer,
+  toolmaker_failed, episode_error, malformed (a turn did not parse), no_answer, unsupported_answer (the
+  episode's own observations do not support its answer, whoever the teacher: mtr.evidence), wrong_answer,
   validation_errors (more failed checks than allowed), no_tool_call, too_many_turns, too_many_tokens.
 
 Filtering is a pure function of the traces and the `filter` settings: `mtr filter RUN` re-filters a
@@ -21,6 +22,7 @@ from mtr.chat_template import render
 from mtr.checkpoints import load_tokenizer, resolve_checkpoint
 from mtr.config import Config, FilterConfig
 from mtr.embedded import file_sha256
+from mtr.evidence import answer_supported
 from mtr.jsonl import print_table, read_jsonl, write_text_atomic
 from mtr.metrics import answer_correct
 from mtr.trace import Trace
@@ -40,6 +42,8 @@ def rejection_reason(trace: Trace, cfg: FilterConfig, count_tokens: Callable[[Tr
         return "malformed"
     if trace.final_answer is None:
         return "no_answer"
+    if cfg.require_support and not answer_supported(trace):
+        return "unsupported_answer"
     if not answer_correct(trace.final_answer, trace.answers, cfg.answer_metric, cfg.f1_threshold):
         return "wrong_answer"
     failed = sum(1 for s in trace.steps for c in s.checks if not c.ok)
@@ -92,10 +96,15 @@ def run_filter(cfg: Config, traces_path: Path, out_dir: Path | None = None) -> d
     kept, rejected, verdicts = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
     write_text_atomic(out_dir / "verdicts.jsonl",
                       "".join(json.dumps({"id": i, "rejected": r}) + "\n" for i, r in verdicts.items()))
-    write_text_atomic(out_dir / "sft.jsonl", "".join(
-        json.dumps(t.to_conversation(for_storage=True), ensure_ascii=False) + "\n" for t in kept))
+    # each row says which episode and which teacher it came from (SFT reads only messages and tools)
+    write_text_atomic(out_dir / "sft.jsonl", "".join(json.dumps(
+        {**t.to_conversation(for_storage=True), "id": t.id, "teacher": t.meta.get("teacher", "unknown")},
+        ensure_ascii=False) + "\n" for t in kept))
     result = {"episodes": len(traces), "kept": len(kept),
               "kept_pct": 100.0 * len(kept) / len(traces) if traces else 0.0,
+              "teachers": dict(Counter(t.meta.get("teacher", "unknown") for t in kept)),
+              # the share of kept traces whose answer their own observations support (1.0 with require_support)
+              "kept_supported_pct": 100.0 * sum(answer_supported(t) for t in kept) / len(kept) if kept else 0.0,
               "rejected": dict(rejected.most_common()),
               "config": stage_config(cfg),
               "inputs": {"traces": {"path": str(traces_path), "sha256": file_sha256(traces_path)}}}

@@ -63,6 +63,8 @@ def draw_questions(env: Environment, examples: list[QAExample], needed: int | No
         random.Random(seed).shuffle(order)
     chosen: list[QAExample] = []
     failed: dict[str, str] = {}
+    if env.store is None:  # no tools in training (the tools-off ablation): every question is usable
+        return order[:needed], failed
     while len(chosen) - len(failed) < needed and len(chosen) < len(order):
         chunk = order[len(chosen):len(chosen) + needed - (len(chosen) - len(failed))]
         chosen += chunk
@@ -102,8 +104,10 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
             else:
                 agent = RolloutAgent.with_model(model, tokenizer, t["temperature"], g.max_turn_tokens,
                                                 t["max_completion_length"], len(batch), timing)
-            # a question's episodes in a step share one world (the same tool mode with a live share)
-            traces = asyncio.run(env.rollout_group(batch, agent, seeds, ids, worlds=[cfg.seed + step] * len(batch)))
+            # a group (one question in one step) shares one world: the same observation for the same call, and
+            # the same tool mode with a live share
+            traces = asyncio.run(env.rollout_group(batch, agent, seeds, ids,
+                                                   worlds=[cfg.seed + 1000 * step] * len(batch)))
         toks = [agent.episodes[tr.id] for tr in traces]
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
         main = getattr(getattr(trainer, "accelerator", None), "is_main_process", True)
@@ -161,11 +165,13 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
 
     def prepare() -> tuple[list[str], dict[str, str], list[dict]]:
         # the main process alone reads and adds to the tools file (after --overwrite has cleared it)
-        env.store = ToolStore.from_config(cfg, pool, tools_file)
+        if env.store is not None:
+            env.store = ToolStore.from_config(cfg, pool, tools_file)
         write_manifest(out, "grpo", stage_config(cfg), {"data": Path(data)},
                        extra={"init": str(init), "limit": limit}, overwrite=overwrite)
         chosen, failed = draw_questions(env, examples, needed, cfg.seed)
-        return [ex.id for ex in chosen], failed, [env.store.made[ex.id].record() for ex in chosen]
+        made = env.store.made if env.store is not None else {}
+        return [ex.id for ex in chosen], failed, [made[ex.id].record() for ex in chosen if ex.id in made]
 
     files = ("log.jsonl", "samples.jsonl", "train_stats.json") + (() if tools_path else ("tools.jsonl",))
     chosen_ids, failed, records = prepare_run(args, out, overwrite, files, prepare)
@@ -204,8 +210,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     save_trained(trainer, args, out, tok, base=Path(init), lora=g.lora_on, dtype="auto")  # as TRL loaded it
     steps = [e for e in read_log(out) if "reward" in e]
     curve = {k: [e.get(k) for e in steps] for k in
-             ["reward", "kl", *(trl_log_key(n) for n in REWARD_NAMES), "episode/tool_calls",
-              "episode/malformed_pct", "completions/mean_length"]}
+             ["reward", "kl", *(trl_log_key(n) for n in REWARD_NAMES),
+              *(trl_log_key(n).replace("/mean", "/std") for n in REWARD_NAMES), "episode/tool_calls",
+              "episode/well_formed_pct", "episode/answered_pct", "episode/malformed_pct", "completions/mean_length"]}
     timing = rollout.timing
     stats = {"questions": len(train), "skipped_toolmaker_failed": len(failed), "steps": result.global_step,
              "train_runtime_s": wall, "seconds_per_step": wall / max(1, result.global_step),

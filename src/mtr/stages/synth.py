@@ -104,6 +104,9 @@ def write_stats(cfg: Config, out_dir: Path, n_questions: int, wall: float, writt
         "failed_episodes": sum(1 for t in traces if t.error),
         "toolmaker_failed_questions": len({t.meta.get("question_id") for t in traces
                                            if (t.error or "").startswith("toolmaker")}),
+        "well_formed_pct": h["well_formed_pct"],
+        "answered_pct": h["answered_pct"],
+        "parse_valid_pct": h["parse_valid_pct"],
         "malformed_pct": h["malformed_pct"],
         "no_answer_pct": h["no_answer_pct"],
         "mean_calls_per_episode": h["tool_calls"],
@@ -125,7 +128,9 @@ def write_stats(cfg: Config, out_dir: Path, n_questions: int, wall: float, writt
 def print_stats(stats: dict[str, Any]) -> None:
     print_table("synthesis", [
         ("questions", stats["questions"]), ("episodes", stats["episodes"]),
-        ("failed episodes", stats["failed_episodes"]), ("malformed steps %", f"{stats['malformed_pct']:.1f}"),
+        ("failed episodes", stats["failed_episodes"]), ("well-formed episodes %", f"{stats['well_formed_pct']:.1f}"),
+        ("answered %", f"{stats['answered_pct']:.1f}"), ("parse-valid turns %", f"{stats['parse_valid_pct']:.1f}"),
+        ("malformed turns %", f"{stats['malformed_pct']:.1f}"),
         ("mean calls / episode", f"{stats['mean_calls_per_episode']:.2f}"),
         ("generated tokens", stats["generated_tokens"]), ("wall time (s)", f"{stats['wall_s']:.1f}"),
         ("episodes / s", f"{stats['episodes_per_s']:.3f}"),
