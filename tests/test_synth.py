@@ -261,6 +261,31 @@ def test_scripted_teacher_reads_its_evidence(tmp_path):
     assert t["meta"]["teacher"] == "scripted" and b.calls["agent"] == 0 and stats["kept"] == 1
 
 
+def test_the_final_turn_shows_the_nudge_the_agent_saw_in_traces_and_sft_data(tmp_path):
+    """With the call budget spent, the agent is asked for its answer (FINAL_NUDGE): the trace records it, and
+    the SFT conversation holds it before the answer, as the policy will see it in GRPO and evaluation."""
+    from mtr.prompts import FINAL_NUDGE
+    from mtr.trace import Trace
+
+    cfg = Config()
+    cfg.synth.teacher, cfg.synth.max_tool_calls = "scripted", 2
+    b = ScriptedBackend(actor=passages({
+        "Sergei Tokarev": "Sergei Tokarev was a professor at Moscow State University.",
+        "Moscow State University": "Lomonosov Moscow State University was founded in 1755. It is in Moscow."}))
+    run(cfg, hotpot_record(tmp_path), tmp_path / "run", b)
+    t = read_jsonl(tmp_path / "run" / "traces.jsonl")[0]
+    assert [s["nudged"] for s in t["steps"]] == [False, False, True] and t["steps"][2]["answer"] == "1755"
+    row = read_jsonl(tmp_path / "run" / "sft.jsonl")[0]
+    roles = [(m["role"], m["content"] if m["role"] == "user" else "") for m in row["messages"]]
+    assert roles[-2:] == [("user", FINAL_NUDGE), ("assistant", "")]
+    assert sum(1 for r, _ in roles if r == "user") == 2  # the question and the nudge
+    back = Trace.from_conversation({"messages": row["messages"], "tools": json.loads(row["tools"])})
+    assert [s.nudged for s in back.steps] == [False, False, True]
+    cfg.synth.max_tool_calls = 3  # a budget not spent: no nudge
+    run(cfg, hotpot_record(tmp_path), tmp_path / "run3", b)
+    assert not any(s["nudged"] for s in read_jsonl(tmp_path / "run3" / "traces.jsonl")[0]["steps"])
+
+
 def test_scripted_teacher_searches_on_then_gives_up_and_the_filter_rejects(tmp_path):
     cfg = Config()
     cfg.synth.teacher, cfg.synth.max_tool_calls = "scripted", 4

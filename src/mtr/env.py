@@ -191,6 +191,7 @@ class Environment:
             for i in range(budget + 1):
                 role = "agent"
                 step = await agent.next_step(trace, final=(i == budget))
+                step.nudged = i == budget and budget > 0 and bool(tools)  # as the agents show it (FINAL_NUDGE)
                 agent_tokens += step.tokens
                 trace.steps.append(step)
                 if step.parse_error is not None:

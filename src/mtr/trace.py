@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from mtr.prompts import FINAL_NUDGE
+
 
 class QAExample(BaseModel):
     """One question with its gold answers (`answers[0]` is the official one, the rest aliases)."""
@@ -120,6 +122,10 @@ class Step(BaseModel):
     parse_error: str | None = None
     checks: list[Check] = Field(default_factory=list)
     tokens: int = 0
+    # The environment asked for the final answer before this turn (the call budget was spent): the agent saw
+    # FINAL_NUDGE as a user message, so the conversation (and the SFT data made from it) shows it too. Left
+    # out, the policy met at evaluation a message its training never showed it, and stopped after its thought.
+    nudged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -177,6 +183,8 @@ class Trace(BaseModel):
             messages.append({"role": "system", "content": self.system})
         messages.append({"role": "user", "content": self.question})
         for step in self.steps:
+            if step.nudged:
+                messages.append({"role": "user", "content": FINAL_NUDGE})
             msg: dict[str, Any] = {"role": "assistant", "content": step.assistant_content()}
             if step.call is not None:
                 args: Any = step.call.arguments
@@ -208,11 +216,15 @@ class Trace(BaseModel):
             raise ValueError("conversation has no user message after the system message")
         question = messages[i]["content"]
         steps: list[Step] = []
+        nudged = False
         for msg in messages[i + 1:]:
-            if msg["role"] == "assistant":
+            if msg["role"] == "user" and steps:  # the environment's request for the final answer
+                nudged = True
+            elif msg["role"] == "assistant":
                 parsed = parse_turn(msg.get("content") or "", allow_empty=bool(msg.get("tool_calls")))
                 step = Step(thought=parsed.thought, answer=parsed.answer, raw=None,
-                            parse_error=parsed.error if not msg.get("tool_calls") else None)
+                            parse_error=parsed.error if not msg.get("tool_calls") else None, nudged=nudged)
+                nudged = False
                 if step.parse_error:
                     step.raw = msg.get("content") or ""
                 for tc in msg.get("tool_calls") or []:
