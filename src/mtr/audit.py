@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mtr.data import load_qa
+from mtr.evidence import text_values
 from mtr.jsonl import read_jsonl, write_text_atomic
 from mtr.livetools import LiveSearch, call_query
 from mtr.metrics import normalize_answer
@@ -45,7 +46,7 @@ _NOT_CLAIMS = STOPWORDS | frozenset("it he she they this that these those his he
 def claims(text: str) -> list[str]:
     """What an observation asserts, roughly: its capitalised names and its numbers (dates included),
     normalised; JSON keys and one-letter tokens are not claims."""
-    values = "\n".join(_strings(json.loads(text))) if text.strip().startswith(("{", "[")) else text
+    values = "\n".join(text_values(json.loads(text))) if text.strip().startswith(("{", "[")) else text
     found = set()
     for m in _CLAIM.finditer(values):
         before = values[:m.start()].rstrip(" ")
@@ -55,20 +56,10 @@ def claims(text: str) -> list[str]:
     return sorted(c for c in found if len(c) > 1 and not set(c.split()) <= _NOT_CLAIMS)
 
 
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in _strings(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return [str(value)] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
-
-
 def observation_text(text: str) -> str:
     """The text values of an observation (not its JSON keys), normalised."""
     try:
-        return normalize_answer(" ".join(_strings(json.loads(text))))
+        return normalize_answer(" ".join(text_values(json.loads(text))))
     except (json.JSONDecodeError, TypeError):
         return normalize_answer(text)
 
