@@ -123,3 +123,14 @@ def test_report_says_which_ablation_switches_are_in_effect(tmp_path):
     html = write_report(run).read_text()
     assert "ToolMaker OFF (utility tools only)" in html and "validation pre-check: OFF in grpo" in html
     assert "the initial policy (no SFT)" in html and "grpo simulated (live share 0.5)" in html and "beta 0.04" in html
+
+
+def test_episode_view_shows_the_request_for_the_final_answer():
+    from mtr.prompts import FINAL_NUDGE
+    from mtr.report import episode_view
+
+    trace = {"id": "q", "question": "Q?", "answers": ["A"], "steps": [
+        {"thought": "look", "call": {"name": "search", "arguments": {"query": "x"}}, "observation": "{}"},
+        {"thought": "so", "answer": "A", "nudged": True}]}
+    steps = episode_view(trace, "synth")["steps"]
+    assert [s["nudge"] for s in steps] == [None, FINAL_NUDGE]

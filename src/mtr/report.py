@@ -21,6 +21,7 @@ from mtr.config import STAGES
 from mtr.jsonl import json_lines, write_text_atomic
 from mtr.metrics import exact_match, f1_score
 from mtr.references import REFERENCE_EM
+from mtr.prompts import FINAL_NUDGE
 from mtr.rubric import REWARD_NAMES, trl_log_key
 from mtr.rundir import stage_done
 
@@ -269,6 +270,7 @@ def episode_view(trace: dict[str, Any], source: str, **extra: Any) -> dict[str, 
             "answer": None if s.get("answer") is None else _text(s["answer"]),
             "raw": _text(s["raw"]) if s.get("parse_error") and s.get("raw") else None,
             "player": s.get("player"),
+            "nudge": FINAL_NUDGE if s.get("nudged") else None,
             "parse_error": s.get("parse_error"),
             "failed": [f"{c.get('code')}: {c.get('detail', '')}" for c in s.get("checks") or [] if not c.get("ok")],
         })
