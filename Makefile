@@ -13,7 +13,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 LLAMA_CPU ?= auto
 STAMP := $(VENV)/.mtr-installed-$(LLAMA_CPU)
 
-.PHONY: install browser demo test test-slow bench clean-venv
+.PHONY: install browser demo test test-slow bench bench-learning clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test-slow: install
 # Throughput benchmarks (not part of `make test`): tables on stdout, figures in benchmarks/results/perf.json.
 bench: install
 	$(BIN)/python benchmarks/bench_perf.py
+
+# Does the method make the policy better? Every arm, two seeds, about 3 hours on 2 cores (docs/learning.md);
+# `.venv/bin/python benchmarks/bench_learning.py --quick` for the 20-minute version. Resumes after a crash.
+bench-learning: install
+	$(BIN)/python benchmarks/bench_learning.py
 
 clean-venv:
 	rm -rf $(VENV)

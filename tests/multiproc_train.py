@@ -35,6 +35,7 @@ def main(stage: str, init: str, data: str, out: str, lora: bool) -> None:
         g = cfg.grpo
         g.trl = {"num_generations": 2, "per_device_train_batch_size": 2, "max_steps": 2, "save_steps": 1,
                  "max_completion_length": 32, "report_to": []}
+        g.call_budget = 0  # below the call limit of 1
         g.max_turn_tokens, g.max_tool_calls, g.lora = 8, 1, adapter
         stats = train_grpo(cfg, Path(data), Path(init), Path(out), pool=Pool(backend), overwrite=True)
     Path(out, f"rank-{rank}.json").write_text(json.dumps({"stats": stats, "calls": backend.calls}, default=str))

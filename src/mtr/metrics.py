@@ -68,3 +68,30 @@ def answer_correct(prediction: str | None, golds: list[str], metric: str = "em",
     if metric == "f1":
         return f1_score(prediction, golds) >= threshold
     raise ValueError(f"unknown answer metric {metric!r}; use em or f1")
+
+
+# Bootstrap intervals over questions. Written here (a few lines of numpy) rather than with scipy.stats.bootstrap:
+# scipy is not otherwise a dependency, and the paired difference of two arms on the same questions needs the
+# same resampled indices for both, which is plain to write and to read this way.
+def bootstrap_ci(values: list[float], n_resamples: int = 2000, level: float = 0.95, seed: int = 0
+                 ) -> tuple[float, float, float]:
+    """The mean of `values` and its percentile bootstrap interval: (mean, low, high)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci: no values")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_resamples, x.size))
+    means = x[idx].mean(axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(x.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def paired_bootstrap_diff(a: dict[str, float], b: dict[str, float], n_resamples: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> tuple[float, float, float, int]:
+    """B minus A on the questions both scored (keys), resampled together: (mean diff, low, high, n)."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError("paired_bootstrap_diff: the two sets share no question")
+    mean, low, high = bootstrap_ci([b[k] - a[k] for k in keys], n_resamples, level, seed)
+    return mean, low, high, len(keys)

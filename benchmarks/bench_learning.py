@@ -1,0 +1,503 @@
+"""Does the method make the embedded 135M policy better at using tools? (`make bench-learning`)
+
+    .venv/bin/python benchmarks/bench_learning.py --quick      # base, SFT, SFT + GRPO; 30 questions a benchmark
+    .venv/bin/python benchmarks/bench_learning.py              # every arm, two seeds, 100 questions a benchmark
+    .venv/bin/python benchmarks/bench_learning.py --docs       # rewrite docs/learning.md from the results file
+
+From the training splits of HotpotQA and 2WikiMultihopQA (never the evaluation questions: mtr.data splits the
+shipped data by id), the evidence-reading scripted teacher synthesises traces with the live `search` (the
+local BM25 retriever); SFT trains on the kept ones; GRPO trains from there; every arm is evaluated on the
+held-out questions of both benchmarks with live tools (and, in the full run, simulated ones too). Arms:
+
+    base          the embedded model as shipped
+    sft           SFT only
+    sft+grpo      the method: SFT, then GRPO with live tools
+    grpo-no-sft   GRPO from the base model (the paper's cold-start ablation)
+    no-precheck   SFT + GRPO with the validation pre-check off (the paper's pre-check ablation)
+    sim-trained   SFT + GRPO with simulated tools (the ToolActor, grounded in retrieval)
+    mixed-trained SFT + GRPO with half the groups simulated, half live
+    trl-peer      SFT + GRPO by TRL's own tool loop (GRPOTrainer(tools=...)), same tools and reward
+    (sft+grpo is the live-trained arm of the transfer question: all three are evaluated with live tools)
+
+For each arm and mode: EM, F1, cover EM, answered %, well-formed %, calls per episode with 95 % bootstrap
+intervals over questions; the paired difference SFT+GRPO minus SFT and SFT minus base; each GRPO run's reward
+curve (total and components) with the first and last quarters' means and standard errors. Every step is a
+directory of its own under --work with a stage_done.json: a finished step is skipped, an unfinished one
+resumes (synthesis and evaluation skip finished questions, SFT and GRPO continue from their checkpoint), so a
+crash costs only the step it hit. Results go to benchmarks/results/learning.json under the preset's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "src" / "mtr" / "configs" / "demo.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "learning.json"
+DOC = ROOT / "docs" / "learning.md"
+console = Console()
+
+ARMS: dict[str, dict[str, Any]] = {
+    "base": {"init": None},
+    "sft": {"init": "sft"},
+    "sft+grpo": {"init": "sft", "grpo": {"tool_mode": "live"}},
+    # TRL's own multi-turn tool loop, same init, questions, tools and Rubric (benchmarks/trl_peer.py)
+    "trl-peer": {"init": "sft", "grpo": {"tool_mode": "live"}, "peer": True},
+    "grpo-no-sft": {"init": "base", "grpo": {"tool_mode": "live"}},
+    "no-precheck": {"init": "sft", "grpo": {"tool_mode": "live", "precheck": False}},
+    "sim-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval"}},
+    "mixed-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5}},
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    # about 20 minutes here: the main comparison only, one seed
+    "quick": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 8, "eval_limit": 30,
+              "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": []},
+    # every arm; the main comparison in two seeds; the main arms also with simulated tools
+    "full": {"train_per_source": 100, "sft_epochs": 1.0, "grpo_steps": 24, "eval_limit": 100,
+             "arms": list(ARMS), "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"]},
+}
+SEEDED = ("sft", "sft+grpo")  # the arms run in every seed; the ablations run in the first
+BENCHMARKS = ["hotpotqa", "2wiki"]
+METRICS = ("em", "f1", "cover_em", "answered", "well_formed", "calls")
+COMPONENTS = ("answer", "format", "consistency", "efficiency")
+
+
+# --- the steps -------------------------------------------------------------------------------------------
+
+def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
+    """Run `fn(fresh)` in `d` once: skipped when it finished on this identity, resumed (fresh=False) when it
+    stopped on it, run afresh when its identity changed."""
+    from mtr.jsonl import write_text_atomic
+    from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
+    from mtr.rundir import mark_done, stage_done
+
+    done = stage_done(d)
+    if done is not None and done.get("identity") == identity:
+        console.print(f"[dim]{d.name}: done earlier ({done['wall_s']:.0f} s), skipped[/dim]")
+        return done
+    started = d / "bench_identity.json"
+    fresh = done is not None or (started.is_file() and json.loads(started.read_text()) != identity)
+    console.rule(f"{d.name}" + (" (afresh)" if fresh else ""))
+    d.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(started, json.dumps(identity, indent=2))
+    reset_peak()
+    t0 = time.perf_counter()
+    extra = fn(fresh)
+    mark_done(d, time.perf_counter() - t0, peak_rss_mb=round(peak_rss_mb()), identity=identity, **extra)
+    release_memory()
+    return stage_done(d)
+
+
+def base_config(preset: dict[str, Any], seed: int) -> Any:
+    """The demo's settings (model, retriever, SFT and GRPO batch shapes), with the utility tools alone and
+    the tools live: this benchmark is about the policy, and the ToolMaker's tools would cost a model call each."""
+    import yaml
+
+    from mtr.config import parse_config
+
+    data = yaml.safe_load(DEMO.read_text())
+    data["seed"] = seed
+    data["tools"] = {**data.get("tools", {}), "toolmaker": False, "on_failure": "utilities"}
+    data["synth"].update(tool_mode="live", teacher="scripted")
+    data["grpo"].update(tool_mode="live")
+    data["grpo"]["trl"].update(max_steps=preset["grpo_steps"], save_steps=4)
+    data["eval"] = {"benchmarks": BENCHMARKS, "limit": preset["eval_limit"], "modes": ["live"], "max_tool_calls": 2}
+    return parse_config(data, str(DEMO) + " (bench_learning)")
+
+
+def training_file(work: Path, per_source: int) -> Path:
+    """The first `per_source` training-split questions of each benchmark, interleaved, in one file."""
+    from mtr.data import resolve_benchmark
+    from mtr.jsonl import write_text_atomic
+
+    sources = [resolve_benchmark(f"{b}-train").read_text(encoding="utf-8").splitlines() for b in BENCHMARKS]
+    sources = [[line for line in s if line.strip()][:per_source] for s in sources]
+    lines = [line for pair in zip(*sources) for line in pair]
+    out = work / "data" / "train.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(line + "\n" for line in lines)
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:
+        write_text_atomic(out, text)
+    return out
+
+
+def check_disjoint(train: Path, cfg: Any) -> None:
+    from mtr.data import load_qa, resolve_benchmark
+
+    ids = {ex.id for ex in load_qa(train)}
+    for b in BENCHMARKS:
+        shared = ids & {ex.id for ex in load_qa(resolve_benchmark(b), cfg.eval.limit)}
+        if shared:
+            raise SystemExit(f"training and evaluation share {len(shared)} {b} question(s): the split is broken")
+
+
+def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None
+             ) -> dict[str, Any]:
+    from mtr.checkpoints import policy_checkpoint
+    from mtr.embedded import file_sha256
+    from mtr.stages.evaluate import evaluate
+    from mtr.stages.filter import run_filter
+    from mtr.stages.grpo import train_grpo
+    from mtr.stages.sft import train_sft
+    from mtr.stages.synth import synthesize
+    from trl_peer import train_trl_peer
+
+    preset = dict(PRESETS[preset_name])
+    if arms:  # the preset's settings with other arms (finished steps are shared: a directory per step)
+        preset["arms"] = [a for a in ARMS if a in arms or a == "base" or a == "sft"]
+    if seeds:  # the main comparison (SFT only, SFT + GRPO) in these seeds; the ablations in the first
+        preset["seeds"] = seeds
+    cfg0 = base_config(preset, preset["seeds"][0])
+    train = training_file(work, preset["train_per_source"])
+    check_disjoint(train, cfg0)
+    data_id = file_sha256(train)
+    stages: dict[str, dict[str, Any]] = {}
+
+    def synth(fresh: bool) -> dict[str, Any]:
+        stats = asyncio.run(synthesize(cfg0, train, work / "synth", overwrite=fresh))
+        return {"episodes": stats["episodes"]}
+
+    stages["synth"] = run_step(work / "synth", {"data": data_id, "synth": cfg0.synth.model_dump(mode="json"),
+                                                "retriever": cfg0.retriever.model_dump(mode="json")}, synth)
+    traces = work / "synth" / "traces.jsonl"
+    stages["filter"] = run_step(work / "filter", {"traces": file_sha256(traces),
+                                                  "filter": cfg0.filter.model_dump(mode="json")},
+                                lambda fresh: {k: v for k, v in run_filter(cfg0, traces, work / "filter").items()
+                                               if k in ("kept", "episodes", "rejected")})
+    sft_rows = work / "filter" / "sft.jsonl"
+    kept = stages["filter"]["kept"]
+    batch = cfg0.sft.trl["per_device_train_batch_size"] * cfg0.sft.trl["gradient_accumulation_steps"]
+    sft_steps = max(1, math.ceil(kept * preset["sft_epochs"] / batch))
+    base = policy_checkpoint(cfg0)
+    checkpoints: dict[str, Path] = {"base": base}
+    results: dict[str, Any] = {"arms": {}, "curves": {}}
+    eval_dirs: dict[str, Path] = {}
+
+    for seed in preset["seeds"]:
+        cfg = base_config(preset, seed)
+        cfg.sft.trl.update(max_steps=sft_steps, save_steps=max(4, sft_steps // 4))
+        tag = f"s{seed}"
+        sft_dir = work / f"sft-{tag}"
+        stages[f"sft-{tag}"] = run_step(
+            sft_dir, {"data": file_sha256(sft_rows), "sft": cfg.sft.model_dump(mode="json"), "seed": seed},
+            lambda fresh, cfg=cfg, d=sft_dir: {"steps": train_sft(cfg, sft_rows, d, resume=not fresh,
+                                                                   overwrite=fresh).get("steps")})
+        checkpoints["sft"] = sft_dir
+        for arm in preset["arms"]:
+            if seed != preset["seeds"][0] and arm not in SEEDED:
+                continue
+            spec = ARMS[arm]
+            name = f"{arm}@{tag}" if arm != "base" else arm
+            model = checkpoints[spec["init"] or "base"]
+            if "grpo" in spec:
+                gcfg = cfg.model_copy(deep=True)
+                gcfg.grpo = gcfg.grpo.model_copy(update=spec["grpo"])
+                gdir = work / f"grpo-{arm}-{tag}"
+                trainer = train_trl_peer if spec.get("peer") else train_grpo
+                stages[f"grpo-{arm}-{tag}"] = run_step(
+                    gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
+                           "init": str(model), "trainer": trainer.__name__,
+                           "init_done": (stages.get(f"sft-{tag}") or {}).get("finished") if spec["init"] == "sft" else None},
+                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
+                        gcfg, train, m, d, resume=not fresh, overwrite=fresh).get("steps")})
+                rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
+                results["curves"][name] = reward_curve(gdir, rollouts)
+                model = gdir
+            modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
+            ecfg = cfg.model_copy(deep=True)
+            ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
+            ecfg.eval = ecfg.eval.model_copy(update={"modes": modes, "grounding": "retrieval"})
+            edir = work / f"eval-{arm}-{tag}"
+            policy_done = stage_done_stamp(model, base)
+            stages[f"eval-{arm}-{tag}"] = run_step(
+                edir, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(model), "policy_done": policy_done},
+                lambda fresh, ecfg=ecfg, d=edir: {"n": sum(r["n"] for r in asyncio.run(
+                    evaluate(ecfg, d, overwrite=fresh))["rows"])})
+            results["arms"][name] = summarise_eval(edir)
+            eval_dirs[name] = edir
+    results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb")}
+                         for k, v in stages.items()}
+    results["filter"] = {k: stages["filter"].get(k) for k in ("episodes", "kept", "rejected")}
+    results["sft_steps"] = sft_steps
+    results["comparisons"] = comparisons(eval_dirs, preset)
+    results["targets"] = targets(results, preset)
+    results["preset"] = preset
+    results["config"] = cfg0.model_dump(mode="json")
+    return results
+
+
+def stage_done_stamp(model: Path, base: Path) -> str | None:
+    from mtr.rundir import stage_done
+
+    return None if model == base else (stage_done(model) or {}).get("finished")
+
+
+# --- the figures -----------------------------------------------------------------------------------------
+
+def question_scores(eval_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{mode: {benchmark|id: {metric: value}}} from an evaluation's predictions (EM, F1, cover EM in %)."""
+    from mtr.jsonl import read_jsonl
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in read_jsonl(eval_dir / "predictions.jsonl", latest_by="key"):
+        out.setdefault(r["mode"], {})[f"{r['benchmark']}|{r['id']}"] = {
+            "em": 100.0 * r["em"], "f1": 100.0 * r["f1"], "cover_em": 100.0 * r["cover_em"],
+            "answered": 100.0 * r.get("answered", 0), "well_formed": 100.0 * r.get("well_formed", 0),
+            "calls": float(r.get("calls", 0))}
+    return out
+
+
+def summarise_eval(eval_dir: Path) -> dict[str, Any]:
+    """Per mode, overall and per benchmark: each metric's mean and 95 % bootstrap interval, and n."""
+    from mtr.metrics import bootstrap_ci
+
+    summary: dict[str, Any] = {}
+    for mode, scores in question_scores(eval_dir).items():
+        groups = {"all": list(scores)} | {b: [k for k in scores if k.startswith(b + "|")] for b in BENCHMARKS}
+        summary[mode] = {g: {"n": len(keys), **{m: [round(v, 2) for v in bootstrap_ci([scores[k][m] for k in keys])]
+                                                for m in METRICS}}
+                         for g, keys in groups.items() if keys}
+        # episodes and answered episodes by the number of calls made: where answers go missing
+        by_calls: dict[str, list[int]] = {}
+        for v in scores.values():
+            n_answered = by_calls.setdefault(str(int(v["calls"])), [0, 0])
+            n_answered[0] += 1
+            n_answered[1] += int(v["answered"] > 0)
+        summary[mode]["all"]["by_calls"] = dict(sorted(by_calls.items()))
+    return summary
+
+
+def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired differences on the same questions (live tools): SFT - base and SFT+GRPO - SFT per seed, and
+    each ablation against the method."""
+    from mtr.metrics import paired_bootstrap_diff
+
+    pairs = []
+    for seed in preset["seeds"]:
+        t = f"s{seed}"
+        pairs += [("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}")]
+    first = f"s{preset['seeds'][0]}"
+    pairs += [(f"sft+grpo@{first}", f"{a}@{first}") for a in ARMS if a not in ("base", *SEEDED)]
+    out = []
+    for a, b in pairs:
+        if a not in eval_dirs or b not in eval_dirs:
+            continue
+        sa, sb = (question_scores(eval_dirs[n]).get("live", {}) for n in (a, b))
+        row: dict[str, Any] = {"a": a, "b": b}
+        for m in ("em", "f1", "answered"):
+            d, lo, hi, n = paired_bootstrap_diff({k: v[m] for k, v in sa.items()}, {k: v[m] for k, v in sb.items()})
+            row[m] = [round(d, 2), round(lo, 2), round(hi, 2)]
+            row["n"] = n
+        out.append(row)
+    return out
+
+
+def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
+    """Per step: the total reward, each component's mean, KL, the step's wall time and the policy's tokens
+    (tool observations not counted, in mtr's rollout as in TRL's loop); the first and last quarters of the
+    steps; seconds a step and the policy's tokens per second of step, alike for mtr and the TRL peer."""
+    from mtr.rubric import trl_log_key
+    from mtr.training import read_log
+
+    steps = [e for e in read_log(grpo_dir) if "reward" in e]
+    curve: dict[str, Any] = {"reward": [e["reward"] for e in steps], "reward_std": [e.get("reward_std") for e in steps],
+                             "kl": [e.get("kl") for e in steps]}
+    for c in COMPONENTS:
+        curve[c] = [e.get(trl_log_key(c)) for e in steps]
+    # the share of training episodes answered, and of groups whose answer reward did not differ (no advantage
+    # to follow from correctness)
+    curve["answered_pct"] = [e.get("episode/answered_pct") for e in steps]
+    curve["answer_flat_steps"] = sum(e.get(trl_log_key("answer").replace("/mean", "/std")) == 0 for e in steps)
+    curve["answered_pct_mean"] = (round(statistics.fmean(curve["answered_pct"]), 1)
+                                  if steps and None not in curve["answered_pct"] else None)
+    curve["quarters"] = quarters(curve["reward"])
+    times = [e.get("step_time") for e in steps]
+    tokens = [(e.get("completions/mean_length") or 0) * rollouts for e in steps]
+    if steps and all(t for t in times):
+        curve["seconds_per_step"] = round(statistics.fmean(times), 1)
+        curve["policy_tokens_per_s"] = round(sum(tokens) / sum(times), 1)
+    return curve
+
+
+def quarters(values: list[float]) -> dict[str, Any] | None:
+    """The first and last quarters' mean step reward, each with its standard error (over steps), and whether
+    the last exceeds the first by at least two standard errors of the difference."""
+    k = len(values) // 4
+    if k < 2:
+        return None
+
+    def mean_se(xs: list[float]) -> tuple[float, float]:
+        return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
+
+    (m1, se1), (m2, se2) = mean_se(values[:k]), mean_se(values[-k:])
+    se = math.hypot(se1, se2)
+    return {"steps": k, "first": [round(m1, 4), round(se1, 4)], "last": [round(m2, 4), round(se2, 4)],
+            "diff": round(m2 - m1, 4), "se_diff": round(se, 4), "rises": m2 - m1 > 0 and m2 - m1 >= 2 * se}
+
+
+def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets, as the results say."""
+    arms, out = results["arms"], {}
+    for seed in preset["seeds"]:
+        t = f"s{seed}"
+        base, sft = arms.get("base", {}).get("live", {}).get("all"), arms.get(f"sft@{t}", {}).get("live", {}).get("all")
+        if base and sft:
+            out[f"sft_beats_base@{t}"] = {m: sft[m][1] > base[m][2] for m in ("f1", "answered")}
+        curve = results["curves"].get(f"sft+grpo@{t}", {}).get("quarters")
+        if curve:
+            out[f"reward_rises@{t}"] = curve["rises"]
+    return out
+
+
+# --- docs/learning.md ------------------------------------------------------------------------------------
+
+SECTION = re.compile(r"(<!--learning:(?P<name>[\w-]+)-->\n)(?P<body>.*?)(<!--/learning-->)", re.S)
+
+
+def fmt_ci(v: list[float], digits: int = 1) -> str:
+    return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
+
+
+def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
+    """The generated parts of docs/learning.md, one per preset that has results: its arms table, its
+    comparisons, its reward curves' quarters and its stages' wall times."""
+    sections = {}
+    for name, res in all_results.items():
+        lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {res['cpu']}, {res['cores']} cores); "
+                 f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
+                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps; evaluation: "
+                 f"{res['preset']['eval_limit']} held-out questions of each of {', '.join(BENCHMARKS)}. "
+                 "In % except calls; mean [95 % bootstrap interval].", "",
+                 "| arm | tools | n | EM | F1 | cover EM | answered | well-formed | calls / ep. |",
+                 "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for arm, modes in res["arms"].items():
+            for mode, groups in modes.items():
+                a = groups["all"]
+                lines.append(f"| {arm} | {mode} | {a['n']} | {fmt_ci(a['em'])} | {fmt_ci(a['f1'])} | "
+                             f"{fmt_ci(a['cover_em'])} | {fmt_ci(a['answered'])} | {fmt_ci(a['well_formed'])} | "
+                             f"{fmt_ci(a['calls'], 2)} |")
+        lines += ["", "Episodes answered, by the calls they made (live tools): " + "; ".join(
+            f"{arm}: " + ", ".join(f"{c} call{'s' if c != '1' else ''} {a}/{n}"
+                                  for c, (n, a) in m["live"]["all"]["by_calls"].items())
+            for arm, m in res["arms"].items() if "by_calls" in m.get("live", {}).get("all", {})) + "."]
+        if res["comparisons"]:
+            lines += ["", "Paired differences, B minus A, on the same questions (live tools):", "",
+                      "| A | B | n | EM | F1 | answered |", "|---|---|---:|---:|---:|---:|"]
+            lines += [f"| {c['a']} | {c['b']} | {c['n']} | {fmt_ci(c['em'])} | {fmt_ci(c['f1'])} | "
+                      f"{fmt_ci(c['answered'])} |" for c in res["comparisons"]]
+        curves = {k: v for k, v in res["curves"].items() if v.get("quarters")}
+        if curves:
+            lines += ["", "GRPO total reward per step, first and last quarter of the steps (mean ± standard error "
+                      "over steps), and the speed of a step (the policy's own tokens, observations not counted):", "",
+                      "| run | steps a quarter | first | last | difference | rises by 2 SE | s / step | policy tokens/s |",
+                      "|---|---:|---:|---:|---:|---|---:|---:|"]
+            for k, v in curves.items():
+                q = v["quarters"]
+                lines.append(f"| {k} | {q['steps']} | {q['first'][0]:.3f} ± {q['first'][1]:.3f} | "
+                             f"{q['last'][0]:.3f} ± {q['last'][1]:.3f} | {q['diff']:+.3f} ± {q['se_diff']:.3f} | "
+                             f"{'yes' if q['rises'] else 'no'} | {v.get('seconds_per_step', '')} | "
+                             f"{v.get('policy_tokens_per_s', '')} |")
+            lines += ["", f"![reward curves](img/learning-{name}.png)"]
+        lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())
+                  + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]
+        sections[name] = "\n".join(lines) + "\n"
+    return sections
+
+
+def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = res["curves"]
+    fig, axes = plt.subplots(1, 1 + len(COMPONENTS), figsize=(15, 3), constrained_layout=True)
+    for run, c in curves.items():
+        for ax, key in zip(axes, ("reward", *COMPONENTS)):
+            ys = [y for y in c[key] if y is not None]
+            ax.plot(range(1, len(ys) + 1), ys, marker=".", label=run)
+            ax.set_title(key if key != "reward" else "total reward")
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+
+
+def update_doc(doc: Path = DOC, results_file: Path = RESULTS, plots: bool = True) -> str:
+    """docs/learning.md with its generated sections rewritten from the results file."""
+    all_results = json.loads(results_file.read_text())
+    sections = doc_sections(all_results)
+    text = doc.read_text()
+
+    def body(m: re.Match) -> str:
+        return m.group(1) + sections.get(m.group("name"), "(no results yet)\n") + m.group(4)
+
+    new = SECTION.sub(body, text)
+    if plots:
+        for name, res in all_results.items():
+            if any(v.get("quarters") for v in res["curves"].values()):
+                plot_curves(name, res, doc.parent / "img" / f"learning-{name}.png")
+    return new
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="the quick preset (about 20 minutes here)")
+    ap.add_argument("--work", type=Path, help="where the steps run (default runs/bench-learning/<preset>)")
+    ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
+                    f"{', '.join(ARMS)}")
+    ap.add_argument("--seeds", help="comma-separated seeds for the main comparison instead of the preset's")
+    ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
+    ap.add_argument("--docs", action="store_true", help="only rewrite docs/learning.md from the results file")
+    args = ap.parse_args()
+    if args.docs:
+        DOC.write_text(update_doc())
+        print(f"wrote {DOC}")
+        return
+    import os
+
+    from mtr.rundir import git_commit
+
+    name = "quick" if args.quick else "full"
+    work = args.work or ROOT / "runs" / "bench-learning" / name
+    t0 = time.perf_counter()
+    arms = args.arms.split(",") if args.arms else None
+    unknown = sorted(set(arms or []) - set(ARMS))
+    if unknown:
+        raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
+    res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None)
+    res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
+               cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
+    all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    label = args.label or name
+    all_results[label] = res
+    RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
+    DOC.write_text(update_doc())
+    console.print(doc_sections({label: res})[label], highlight=False)
+    console.print(f"results: {RESULTS}; docs: {DOC}", highlight=False)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    main()

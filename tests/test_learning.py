@@ -1,0 +1,131 @@
+"""The learning benchmark's statistics and bookkeeping (benchmarks/bench_learning.py, mtr.metrics): the
+intervals, the reward curve's quarters, the step runner's skip/resume/afresh, the generated docs."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mtr.metrics import bootstrap_ci, paired_bootstrap_diff
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_learning as bl  # noqa: E402
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_questions():
+    few = [1.0, 0.0] * 10
+    many = [1.0, 0.0] * 500
+    m, lo, hi = bootstrap_ci(few)
+    assert m == 0.5 and lo < 0.5 < hi
+    m2, lo2, hi2 = bootstrap_ci(many)
+    assert m2 == 0.5 and (hi2 - lo2) < (hi - lo) / 3
+    assert bootstrap_ci([3.0] * 7) == (3.0, 3.0, 3.0)
+    assert bootstrap_ci(few, seed=1) == bootstrap_ci(few, seed=1)  # reproducible
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
+
+
+def test_paired_difference_uses_only_shared_questions_and_keeps_the_sign():
+    a = {f"q{i}": 0.0 for i in range(40)}
+    b = {f"q{i}": 1.0 if i % 2 else 0.0 for i in range(40)} | {"extra": 100.0}
+    d, lo, hi, n = paired_bootstrap_diff(a, b)
+    assert n == 40 and d == 0.5 and 0 < lo < d < hi
+    d, lo, hi, _ = paired_bootstrap_diff(b, a)
+    assert d == -0.5 and hi < 0
+    with pytest.raises(ValueError):
+        paired_bootstrap_diff({"x": 1.0}, {"y": 1.0})
+
+
+def test_quarters_say_whether_the_reward_rose_by_two_standard_errors():
+    rising = [0.1, 0.12, 0.09, 0.11, 0.2, 0.3, 0.4, 0.5, 0.52, 0.49, 0.51, 0.5]
+    q = bl.quarters(rising)
+    assert q["steps"] == 3 and q["rises"] and q["diff"] == pytest.approx(0.5 - 0.1033, abs=1e-3)
+    noisy = [0.1, 0.5, 0.3, 0.2, 0.4, 0.3, 0.2, 0.4, 0.5, 0.1, 0.3, 0.2]
+    assert not bl.quarters(noisy)["rises"]
+    assert bl.quarters([0.1, 0.2, 0.3]) is None  # too few steps for a standard error
+    assert not bl.quarters([0.0] * 8)["rises"]  # a flat curve does not rise, however small its error
+
+
+def test_run_step_skips_resumes_and_restarts(tmp_path):
+    calls = []
+
+    def fn(fresh):
+        calls.append(fresh)
+        return {"x": len(calls)}
+
+    d = tmp_path / "step"
+    assert bl.run_step(d, {"a": 1}, fn)["x"] == 1
+    assert bl.run_step(d, {"a": 1}, fn)["x"] == 1 and calls == [False]  # done: skipped
+    bl.run_step(d, {"a": 2}, fn)  # finished on another identity: afresh
+    assert calls == [False, True]
+    (d / "stage_done.json").unlink()  # stopped before it finished, same identity: resumed
+    bl.run_step(d, {"a": 2}, fn)
+    assert calls == [False, True, False]
+    (d / "stage_done.json").unlink()  # stopped, then its settings changed: afresh
+    bl.run_step(d, {"a": 3}, fn)
+    assert calls[-1] is True
+
+
+def _prediction(bench, qid, em, f1, answered, calls, mode="live"):
+    return {"key": f"{bench}|{mode}|{qid}", "benchmark": bench, "mode": mode, "id": qid, "em": em, "f1": f1,
+            "cover_em": em, "answered": answered, "well_formed": answered, "calls": calls}
+
+
+def test_summaries_and_comparisons_from_predictions(tmp_path):
+    a, b = tmp_path / "eval-a", tmp_path / "eval-b"
+    for d, good in ((a, False), (b, True)):
+        d.mkdir()
+        rows = [_prediction(bench, f"{bench}{i}", float(good and i % 2), 0.5 if good else 0.0, int(good), 1 + good)
+                for bench in bl.BENCHMARKS for i in range(10)]
+        rows.append(_prediction("hotpotqa", "hotpotqa0", 1.0, 1.0, 1, 0))  # a later record of the same key wins
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    s = bl.summarise_eval(b)
+    assert s["live"]["all"]["n"] == 20 and s["live"]["hotpotqa"]["n"] == 10
+    assert s["live"]["all"]["answered"][0] == 100.0 and s["live"]["all"]["by_calls"] == {"0": [1, 1], "2": [19, 19]}
+    assert s["live"]["all"]["em"][0] == pytest.approx(100 * 11 / 20)
+    rows = bl.comparisons({"sft@s0": a, "sft+grpo@s0": b}, {"seeds": [0]})
+    assert len(rows) == 1 and rows[0]["n"] == 20 and rows[0]["answered"][0] == pytest.approx(95.0)
+
+
+def test_docs_tables_are_generated_from_the_results_file():
+    results = ROOT / "benchmarks" / "results" / "learning.json"
+    if not results.is_file():
+        pytest.skip("no learning results yet")
+    assert bl.update_doc(plots=False) == bl.DOC.read_text(), \
+        "docs/learning.md is stale: run benchmarks/bench_learning.py --docs"
+    for name, res in json.loads(results.read_text()).items():
+        assert f"Run `{name}` of {res['date']}" in bl.DOC.read_text()
+
+
+def test_a_trl_completion_is_scored_as_mtr_scores_its_own_episodes():
+    """The TRL peer's reward: its completion read back into a Trace, validated as the Environment would."""
+    import trl_peer
+
+    from mtr.rubric import Rubric
+    from mtr.toolmaker import utility_tools
+
+    schemas = utility_tools(["search", "lookup", "calculate"])
+    prompt = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Who wrote Hamlet?"}]
+    obs = json.dumps({"results": [{"title": "Hamlet", "text": "Hamlet is a tragedy by William Shakespeare."}]})
+    good = [{"role": "assistant", "reasoning_content": "search it", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"query": "Hamlet"}}}]},
+            {"role": "tool", "name": "search", "content": obs},
+            {"role": "assistant", "content": "<answer>William Shakespeare</answer>"}]
+    bad_call = [{"role": "assistant", "content": "",
+                 "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {"q": 1}}}]},
+                {"role": "tool", "name": "search", "content": obs},
+                {"role": "assistant", "content": "<answer>William Shakespeare</answer>"}]
+    rubric = Rubric({"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2})
+    t = trl_peer.episode_of(prompt, good, ["William Shakespeare"], schemas)
+    assert t.steps[0].thought == "search it" and t.final_answer == "William Shakespeare"
+    s = rubric.score(t)
+    assert s["answer"] == 1.0 and s["format"] == 1.0 and s["consistency"] == 1.0
+    s = rubric.score(trl_peer.episode_of(prompt, bad_call, ["William Shakespeare"], schemas))
+    # the invalid call is not well-formed, and its observation cannot support the answer
+    assert s["answer"] == 1.0 and s["format"] < 1.0 and s["consistency"] == 0.0
+    unanswered = rubric.score(trl_peer.episode_of(prompt, [{"role": "assistant", "content": "hmm"}],
+                                                  ["William Shakespeare"], schemas))
+    assert unanswered["answer"] == 0.0 and unanswered["format"] == 0.0
