@@ -312,7 +312,7 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
 
     steps = [e for e in read_log(grpo_dir) if "reward" in e]
     curve: dict[str, Any] = {"reward": [e["reward"] for e in steps], "reward_std": [e.get("reward_std") for e in steps],
-                             "kl": [e.get("kl") for e in steps]}
+                             "kl": [e.get("kl") for e in steps], "rollouts": rollouts}
     for c in COMPONENTS:
         curve[c] = [e.get(trl_log_key(c)) for e in steps]
     # the share of training episodes answered, and of groups whose answer reward did not differ (no advantage
@@ -426,8 +426,12 @@ def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
     for run, c in curves.items():
         for ax, key in zip(axes, ("reward", *COMPONENTS)):
             ys = [y for y in c[key] if y is not None]
-            ax.plot(range(1, len(ys) + 1), ys, marker=".", label=run)
-            ax.set_title(key if key != "reward" else "total reward")
+            line, = ax.plot(range(1, len(ys) + 1), ys, marker=".", label=run)
+            if key == "reward" and None not in c["reward_std"]:  # the step's standard error over its episodes
+                se = [sd / math.sqrt(c["rollouts"]) for sd in c["reward_std"]]
+                ax.fill_between(range(1, len(ys) + 1), [y - e for y, e in zip(ys, se)],
+                                [y + e for y, e in zip(ys, se)], color=line.get_color(), alpha=0.15)
+            ax.set_title(key if key != "reward" else "total reward (± s.e. of the step)")
             ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
