@@ -47,8 +47,9 @@ def read_run(out: Path, wall: float | None) -> dict:
         done = json.loads((out / s / "stage_done.json").read_text())
         stages[s] = {"wall_s": round(done["wall_s"], 1), "peak_rss_mb": done.get("peak_rss_mb")}
     rows = json.loads((out / "eval" / "results.json").read_text())["rows"]
+    filtered = json.loads((out / "filter" / "stage_done.json").read_text())
     return {"wall_s": round(wall, 1) if wall is not None else None, "peak_rss_mb": max(v["peak_rss_mb"] or 0 for v in stages.values()),
-            "stages": stages, "eval": [{k: r.get(k) for k in ("benchmark", "mode", "em", "f1", "no_answer_pct",
+            "stages": stages, "filter": {k: filtered.get(k) for k in ("kept", "episodes")}, "eval": [{k: r.get(k) for k in ("benchmark", "mode", "em", "f1", "no_answer_pct",
                                                                "answered_pct", "well_formed_pct", "parse_valid_pct",
                                                                "malformed_pct", "mean_calls")} for r in rows]}
 
