@@ -377,7 +377,9 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
         lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {res['cpu']}, {res['cores']} cores); "
                  f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
                  f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps; evaluation: "
-                 f"{res['preset']['eval_limit']} held-out questions of each of {', '.join(BENCHMARKS)}. "
+                 f"{res['preset']['eval_limit']} held-out questions of each of {', '.join(BENCHMARKS)}; "
+                 f"policy {res['config']['roles']['policy']['model']} (the embedded model is SmolLM2-135M-Instruct), "
+                 "tools live (`search` and `lookup` by the local BM25 retriever, `calculate` computed). "
                  "In % except calls; mean [95 % bootstrap interval].", "",
                  "| arm | tools | n | EM | F1 | cover EM | answered | well-formed | calls / ep. |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
