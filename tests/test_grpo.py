@@ -14,6 +14,7 @@ from mtr.prompts import FINAL_NUDGE
 from mtr.rollout import RolloutAgent
 from mtr.rubric import RewardError, Rubric, answer_reward, consistency_reward, efficiency_reward, format_reward
 from mtr.stages.grpo import draw_questions, make_rollout_func, train_grpo
+from mtr.toolmaker import utility_tools
 from mtr.trace import Check, QAExample, Step, ToolCall, Trace
 
 from scripted import GOOD_TOOLS, Pool, ScriptedBackend, qa_file, scripted_env
@@ -69,6 +70,23 @@ def test_final_turn_gets_the_nudge(tok):
     trace, st = run_rollout(tok, max_steps=2)
     env_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 0])
     assert FINAL_NUDGE in env_text and trace.final_answer == "1755"
+
+
+@pytest.mark.parametrize("budget", [1, 2, 3])
+def test_the_rollout_shows_the_nudge_exactly_where_the_trace_marks_it(tok, budget):
+    """The policy's token stream and the trace (hence the SFT data and the report) follow one rule."""
+    trace, st = run_rollout(tok, max_steps=budget)
+    env_text = tok.decode([t for t, m in zip(st.completion_ids, st.env_mask) if m == 0])
+    assert env_text.count(FINAL_NUDGE) == sum(s.nudged for s in trace.steps) == (1 if budget < 3 else 0)
+
+
+def test_nudge_due_only_after_spent_calls_with_tools():
+    with_tools = Trace(id="t", question="q", answers=["a"], tools=utility_tools(["search"]))
+    assert not with_tools.nudge_due(final=True)  # a budget of 0: the first turn is the last, nothing was spent
+    with_tools.steps.append(Step(call=ToolCall(name="search", arguments={"query": "x"}), observation="o"))
+    assert with_tools.nudge_due(final=True) and not with_tools.nudge_due(final=False)
+    bare = Trace(id="t", question="q", answers=["a"], steps=with_tools.steps)
+    assert not bare.nudge_due(final=True)  # tools off: no call budget to speak of
 
 
 def test_toolactor_failure_mid_rollout_is_scored_not_raised(tok):

@@ -111,7 +111,7 @@ class PolicyAgent:
     async def next_step(self, trace: Trace, final: bool) -> Step:
         conv = trace.to_conversation()
         messages = conv["messages"]
-        if final and trace.tools:
+        if trace.nudge_due(final):
             messages = messages + [{"role": "user", "content": FINAL_NUDGE}]
         seed = trace.meta.get("seed", self.seed) + len(trace.steps)
         [c] = await self.backend.chat(messages, self.backend.params(stop=STOP_AFTER_ACTION, seed=seed),

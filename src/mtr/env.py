@@ -190,8 +190,9 @@ class Environment:
         try:
             for i in range(budget + 1):
                 role = "agent"
+                nudged = trace.nudge_due(final=(i == budget))
                 step = await agent.next_step(trace, final=(i == budget))
-                step.nudged = i == budget and budget > 0 and bool(tools)  # as the agents show it (FINAL_NUDGE)
+                step.nudged = nudged
                 agent_tokens += step.tokens
                 trace.steps.append(step)
                 if step.parse_error is not None:

@@ -195,7 +195,7 @@ class RolloutAgent:
         tools = self._tools(trace)
         base = render(self.tok, st.messages, tools)
         st.messages.append({"role": "tool", "content": last.observation or ""})
-        if final:
+        if trace.nudge_due(final):
             st.messages.append({"role": "user", "content": FINAL_NUDGE})
         full = render(self.tok, st.messages, tools, add_generation_prompt=True)
         if not full.startswith(base):

@@ -170,6 +170,12 @@ class Trace(BaseModel):
     def calls(self) -> list[ToolCall]:
         return [s.call for s in self.steps if s.call is not None]
 
+    def nudge_due(self, final: bool) -> bool:
+        """Whether the agent's next turn follows FINAL_NUDGE: it is the last turn (`final`) after the call
+        budget was spent on earlier turns, in an episode with tools. The one rule the Environment (which marks
+        `Step.nudged`) and every agent that shows the request (PolicyAgent, RolloutAgent) follow."""
+        return final and bool(self.steps) and bool(self.tools)
+
     def to_conversation(self, for_storage: bool = False) -> dict[str, Any]:
         """The conversational view: `{"messages": [...], "tools": [...]}` as TRL and `datasets` read it.
 
