@@ -146,6 +146,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
              ) -> dict[str, Any]:
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
+    from mtr.rundir import checkpoint_stamp
     from mtr.stages.evaluate import evaluate
     from mtr.stages.filter import run_filter
     from mtr.stages.grpo import train_grpo
@@ -208,7 +209,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
                            "init": str(model), "trainer": trainer.__name__,
-                           "init_done": (stages.get(f"sft-{tag}") or {}).get("finished") if spec["init"] == "sft" else None},
+                           "init_done": checkpoint_stamp(model)},
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
                         gcfg, train, m, d, resume=not fresh, overwrite=fresh).get("steps")})
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
@@ -219,7 +220,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
             ecfg.eval = ecfg.eval.model_copy(update={"modes": modes, "grounding": "retrieval"})
             edir = work / f"eval-{arm}-{tag}"
-            policy_done = stage_done_stamp(model, base)
+            policy_done = checkpoint_stamp(model)
             stages[f"eval-{arm}-{tag}"] = run_step(
                 edir, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(model), "policy_done": policy_done},
                 lambda fresh, ecfg=ecfg, d=edir: {"n": sum(r["n"] for r in asyncio.run(
@@ -235,12 +236,6 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
     return results
-
-
-def stage_done_stamp(model: Path, base: Path) -> str | None:
-    from mtr.rundir import stage_done
-
-    return None if model == base else (stage_done(model) or {}).get("finished")
 
 
 # --- the figures -----------------------------------------------------------------------------------------

@@ -173,3 +173,12 @@ def test_training_on_evaluation_questions_is_an_error_unless_asked_for(tmp_path,
     train = {x["id"] for x in map(json.loads, resolve_benchmark("hotpotqa-train").read_text().splitlines())}
     test = {x["id"] for x in map(json.loads, resolve_benchmark("hotpotqa").read_text().splitlines())}
     assert train and test and not train & test
+
+
+def test_a_checkpoint_is_identified_by_when_its_stage_finished(tmp_path):
+    from mtr.rundir import checkpoint_stamp, mark_done
+
+    assert checkpoint_stamp(tmp_path) is None  # not written by a stage (the embedded model, a user's own)
+    mark_done(tmp_path, 1.0)
+    first = checkpoint_stamp(tmp_path)
+    assert first and first == json.loads((tmp_path / "stage_done.json").read_text())["finished"]

@@ -29,7 +29,7 @@ from mtr.embedded import file_sha256
 from mtr.jsonl import write_text_atomic
 from mtr.metrics import normalize_answer
 from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
-from mtr.rundir import mark_done, stage_done
+from mtr.rundir import checkpoint_stamp, mark_done, stage_done
 from mtr.stages import evaluate as eval_stage
 from mtr.stages import filter as filter_stage
 from mtr.stages import grpo as grpo_stage
@@ -90,9 +90,8 @@ class Run:
         def sha(path: Path) -> str | None:
             return file_sha256(path) if path.is_file() else None
 
-        def upstream(path: Path) -> str | None:  # a checkpoint is identified by its stage's finish stamp
-            done = stage_done(path) if path != self.init else None
-            return (done or {}).get("finished", str(path))
+        def upstream(path: Path) -> str:
+            return (checkpoint_stamp(path) if path != self.init else None) or str(path)
 
         if stage == "tools":
             return {"config": tools_stage.stage_config(cfg),

@@ -112,6 +112,13 @@ def stage_done(stage_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def checkpoint_stamp(path: Path) -> str | None:
+    """When the stage that wrote the checkpoint at `path` finished (its stage_done.json), or None for a
+    checkpoint no stage wrote (the embedded model, a user's own). A later stage's identity holds this stamp
+    instead of the path, so that it runs again when its input was trained again in the same place."""
+    return (stage_done(Path(path)) or {}).get("finished")
+
+
 def mark_done(stage_dir: Path, wall_s: float, **extra: Any) -> None:
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(stage_dir / DONE, json.dumps({"wall_s": wall_s, "finished": _now(), **extra}, indent=2))
