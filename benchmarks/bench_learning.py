@@ -59,12 +59,16 @@ ARMS: dict[str, dict[str, Any]] = {
     "sim-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval"}},
     "mixed-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5}},
 }
+# GRPO trains on `grpo_questions` questions for several epochs, a quarter of its steps an epoch: the reward
+# curve's first and last quarters then hold the same questions, and their difference is the policy's, not
+# the luck of the questions drawn (with a new question every step, one hard question moved a quarter's mean
+# more than 8 steps of learning did: docs/learning.md, *Settings tried*).
 PRESETS: dict[str, dict[str, Any]] = {
-    # about 20 minutes here: the main comparison only, one seed
-    "quick": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 8, "eval_limit": 30,
+    # the main comparison only, one seed
+    "quick": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 6, "eval_limit": 30,
               "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": []},
     # every arm; the main comparison in two seeds; the main arms also with simulated tools
-    "full": {"train_per_source": 100, "sft_epochs": 1.0, "grpo_steps": 24, "eval_limit": 100,
+    "full": {"train_per_source": 100, "sft_epochs": 1.0, "grpo_steps": 48, "grpo_questions": 12, "eval_limit": 100,
              "arms": list(ARMS), "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"]},
 }
 SEEDED = ("sft", "sft+grpo")  # the arms run in every seed; the ablations run in the first
@@ -209,9 +213,10 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
                            "init": str(model), "trainer": trainer.__name__,
-                           "init_done": checkpoint_stamp(model)},
+                           "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"]},
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
-                        gcfg, train, m, d, resume=not fresh, overwrite=fresh).get("steps")})
+                        gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
+                        overwrite=fresh).get("steps")})
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts)
                 model = gdir

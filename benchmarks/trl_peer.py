@@ -94,8 +94,8 @@ def episode_of(prompt: list[dict], completion: list[dict], answers: list[str], s
     return trace
 
 
-def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, resume: bool = False, overwrite: bool = False
-                   ) -> dict[str, Any]:
+def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
+                   overwrite: bool = False) -> dict[str, Any]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
     from trl.chat_template_utils import qwen3_template
@@ -117,7 +117,7 @@ def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, resume: bool = F
                         fixed={"reward_weights": rubric.trl_weights(),
                                "max_tool_calling_iterations": g.max_tool_calls})
     prepare_run(args, out, overwrite, ("log.jsonl", "train_stats.json"), lambda: None)
-    examples = load_qa(data)[:questions_needed(t)]
+    examples = load_qa(data, limit)[:questions_needed(t)]  # the questions mtr's GRPO draws from the same file
     system = fill("policy")
     dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},
                                              {"role": "user", "content": ex.question}],

@@ -129,3 +129,25 @@ def test_a_trl_completion_is_scored_as_mtr_scores_its_own_episodes():
     unanswered = rubric.score(trl_peer.episode_of(prompt, [{"role": "assistant", "content": "hmm"}],
                                                   ["William Shakespeare"], schemas))
     assert unanswered["answer"] == 0.0 and unanswered["format"] == 0.0
+
+
+@pytest.mark.parametrize("name", list(bl.PRESETS))
+def test_each_quarter_of_grpo_is_one_epoch_over_the_same_questions(name):
+    """The reward curve's first and last quarters compare the same questions (a group of one question a step)."""
+    p = bl.PRESETS[name]
+    cfg = bl.base_config(p, 0)
+    t = cfg.grpo.trl
+    questions_per_step = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"]
+    assert p["grpo_steps"] % 4 == 0 and p["grpo_steps"] // 4 * questions_per_step == p["grpo_questions"]
+
+
+def test_paired_visits_compare_each_questions_first_and_last_step():
+    import grpo_settings as gs
+
+    reward = [0.0, 0.2, 0.5, 0.7, 0.9]
+    questions = ["a", "b", "a", "b", "c"]
+    out = gs.paired_visits(reward, questions)
+    # a: 0.5 - 0.0, b: 0.7 - 0.2, c: once (difference 0)
+    assert out["questions"] == 3 and out["diff"] == pytest.approx((0.5 + 0.5 + 0.0) / 3, abs=1e-4)
+    assert out["se"] > 0
+    assert gs.paired_visits([0.1], ["a"]) is None
