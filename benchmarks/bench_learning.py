@@ -360,6 +360,41 @@ def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
+    """How long a preset would take here, from a finished run's measured steps: SFT seconds a step, each GRPO
+    arm's seconds a step, each arm's evaluation seconds a question (the same arm in another seed costs the
+    same; an arm never measured costs as the method's GRPO and SFT's evaluation). Synthesis and filtering
+    (scripted teacher, seconds) are left out."""
+    p, m = PRESETS[preset_name], measured
+    stages, mp = m["stages"], m["preset"]
+    first = f"s{mp['seeds'][0]}"
+    sft_rate = stages[f"sft-{first}"]["wall_s"] / m["sft_steps"]
+    kept_share = m["filter"]["kept"] / m["filter"]["episodes"]
+    batch = 4  # the demo preset's SFT step: 1 x 4
+    sft_steps = max(1, math.ceil(p["train_per_source"] * len(BENCHMARKS) * kept_share * p["sft_epochs"] / batch))
+    measured_q = mp["eval_limit"] * len(BENCHMARKS)
+
+    def grpo_rate(arm: str) -> float:
+        k = f"grpo-{arm}-{first}" if f"grpo-{arm}-{first}" in stages else f"grpo-sft+grpo-{first}"
+        return stages[k]["wall_s"] / mp["grpo_steps"]
+
+    def eval_rate(arm: str) -> float:
+        k = f"eval-{arm}-{first}" if f"eval-{arm}-{first}" in stages else f"eval-sft-{first}"
+        return stages[k]["wall_s"] / measured_q
+
+    parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
+    for i, seed in enumerate(p["seeds"]):
+        for arm in p["arms"]:
+            if i and arm not in SEEDED:
+                continue
+            if "grpo" in ARMS[arm]:
+                parts["grpo"] += grpo_rate(arm) * p["grpo_steps"]
+            modes = 2 if arm in p["simulated_eval"] else 1
+            parts["eval"] += eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
+    return {"preset": preset_name, "from": m.get("commit"), "sft_steps": sft_steps,
+            **{f"{k}_s": round(v) for k, v in parts.items()}, "total_s": round(sum(parts.values()))}
+
+
 # --- docs/learning.md ------------------------------------------------------------------------------------
 
 SECTION = re.compile(r"(<!--learning:(?P<name>[\w-]+)-->\n)(?P<body>.*?)(<!--/learning-->)", re.S)
@@ -467,7 +502,20 @@ def main() -> None:
     ap.add_argument("--seeds", help="comma-separated seeds for the main comparison instead of the preset's")
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/learning.md from the results file")
+    ap.add_argument("--estimate", metavar="RUN",
+                    help="only estimate how long the full preset takes here from the finished run RUN of the "
+                    "results file (its measured steps), and keep the estimate with that run")
     args = ap.parse_args()
+    if args.estimate:
+        all_results = json.loads(RESULTS.read_text())
+        if args.estimate not in all_results:
+            raise SystemExit(f"--estimate: no run {args.estimate!r} in {RESULTS}; runs: {', '.join(all_results)}")
+        est = estimate("full", all_results[args.estimate])
+        all_results[args.estimate].setdefault("estimates", {})["full"] = est
+        RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
+        print(f"the full preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h "
+              f"(SFT {est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)")
+        return
     if args.docs:
         DOC.write_text(update_doc())
         print(f"wrote {DOC}")

@@ -151,3 +151,20 @@ def test_paired_visits_compare_each_questions_first_and_last_step():
     assert out["questions"] == 3 and out["diff"] == pytest.approx((0.5 + 0.5 + 0.0) / 3, abs=1e-4)
     assert out["se"] > 0
     assert gs.paired_visits([0.1], ["a"]) is None
+
+
+def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
+    measured = {"commit": "abc", "sft_steps": 10, "filter": {"episodes": 40, "kept": 40},
+                "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
+                "stages": {"sft-s0": {"wall_s": 100.0}, "grpo-sft+grpo-s0": {"wall_s": 80.0},
+                           "eval-sft-s0": {"wall_s": 40.0}, "eval-base-s0": {"wall_s": 20.0}}}
+    est = bl.estimate("full", measured)
+    p = bl.PRESETS["full"]
+    questions = p["eval_limit"] * len(bl.BENCHMARKS)
+    sft_steps = -(-p["train_per_source"] * len(bl.BENCHMARKS) // 4)  # every trace kept
+    assert est["sft_steps"] == sft_steps and est["sft_s"] == 10 * sft_steps * len(p["seeds"])
+    grpo_runs = sum("grpo" in bl.ARMS[a] for a in p["arms"]) + sum("grpo" in bl.ARMS[a] for a in bl.SEEDED)
+    assert est["grpo_s"] == 10 * p["grpo_steps"] * grpo_runs  # unmeasured arms at the method's rate
+    evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 2) for a in bl.SEEDED]
+    want = sum((1.0 if a == "base" else 2.0) * questions * modes for a, modes in evals)
+    assert est["eval_s"] == round(want) and est["total_s"] == est["sft_s"] + est["grpo_s"] + est["eval_s"]
