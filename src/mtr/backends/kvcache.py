@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mtr.peak_memory import trim_heap
+
 if TYPE_CHECKING:
     import torch
 
@@ -131,8 +133,8 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
         input_ids.append([pad_id] * gap_c + ids[:n] + [pad_id] * gap_n + ids[n:])
         mask.append([0] * gap_c + [1] * n + [0] * gap_n + [1] * (len(ids) - n))
     kwargs = dict(generate_kwargs)
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
     if width_cached:
-        layers = []
         for li, (k0, v0) in enumerate(next(e for _, e in reuse if e is not None).layers):
             keys = k0.new_zeros((len(rows), k0.shape[0], width_cached, k0.shape[2]))
             values = v0.new_zeros((len(rows), v0.shape[0], width_cached, v0.shape[2]))
@@ -148,16 +150,17 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
                              attention_mask=torch.tensor(mask, device=device), pad_token_id=pad_id,
                              return_dict_in_generate=True, use_cache=True, **kwargs)
     new = out.sequences[:, width:]
-    if cache is None:
-        return new
-    held = out.cache.get_seq_length()  # the last token generated was not read back
-    for i, ids in enumerate(rows):
-        row = new[i].tolist()
-        end = next((k + 1 for k, t in enumerate(row) if t in eos_ids), len(row))
-        kept = min(end, held - width)
-        real = [j for j, m in enumerate(mask[i]) if m] + list(range(width, width + kept))
-        index = torch.tensor(real, device=device)
-        cache.add(_Entry(ids + row[:kept], [(layer.keys[i].index_select(1, index),
-                                             layer.values[i].index_select(1, index))
-                                            for layer in out.cache.layers]))
+    if cache is not None:
+        held = out.cache.get_seq_length()  # the last token generated was not read back
+        for i, ids in enumerate(rows):
+            row = new[i].tolist()
+            end = next((k + 1 for k, t in enumerate(row) if t in eos_ids), len(row))
+            kept = min(end, held - width)
+            real = [j for j, m in enumerate(mask[i]) if m] + list(range(width, width + kept))
+            index = torch.tensor(real, device=device)
+            cache.add(_Entry(ids + row[:kept], [(layer.keys[i].index_select(1, index),
+                                                 layer.values[i].index_select(1, index))
+                                                for layer in out.cache.layers]))
+    del out, kwargs, layers  # the batch's keys and values, freed before the trim
+    trim_heap()
     return new
