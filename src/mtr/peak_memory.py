@@ -43,8 +43,8 @@ def trim_heap() -> None:
 
     Generation on a CPU allocates key/value and attention tensors of a few MB each that grow with every
     token; glibc serves those from its heap (below its 32 MB mmap threshold) and keeps the freed pages, so
-    an evaluation's RSS climbed batch after batch: 5.4 GB for 16 episodes of the SFT policy, 2.7 GB with a
-    trim after each batch, in the same time (docs/performance.md)."""
+    an evaluation's RSS climbed batch after batch. A trim after each batch cut its peak by more than a third
+    for a few % of time (benchmarks/bench_eval_memory.py, docs/performance.md)."""
     global _LIBC
     if not sys.platform.startswith("linux"):
         return
