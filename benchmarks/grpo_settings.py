@@ -1,6 +1,6 @@
 """Which GRPO settings make the embedded 135M policy's reward rise on this CPU? (docs/learning.md, *Settings tried*)
 
-    .venv/bin/python benchmarks/grpo_settings.py --init runs/bench-learning/quick/sft-s0 lr1e-4
+    .venv/bin/python benchmarks/grpo_settings.py --init runs/bench-learning/quick/sft-s0 lr3e-5-q4
     .venv/bin/python benchmarks/grpo_settings.py --list
 
 Each named setting runs GRPO from the same SFT checkpoint on the learning benchmark's training questions
