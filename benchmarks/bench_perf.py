@@ -271,7 +271,7 @@ WORKERS = {"synth": worker_synth, "hf_generate": worker_hf_generate, "hf_thread"
 
 def cpu() -> str:
     """The CPU the figures are from. The shared machine is not always the same host: int8 decoding, for one,
-    was 2.2x float32 on session 5's (unrecorded) host and no faster on session 6's AVX2-only one."""
+    was 2.2x float32 on one earlier host (not recorded) and no faster on an AVX2-only one."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
