@@ -54,8 +54,9 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/bench_perf.py
 
-# Does the method make the policy better? Every arm, two seeds, about 3 hours on 2 cores (docs/learning.md);
-# `.venv/bin/python benchmarks/bench_learning.py --quick` for the 20-minute version. Resumes after a crash.
+# Does the method make the policy better? Every arm, two seeds: estimated at 11 hours on 2 cores
+# (docs/learning.md); `.venv/bin/python benchmarks/bench_learning.py --quick` for one seed of the main
+# comparison (30-42 minutes here). Resumes after a crash.
 bench-learning: install
 	$(BIN)/python benchmarks/bench_learning.py
 

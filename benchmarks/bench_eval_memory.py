@@ -30,8 +30,7 @@ if sys.argv[2] == "no trim":
     kv.trim_heap = lambda: None
 from mtr.peak_memory import peak_rss_mb, reset_peak
 from mtr.stages.evaluate import evaluate
-cfg = bl.base_config(dict(bl.PRESETS["quick"], eval_limit=int(sys.argv[4])), 0)
-cfg.roles.policy = cfg.roles.policy.model_copy(update={"backend": "hf", "model": sys.argv[3]})
+cfg = bl.base_config(dict(bl.PRESETS["quick"], eval_limit=int(sys.argv[4])), 0).with_policy(sys.argv[3])
 reset_peak()
 t0 = time.perf_counter()
 res = asyncio.run(evaluate(cfg, Path(sys.argv[5]), overwrite=True))

@@ -221,8 +221,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 results["curves"][name] = reward_curve(gdir, rollouts)
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
-            ecfg = cfg.model_copy(deep=True)
-            ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
+            ecfg = cfg.with_policy(model)
             ecfg.eval = ecfg.eval.model_copy(update={"modes": modes, "grounding": "retrieval"})
             edir = work / f"eval-{arm}-{tag}"
             policy_done = checkpoint_stamp(model)
@@ -495,7 +494,7 @@ def update_doc(doc: Path = DOC, results_file: Path = RESULTS, plots: bool = True
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="the quick preset (about 20 minutes here)")
+    ap.add_argument("--quick", action="store_true", help="the quick preset (one seed: 30-42 minutes here)")
     ap.add_argument("--work", type=Path, help="where the steps run (default runs/bench-learning/<preset>)")
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
                     f"{', '.join(ARMS)}")

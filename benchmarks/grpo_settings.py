@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import PRESETS, ROOT, base_config, reward_curve, run_step, training_file  # noqa: E402
+from bench_learning import PRESETS, ROOT, base_config, quarters, reward_curve, run_step, training_file  # noqa: E402
 
 from mtr.embedded import file_sha256  # noqa: E402
 
@@ -71,8 +71,7 @@ def solvable_questions(cfg: Any, train: Path, init: Path, d: Path) -> tuple[Path
     from mtr.jsonl import read_jsonl, write_text_atomic
     from mtr.stages.evaluate import evaluate
 
-    ecfg = cfg.model_copy(deep=True)
-    ecfg.roles.policy = ecfg.roles.policy.model_copy(update={"backend": "hf", "model": str(init)})
+    ecfg = cfg.with_policy(init)
     ecfg.eval = ecfg.eval.model_copy(update={"benchmarks": [str(train)], "limit": None, "modes": ["live"]})
     run_step(d, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(init), "data": file_sha256(train)},
              lambda fresh: {"n": sum(r["n"] for r in asyncio.run(evaluate(ecfg, d, overwrite=fresh))["rows"])})
@@ -119,17 +118,13 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     questions = [by_step.get(i) for i in range(len(curve["reward"]))]
     out = {"setting": spec, "init": str(init), "wall_s": round(done["wall_s"], 1), "curve": curve, "selection": selection,
            "date": time.strftime("%Y-%m-%d"), "steps_run": len(curve["reward"]), "stopped_by_hand": stopped}
-    k = len(curve["reward"]) // 4
-    # each component's first and last quarter (which of them moved the total), and the calls an episode made
-    for key in ("answer", "format", "consistency", "efficiency", "answered_pct"):
-        xs = [x for x in curve[key] if x is not None]
-        if k and len(xs) == len(curve["reward"]):
-            out.setdefault("quarter_means", {})[key] = [round(statistics.fmean(xs[:k]), 4),
-                                                        round(statistics.fmean(xs[-k:]), 4)]
     calls = [e.get("episode/tool_calls") for e in read_log(d) if "reward" in e]
-    if k and None not in calls:
-        out.setdefault("quarter_means", {})["calls"] = [round(statistics.fmean(calls[:k]), 4),
-                                                        round(statistics.fmean(calls[-k:]), 4)]
+    # each component's first and last quarter (which of them moved the total), and the calls an episode made
+    series = {key: curve[key] for key in ("answer", "format", "consistency", "efficiency", "answered_pct")}
+    for key, xs in {**series, "calls": calls}.items():
+        q = quarters(xs) if None not in xs else None
+        if q:
+            out.setdefault("quarter_means", {})[key] = [q["first"][0], q["last"][0]]
     out["calls"] = calls
     out["kl_max"] = round(max((x or 0.0) for x in curve["kl"]), 4) if curve["kl"] else None
     if spec.get("questions") and None not in questions:

@@ -106,7 +106,7 @@ def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | Non
     from mtr.prompts import fill
     from mtr.rubric import Rubric
     from mtr.stages.grpo import questions_needed
-    from mtr.training import prepare_run, read_log, resume_point, trainer_args
+    from mtr.training import prepare_run, read_log, resume_point, trainer_args, write_stats
 
     g, t = cfg.grpo, cfg.grpo.trl
     tok = load_tokenizer(Path(init))
@@ -143,6 +143,6 @@ def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | Non
     steps = [e for e in read_log(out) if "reward" in e]
     stats = {"steps": result.global_step, "train_runtime_s": wall, "seconds_per_step": wall / max(1, result.global_step),
              "step_time": [e.get("step_time") for e in steps]}
-    (out / "train_stats.json").write_text(json.dumps(stats, indent=2))
+    write_stats(args, out, stats, f"trl peer: {stats['steps']} steps in {wall:.0f}s")
     return stats
 

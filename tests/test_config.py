@@ -1,6 +1,6 @@
 import pytest
 
-from mtr.config import ConfigError, load_config, parse_config
+from mtr.config import Config, ConfigError, load_config, parse_config
 
 
 def write(tmp_path, text):
@@ -172,3 +172,10 @@ def test_a_stage_records_only_what_it_reads():
     a, b = parse_config({}), parse_config({"grpo": {"trl": {"learning_rate": 5e-6}}, "eval": {"limit": 3}})
     assert a.stage_config(("synth", "tools"), ("toolmaker",)) == b.stage_config(("synth", "tools"), ("toolmaker",))
     assert a.stage_config(("grpo",), ()) != b.stage_config(("grpo",), ())
+
+
+def test_with_policy_points_a_copy_at_a_checkpoint():
+    cfg = Config()
+    trained = cfg.with_policy("runs/x/sft")
+    assert (trained.roles.policy.backend, trained.roles.policy.model) == ("hf", "runs/x/sft")
+    assert cfg.roles.policy.model == "embedded" and trained.roles.toolactor == cfg.roles.toolactor

@@ -205,7 +205,7 @@ def eval_cmd(out: Optional[Path] = typer.Option(None, "--out", help="run directo
     if limit is not None:
         cfg.eval.limit = limit
     if policy:
-        cfg.roles.policy = cfg.roles.policy.model_copy(update={"backend": "hf", "model": policy})
+        cfg = cfg.with_policy(policy)
     asyncio.run(evaluate(cfg, out, overwrite=overwrite, tools_dir=tools_dir))
     console.print(f"wrote {out}/predictions.jsonl, results.json, results.md, manifest.json")
 
@@ -307,7 +307,7 @@ def audit(data: Path = typer.Option(..., "--data", help="held-out QA JSONL (with
     if calls is None:
         cfg.eval.benchmarks, cfg.eval.modes, cfg.eval.limit = [str(data)], ["simulated", "live"], limit
         if policy:
-            cfg.roles.policy = cfg.roles.policy.model_copy(update={"backend": "hf", "model": policy})
+            cfg = cfg.with_policy(policy)
         eval_dir = out / "eval"
         asyncio.run(evaluate(cfg, eval_dir))
         calls = eval_dir / "predictions.jsonl"

@@ -347,6 +347,13 @@ class Config(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
+    def with_policy(self, model: str | Path) -> "Config":
+        """A copy of this config whose policy is the transformers checkpoint at `model` (a trained stage's
+        output, or a user's own): how every stage and benchmark evaluates a trained policy."""
+        c = self.model_copy(deep=True)
+        c.roles.policy = c.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
+        return c
+
     def role(self, name: str) -> RoleConfig:
         if name not in ROLES:
             raise ConfigError(f"unknown role {name!r}; roles are: {', '.join(ROLES)}")

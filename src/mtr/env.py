@@ -190,8 +190,9 @@ class Environment:
         try:
             for i in range(budget + 1):
                 role = "agent"
-                nudged = trace.nudge_due(final=(i == budget))
-                step = await agent.next_step(trace, final=(i == budget))
+                final = i == budget
+                nudged = trace.nudge_due(final)  # before the step joins the trace: as the agent saw it
+                step = await agent.next_step(trace, final)
                 step.nudged = nudged
                 agent_tokens += step.tokens
                 trace.steps.append(step)

@@ -79,9 +79,7 @@ class Run:
         return self.init
 
     def eval_config(self, model: Path) -> Config:
-        c = self.cfg.model_copy(deep=True)
-        c.roles.policy = c.roles.policy.model_copy(update={"backend": "hf", "model": str(model)})
-        return c
+        return self.cfg.with_policy(model)
 
     def identity(self, stage: str) -> dict[str, Any]:
         """What a finished stage was run on; the stage is skipped only while this stays the same."""
