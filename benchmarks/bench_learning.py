@@ -116,6 +116,8 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
     data["synth"].update(tool_mode="live", teacher="scripted")
     data["grpo"].update(tool_mode="live")
     data["grpo"]["trl"].update(max_steps=preset["grpo_steps"], save_steps=4)
+    if preset.get("question_order"):
+        data["grpo"]["question_order"] = preset["question_order"]
     data["eval"] = {"benchmarks": BENCHMARKS, "limit": preset["eval_limit"], "modes": ["live"], "max_tool_calls": 2}
     return parse_config(data, str(DEMO) + " (bench_learning)")
 
@@ -146,8 +148,8 @@ def check_disjoint(train: Path, cfg: Any) -> None:
             raise SystemExit(f"training and evaluation share {len(shared)} {b} question(s): the split is broken")
 
 
-def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None
-             ) -> dict[str, Any]:
+def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
+             question_order: str | None = None) -> dict[str, Any]:
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rundir import checkpoint_stamp
@@ -163,6 +165,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         preset["arms"] = [a for a in ARMS if a in arms or a == "base" or a == "sft"]
     if seeds:  # the main comparison (SFT only, SFT + GRPO) in these seeds; the ablations in the first
         preset["seeds"] = seeds
+    if question_order:
+        preset["question_order"] = question_order
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
@@ -499,6 +503,8 @@ def main() -> None:
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
                     f"{', '.join(ARMS)}")
     ap.add_argument("--seeds", help="comma-separated seeds for the main comparison instead of the preset's")
+    ap.add_argument("--question-order", choices=["file", "solvable-first"],
+                    help="grpo.question_order for every GRPO arm instead of the configuration's")
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/learning.md from the results file")
     ap.add_argument("--estimate", metavar="RUN",
@@ -530,7 +536,8 @@ def main() -> None:
     unknown = sorted(set(arms or []) - set(ARMS))
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
-    res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None)
+    res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None,
+                   args.question_order)
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

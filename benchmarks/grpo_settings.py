@@ -26,7 +26,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_learning import PRESETS, ROOT, base_config, quarters, reward_curve, run_step, training_file  # noqa: E402
 
-from mtr.embedded import file_sha256  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "grpo_settings.json"
 
@@ -45,7 +44,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "lr3e-5-q4-f1": {"steps": 16, "questions": 4, "trl": {"learning_rate": 3e-5}, "grpo": {"answer_metric": "f1"}},
     # questions the SFT policy answers at least partly right (greedy, live tools, token F1 > 0): the ones on
     # which a group's sampled answers can differ in correctness, so that the answer reward has something to say
-    "lr3e-5-q4-solvable": {"steps": 16, "questions": 4, "trl": {"learning_rate": 3e-5}, "select": "sft_f1"},
+    "lr3e-5-q4-solvable": {"steps": 16, "questions": 4, "trl": {"learning_rate": 3e-5},
+                           "grpo": {"question_order": "solvable-first"}},
 }
 
 
@@ -63,27 +63,6 @@ def paired_visits(reward: list[float], questions: list[str]) -> dict[str, Any] |
     return {"questions": len(diffs), "diff": round(statistics.fmean(diffs), 4), "se": round(se, 4)}
 
 
-def solvable_questions(cfg: Any, train: Path, init: Path, d: Path) -> tuple[Path, dict[str, Any]]:
-    """The training questions the policy at `init` answers at least partly right (greedy, live tools, token
-    F1 > 0), in the file's order, as a QA file of their own; and how many there were of how many."""
-    import asyncio
-
-    from mtr.jsonl import read_jsonl, write_text_atomic
-    from mtr.stages.evaluate import evaluate
-
-    ecfg = cfg.with_policy(init)
-    ecfg.eval = ecfg.eval.model_copy(update={"benchmarks": [str(train)], "limit": None, "modes": ["live"]})
-    run_step(d, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(init), "data": file_sha256(train)},
-             lambda fresh: {"n": sum(r["n"] for r in asyncio.run(evaluate(ecfg, d, overwrite=fresh))["rows"])})
-    f1 = {r["id"]: r["f1"] for r in read_jsonl(d / "predictions.jsonl", latest_by="key")}
-    lines = [line for line in train.read_text(encoding="utf-8").splitlines()
-             if line.strip() and f1.get(json.loads(line)["id"], 0.0) > 0]
-    out = d / "solvable.jsonl"
-    write_text_atomic(out, "".join(line + "\n" for line in lines))
-    return out, {"candidates": len(f1), "solvable": len(lines),
-                 "em_pct": round(100 * sum(r == 1.0 for r in f1.values()) / max(1, len(f1)), 1)}
-
-
 def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dict[str, Any]:
     """Run a setting (skipped when it finished) and summarise it; with `stopped`, only summarise the steps of
     a run that was stopped by hand (a collapse seen in its log needs no more steps to be recorded)."""
@@ -97,13 +76,8 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     # the group shape checked again, other GRPO settings applied
     cfg.grpo = cfg.grpo.model_validate({**cfg.grpo.model_dump(), **spec.get("grpo", {})})
     train = training_file(work, PRESETS["quick"]["train_per_source"])
-    selection = None
-    if spec.get("select") == "sft_f1":
-        train, selection = solvable_questions(cfg, train, init, work / f"select-{init.name}")
     d = work / name
     identity = {"init": str(init), "grpo": cfg.grpo.model_dump(mode="json"), "questions": spec.get("questions")}
-    if selection is not None:
-        identity["data"] = file_sha256(train)
     if stopped:
         done = {"wall_s": sum(e.get("step_time", 0.0) for e in read_log(d) if "reward" in e)}
     else:
@@ -116,6 +90,9 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     for s in samples:
         by_step.setdefault(s["step"], s["trace"]["question"])
     questions = [by_step.get(i) for i in range(len(curve["reward"]))]
+    stats = json.loads((d / "train_stats.json").read_text()) if (d / "train_stats.json").is_file() else {}
+    selection = ({"candidates": sum(1 for x in train.read_text().splitlines() if x.strip()), "solvable": stats["solvable_questions"]}
+                 if stats.get("solvable_questions") is not None else None)
     out = {"setting": spec, "init": str(init), "wall_s": round(done["wall_s"], 1), "curve": curve, "selection": selection,
            "date": time.strftime("%Y-%m-%d"), "steps_run": len(curve["reward"]), "stopped_by_hand": stopped}
     calls = [e.get("episode/tool_calls") for e in read_log(d) if "reward" in e]

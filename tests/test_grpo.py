@@ -403,3 +403,36 @@ def test_training_without_tools_draws_questions_without_the_toolmaker(tmp_path):
     b = ScriptedBackend()
     chosen, failed = draw(cfg, b, tmp_path / "tools.jsonl", qa_file(tmp_path / "qa.jsonl", n=4), needed=2)
     assert len(chosen) == 2 and not failed and b.calls["toolmaker"] == 0
+
+
+def test_solvable_first_puts_partly_right_questions_first_and_resumes(tmp_path):
+    from mtr.data import load_qa
+    from mtr.stages.grpo import solvable_first
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "answers": [a]}) + "\n"
+                            for i, a in enumerate(["1800", "1755", "x", "1755 AD"])))
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    backend = ScriptedBackend(agent=lambda m: "<think>I recall it.</think>\n<answer>1755</answer>")
+    env = Environment.from_config(cfg, "grpo", Pool(backend), tmp_path / "tools.jsonl")
+
+    def order():
+        ranked, n = solvable_first(cfg, env, load_qa(data), tmp_path / "init", tmp_path / "solvable.jsonl", backend)
+        return [ex.id for ex in ranked], n
+
+    assert order() == (["q1", "q3", "q0", "q2"], 2) and backend.calls["agent"] == 4
+    assert order() == (["q1", "q3", "q0", "q2"], 2) and backend.calls["agent"] == 4  # a re-run reads the answers
+    env.close()
+
+
+def test_draw_questions_keeps_the_order_given_without_shuffle(tmp_path):
+    from mtr.data import load_qa
+
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    env = Environment.from_config(cfg, "grpo", Pool(ScriptedBackend()), tmp_path / "tools.jsonl")
+    examples = load_qa(qa_file(tmp_path / "qa.jsonl", n=6))[::-1]
+    assert [ex.id for ex in draw_questions(env, examples, 3, 0, shuffle=False)[0]] == ["q5", "q4", "q3"]
+    assert [ex.id for ex in draw_questions(env, examples, 3, 0)[0]] != ["q5", "q4", "q3"]  # seeded shuffle
+    env.close()

@@ -287,6 +287,10 @@ class GRPOStageConfig(EpisodeConfig, TrainStage):
     reward_weights: dict[str, float] = Field(
         default_factory=lambda: {"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2})
     sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
+    question_order: Literal["file", "solvable-first"] = Field(
+        "file", description="which questions training draws first: the file's (shuffled when steps draw fewer than "
+        "it holds), or those the initial policy answers at least partly right (greedy, token F1 > 0, this stage's "
+        "tools; the others after them): a group's answers can then differ, and the answer reward gives a signal")
 
     @model_validator(mode="after")
     def _weights_and_groups(self) -> "GRPOStageConfig":
@@ -368,7 +372,7 @@ class Config(_Strict):
         return {"seed": self.seed, **{s: getattr(self, s).model_dump(mode="json") for s in sections},
                 "roles": {r: self.role(r).model_dump(mode="json") for r in roles}}
 
-    def episodes_in_flight(self, stage: Literal["synth", "eval"]) -> int:
+    def episodes_in_flight(self, stage: Literal["synth", "eval", "grpo"]) -> int:
         """The stage's `concurrency`, with `auto` resolved.
 
         llama-cpp-python decodes one sequence at a time, so when every role a stage generates with is on
@@ -377,11 +381,11 @@ class Config(_Strict):
         time is fastest. With the scripted teacher the requests in flight are ToolActor prompts that share
         their templates and run back to back on one cached prefix. Anywhere else episodes in flight pay:
         `hf` batches them, a server serves them in parallel (docs/performance.md)."""
-        section = self.synth if stage == "synth" else self.eval
+        section = {"synth": self.synth, "eval": self.eval, "grpo": self.grpo}[stage]
         if section.concurrency != "auto":
             return section.concurrency
-        model_agent = stage == "eval" or self.synth.teacher == "model"
-        agent = "policy" if stage == "eval" else "autoagent"
+        model_agent = stage != "synth" or self.synth.teacher == "model"
+        agent = "autoagent" if stage == "synth" else "policy"
         if model_agent and all(self.role(r).backend == "llamacpp" for r in ("toolmaker", "toolactor", agent)):
             return 1
         return 16

@@ -49,17 +49,55 @@ def questions_needed(trl: dict[str, Any], world_size: int = 1) -> int:
     return -(-rollouts // trl["num_generations"])
 
 
-def draw_questions(env: Environment, examples: list[QAExample], needed: int | None, seed: int
-                   ) -> tuple[list[QAExample], dict[str, str]]:
+def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], init: Path, path: Path,
+                   policy: Any = None) -> tuple[list[QAExample], int]:
+    """The questions with those the policy at `init` answers at least partly right first (greedy, token F1 > 0,
+    in the stage's Environment), each part in the file's order; and how many of them there are.
+
+    The policy answers each question once; the answers go to `path` (a crash loses none, a re-run reads
+    them). F1 rather than the answer reward's own metric: a 135M policy's greedy answer is rarely exact, but
+    one that is partly right shows it finds the evidence, and a sampled group then answers differently."""
+    from mtr.agents import PolicyAgent
+    from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
+    from mtr.metrics import f1_score
+
+    pool = None if policy is not None else BackendPool(cfg.with_policy(init))
+    agent = PolicyAgent(policy or pool.get("policy"), seed=cfg.seed)
+    out = JsonlAppender(path, id_key="id")
+    todo = [ex for ex in examples if ex.id not in out.done]
+
+    async def worker(ex: QAExample) -> dict[str, Any]:
+        trace = await env.rollout(ex, agent, ex.id, seed=cfg.seed)
+        return {"id": ex.id, "prediction": trace.final_answer, "f1": f1_score(trace.final_answer, ex.answers),
+                "calls": len([s for s in trace.steps if s.call is not None]), "error": trace.error,
+                "retryable": bool(trace.meta.get("retryable"))}
+
+    async def answer_all() -> None:
+        try:
+            await run_pool(todo, worker, out, cfg.episodes_in_flight("grpo"), "grpo: the initial policy answers",
+                           status=lambda r: f"F1 {r['f1']:.2f}")
+        finally:
+            out.close()
+            if pool is not None:
+                await pool.aclose()
+
+    asyncio.run(answer_all())
+    f1 = {r["id"]: r["f1"] for r in read_jsonl(path, latest_by="id")}
+    solvable = [ex for ex in examples if f1.get(ex.id, 0.0) > 0]
+    return solvable + [ex for ex in examples if f1.get(ex.id, 0.0) <= 0], len(solvable)
+
+
+def draw_questions(env: Environment, examples: list[QAExample], needed: int | None, seed: int,
+                   shuffle: bool = True) -> tuple[list[QAExample], dict[str, str]]:
     """The questions training will use, with their tools made (once; kept in the store's file).
 
-    With `needed` below the number of questions, only that many are used: the first of a seeded shuffle, and
-    one more for each the ToolMaker failed on when failures are skipped. A short run on a large file then
-    pays the ToolMaker for the questions it trains on, not for all of them."""
+    With `needed` below the number of questions, only that many are used: the first of a seeded shuffle (of
+    the order given, without `shuffle`), and one more for each the ToolMaker failed on when failures are
+    skipped. A short run on a large file then pays the ToolMaker for the questions it trains on, not for all."""
     order = list(examples)
     if needed is None or needed >= len(order):
         needed = len(order)
-    else:
+    elif shuffle:
         random.Random(seed).shuffle(order)
     chosen: list[QAExample] = []
     failed: dict[str, str] = {}
@@ -83,12 +121,19 @@ def draw_questions(env: Environment, examples: list[QAExample], needed: int | No
     return [ex for ex in chosen if ex.id not in failed], failed
 
 
+def padding_pct(batches: list[list[int]]) -> float | None:
+    """The share of padding in generation batches padded to their longest episode (as TRL pads them), in %."""
+    padded = sum(len(b) * max(b) for b in batches if b)
+    return round(100 * (1 - sum(map(sum, batches)) / padded), 1) if padded else None
+
+
 def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], tokenizer: Any, out: Path):
     """The MTR rollout as TRL's `rollout_func`."""
     g, t = cfg.grpo, cfg.grpo.trl
     by_question = {ex.question: ex for ex in examples}
     calls = {"n": 0}
     timing: dict[str, float] = {}
+    episode_tokens: list[list[int]] = []  # each rollout call's (generation batch's) episode lengths, for the stats
 
     def rollout_func(prompts: list, trainer: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -109,6 +154,7 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
             traces = asyncio.run(env.rollout_group(batch, agent, seeds, ids,
                                                    worlds=[cfg.seed + 1000 * step] * len(batch)))
         toks = [agent.episodes[tr.id] for tr in traces]
+        episode_tokens.append([len(x.prompt_ids) + len(x.completion_ids) for x in toks])
         timing["rollout_s"] = timing.get("rollout_s", 0.0) + time.perf_counter() - t0
         main = getattr(getattr(trainer, "accelerator", None), "is_main_process", True)
         if main and step % g.sample_every == 0 and calls["n"] != step + 1:
@@ -122,6 +168,7 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
                 "episode": [tr.model_dump(mode="json", exclude_none=True) for tr in traces]}
 
     rollout_func.timing = timing  # type: ignore[attr-defined]
+    rollout_func.episode_tokens = episode_tokens  # type: ignore[attr-defined]
     return rollout_func
 
 
@@ -130,8 +177,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     """GRPO from the checkpoint `init` on the first `limit` questions of `data`. Their tools come from
     `tools_path` (the tools stage's file), or are made and kept in `out/tools.jsonl`."""
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
+    from mtr.grpo_trainer import UnpaddedGRPOTrainer
     from mtr.toolmaker import QuestionTools, ToolStore
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -145,7 +193,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
                              "'trl[vllm]'); set it to false to sample with transformers")
     if not (Path(init) / "config.json").is_file():
         raise ValueError(f"--init {init}: not a Hugging Face checkpoint directory (e.g. the output of `mtr sft`)")
-    examples = load_qa(data, limit)
+    solvable_order = g.question_order == "solvable-first"
+    # with the solvable questions first, `limit` applies to that order, not to the file's
+    examples = load_qa(data, None if solvable_order else limit)
     tok = load_tokenizer(Path(init))
     rubric = Rubric.from_config(g)
     # The arguments first: creating them sets up the processes under a launcher, and the run directory and
@@ -163,18 +213,25 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     tools_file = Path(tools_path) if tools_path else out / "tools.jsonl"
     env = Environment.from_config(cfg, "grpo", pool)
 
-    def prepare() -> tuple[list[str], dict[str, str], list[dict]]:
+    def prepare() -> tuple[list[str], dict[str, str], list[dict], int | None]:
         # the main process alone reads and adds to the tools file (after --overwrite has cleared it)
         if env.store is not None:
             env.store = ToolStore.from_config(cfg, pool, tools_file)
         write_manifest(out, "grpo", stage_config(cfg), {"data": Path(data)},
                        extra={"init": str(init), "limit": limit}, overwrite=overwrite)
-        chosen, failed = draw_questions(env, examples, needed, cfg.seed)
+        order, solvable = examples, None
+        if solvable_order:
+            order, solvable = solvable_first(cfg, env, examples, Path(init), out / "solvable.jsonl")
+            order = order[:limit] if limit else order
+            console.print(f"grpo: the initial policy answers {solvable} of {len(examples)} questions at least "
+                          f"partly right; {'they come' if solvable else 'none comes'} first")
+        chosen, failed = draw_questions(env, order, needed, cfg.seed, shuffle=not solvable_order)
         made = env.store.made if env.store is not None else {}
-        return [ex.id for ex in chosen], failed, [made[ex.id].record() for ex in chosen if ex.id in made]
+        return [ex.id for ex in chosen], failed, [made[ex.id].record() for ex in chosen if ex.id in made], solvable
 
-    files = ("log.jsonl", "samples.jsonl", "train_stats.json") + (() if tools_path else ("tools.jsonl",))
-    chosen_ids, failed, records = prepare_run(args, out, overwrite, files, prepare)
+    files = ("log.jsonl", "samples.jsonl", "train_stats.json", "solvable.jsonl") + (
+        () if tools_path else ("tools.jsonl",))
+    chosen_ids, failed, records, solvable = prepare_run(args, out, overwrite, files, prepare)
     for rec in records:  # the other ranks get the tools from the main process, not from a shared file
         env.store.made.setdefault(rec["id"], QuestionTools.model_validate(rec))
     by_id = {ex.id: ex for ex in examples}
@@ -195,9 +252,10 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": ex.question}], "qid": ex.id}
                                  for ex in train])
     rollout = make_rollout_func(cfg, env, train, tok, out)
-    trainer = GRPOTrainer(model=str(init), reward_funcs=rubric.trl_reward_funcs(), args=args, train_dataset=dataset,
-                          processing_class=tok, callbacks=[jsonl_log_callback(out / "log.jsonl")],
-                          rollout_func=rollout, peft_config=g.peft_config())
+    trainer = UnpaddedGRPOTrainer(model=str(init), reward_funcs=rubric.trl_reward_funcs(), args=args,
+                                  train_dataset=dataset, processing_class=tok,
+                                  callbacks=[jsonl_log_callback(out / "log.jsonl")], rollout_func=rollout,
+                                  peft_config=g.peft_config())
     ckpt = resume_point(args, out, resume)
     t0 = time.perf_counter()
     try:
@@ -221,6 +279,8 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
              "rollout_s": timing.get("rollout_s", 0.0), "generate_s": timing.get("generate_s", 0.0),
              "rollout_tokens_per_s": (timing.get("generated_tokens", 0) / timing["generate_s"]
                                       if timing.get("generate_s") else None),
-             "processes": args.world_size}
+             "processes": args.world_size, "solvable_questions": solvable, "episode_tokens": rollout.episode_tokens,
+             # what padding each batch to its longest episode would add to the passes (UnpaddedGRPOTrainer skips it)
+             "padding_pct": padding_pct(rollout.episode_tokens)}
     write_stats(args, out, stats, f"grpo: {stats['steps']} steps in {wall:.0f}s ({stats['seconds_per_step']:.1f}s/step)")
     return stats
