@@ -116,8 +116,9 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
     data["synth"].update(tool_mode="live", teacher="scripted")
     data["grpo"].update(tool_mode="live")
     data["grpo"]["trl"].update(max_steps=preset["grpo_steps"], save_steps=4)
-    if preset.get("question_order"):
-        data["grpo"]["question_order"] = preset["question_order"]
+    for key, value in preset.get("grpo", {}).items():  # --grpo KEY=VALUE (trl.KEY for TRL's arguments)
+        section, _, name = key.rpartition(".")
+        (data["grpo"]["trl"] if section == "trl" else data["grpo"])[name] = value
     data["eval"] = {"benchmarks": BENCHMARKS, "limit": preset["eval_limit"], "modes": ["live"], "max_tool_calls": 2}
     return parse_config(data, str(DEMO) + " (bench_learning)")
 
@@ -149,7 +150,7 @@ def check_disjoint(train: Path, cfg: Any) -> None:
 
 
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
-             question_order: str | None = None) -> dict[str, Any]:
+             grpo: dict[str, Any] | None = None) -> dict[str, Any]:
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rundir import checkpoint_stamp
@@ -165,8 +166,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         preset["arms"] = [a for a in ARMS if a in arms or a == "base" or a == "sft"]
     if seeds:  # the main comparison (SFT only, SFT + GRPO) in these seeds; the ablations in the first
         preset["seeds"] = seeds
-    if question_order:
-        preset["question_order"] = question_order
+    if grpo:  # GRPO settings of every GRPO arm, instead of the configuration's
+        preset["grpo"] = grpo
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
@@ -330,6 +331,16 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
     if steps and all(t for t in times):
         curve["seconds_per_step"] = round(statistics.fmean(times), 1)
         curve["policy_tokens_per_s"] = round(sum(tokens) / sum(times), 1)
+    stats_file = grpo_dir / "train_stats.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    if stats.get("rollout_s") is not None and steps and steps[-1].get("num_tokens") and not stats.get("resumed_from"):
+        # the update's time (all but the rollout) per token of the episodes it scores (TRL's num_tokens: prompt
+        # and completion, no padding)
+        curve["update_ms_per_token"] = round(1000 * (stats["train_runtime_s"] - stats["rollout_s"])
+                                             / steps[-1]["num_tokens"], 2)
+    for key in ("padding_pct", "solvable_questions"):
+        if stats.get(key) is not None:
+            curve[key] = stats[key]
     return curve
 
 
@@ -448,6 +459,17 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                              f"{q['last'][0]:.3f} ± {q['last'][1]:.3f} | {q['diff']:+.3f} ± {q['se_diff']:.3f} | "
                              f"{'yes' if q['rises'] else 'no'} | {v.get('seconds_per_step', '')} | "
                              f"{v.get('policy_tokens_per_s', '')} |")
+            extra = {"answer_flat_steps": "steps whose answer reward was the same for the whole group",
+                     "solvable_questions": "training questions the initial policy answered at least partly right "
+                     "(solvable-first)",
+                     "padding_pct": "padding a batch padded to its longest episode would hold, %",
+                     "update_ms_per_token": "the update's time per scored token (ms; all but the rollout)"}
+            for key, words in extra.items():
+                got = {k: v[key] if key != "answer_flat_steps" else f"{v[key]} of {len(v['reward'])}"
+                       for k, v in curves.items() if v.get(key) is not None}
+                if got:
+                    lines += ["", f"{words[0].upper()}{words[1:]}: " + ", ".join(f"{k} {x}" for k, x in got.items())
+                              + "."]
             lines += ["", f"![reward curves](img/learning-{name}.png)"]
         lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())
                   + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]
@@ -503,8 +525,9 @@ def main() -> None:
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
                     f"{', '.join(ARMS)}")
     ap.add_argument("--seeds", help="comma-separated seeds for the main comparison instead of the preset's")
-    ap.add_argument("--question-order", choices=["file", "solvable-first"],
-                    help="grpo.question_order for every GRPO arm instead of the configuration's")
+    ap.add_argument("--grpo", action="append", default=[], metavar="KEY=VALUE",
+                    help="a GRPO setting of every GRPO arm instead of the configuration's, e.g. "
+                    "question_order=solvable-first, answer_metric=f1, trl.learning_rate=1e-5 (repeatable)")
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/learning.md from the results file")
     ap.add_argument("--estimate", metavar="RUN",
@@ -537,7 +560,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None,
-                   args.question_order)
+                   grpo_settings(args.grpo))
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -547,6 +570,27 @@ def main() -> None:
     DOC.write_text(update_doc())
     console.print(doc_sections({label: res})[label], highlight=False)
     console.print(f"results: {RESULTS}; docs: {DOC}", highlight=False)
+
+
+def grpo_settings(items: list[str]) -> dict[str, Any]:
+    """`--grpo KEY=VALUE` items as a mapping, values read as JSON, else YAML (numbers, booleans, strings);
+    mtr's own settings checked as the configuration checks them (TRL's, when GRPO starts)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--grpo {item!r}: expected KEY=VALUE, e.g. answer_metric=f1")
+        try:
+            out[key] = json.loads(value)  # numbers as JSON reads them (YAML reads 1e-5 as a string)
+        except json.JSONDecodeError:
+            out[key] = yaml.safe_load(value)
+    try:
+        base_config({**PRESETS["quick"], "grpo": out}, 0)
+    except ValueError as e:  # the configuration's own one-line error
+        raise SystemExit(f"--grpo: {e}") from None
+    return out
 
 
 def cpu_name() -> str:

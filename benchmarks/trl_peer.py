@@ -94,6 +94,26 @@ def episode_of(prompt: list[dict], completion: list[dict], answers: list[str], s
     return trace
 
 
+def peer_solvable_first(cfg: Any, examples: list, init: Path, out: Path) -> list:
+    """The questions in `grpo.question_order: solvable-first` order, as mtr's GRPO stage orders them."""
+    import asyncio
+
+    from mtr.backends import BackendPool
+    from mtr.env import Environment
+    from mtr.stages.grpo import solvable_first
+    from mtr.toolmaker import ToolStore
+
+    pool = BackendPool(cfg)
+    env = Environment.from_config(cfg, "grpo", pool)
+    if env.store is not None:
+        env.store = ToolStore.from_config(cfg, pool, out / "tools.jsonl")
+    try:
+        return solvable_first(cfg, env, examples, init, out / "solvable.jsonl")[0]
+    finally:
+        env.close()
+        asyncio.run(pool.aclose())
+
+
 def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
                    overwrite: bool = False) -> dict[str, Any]:
     from datasets import Dataset
@@ -116,8 +136,14 @@ def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | Non
     args = trainer_args(GRPOConfig, "grpo", t, out, cfg.seed,
                         fixed={"reward_weights": rubric.trl_weights(),
                                "max_tool_calling_iterations": g.max_tool_calls})
-    prepare_run(args, out, overwrite, ("log.jsonl", "train_stats.json"), lambda: None)
-    examples = load_qa(data, limit)[:questions_needed(t)]  # the questions mtr's GRPO draws from the same file
+    prepare_run(args, out, overwrite, ("log.jsonl", "train_stats.json", "solvable.jsonl", "tools.jsonl"),
+                lambda: None)
+    if g.question_order == "solvable-first":  # chosen by the same rule as mtr's GRPO chooses them
+        examples = peer_solvable_first(cfg, load_qa(data), Path(init), out)
+        examples = examples[:limit] if limit else examples
+    else:
+        examples = load_qa(data, limit)
+    examples = examples[:questions_needed(t)]  # the questions mtr's GRPO draws from the same file
     system = fill("policy")
     dataset = Dataset.from_list([{"prompt": [{"role": "system", "content": system},
                                              {"role": "user", "content": ex.question}],

@@ -3,11 +3,11 @@
 TRL pads a whole generation batch (a group of episodes) to its longest prompt and its longest completion,
 then scores it a micro-batch at a time at that width: the reference pass, the loss's forward and its
 backward all run over the padding. Multi-turn episodes differ in length far more than single answers do
-(one stops after a turn, another reads two searches' passages), so on a CPU, where a step's time is its
-forward and backward passes, a quarter of that went to padding in the demo's GRPO. TRL has no option for it;
-this trims each micro-batch to the columns a row of it uses before scoring, and pads the per-token results
-back to the width TRL expects. Left padding trimmed moves every position by the same offset, which RoPE
-attention does not see.
+(one stops after a turn, another reads two searches' passages), and on a CPU a step's update time is its
+forward and backward passes (measured: docs/performance.md, *GRPO: the update without padding*). TRL has
+no option for it; this trims each micro-batch to the columns a row of it uses before scoring, and pads the
+per-token results back to the width TRL expects. Left padding trimmed moves every position by the same
+offset, which RoPE attention does not see.
 """
 
 from __future__ import annotations

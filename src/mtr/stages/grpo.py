@@ -238,10 +238,11 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     train = [by_id[qid] for qid in chosen_ids]  # in the order drawn
     # A subset is already a seeded shuffle; kept in that order, a resume with more steps draws the same
     # first questions (TRL's own shuffle would permute a larger set differently).
-    args.shuffle_dataset = needed >= len(examples)
+    available = min(limit, len(examples)) if limit else len(examples)  # what the draw chose from
+    args.shuffle_dataset = needed >= available
     if main:
         console.print(f"grpo: {len(train)} questions to train on ({t['max_steps']} steps draw "
-                      f"{min(needed, len(examples))} of {len(examples)}); {len(failed)} skipped because the "
+                      f"{min(needed, available)} of {available}); {len(failed)} skipped because the "
                       "ToolMaker failed")
     if not train:
         raise ValueError(f"{data}: no question has tools (the ToolMaker failed on all {len(examples)}); "
