@@ -119,7 +119,8 @@ def main() -> None:
         print(f"batch {n + 1}: episodes {lengths} tokens ({rows[-1]['padding_pct']} % padding when padded): "
               f"padded {t_padded:.1f} s, unpadded {t_unpadded:.1f} s", flush=True)
     total_p, total_u = sum(r["padded_s"] for r in rows), sum(r["unpadded_s"] for r in rows)
-    result = {"run": str(args.run.relative_to(ROOT) if args.run.resolve().is_relative_to(ROOT) else args.run),
+    run = args.run.resolve()
+    result = {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run),
               "init": str(init), "prompt_tokens": prompt, "gradient_checkpointing": checkpointing,
               "batches": rows, "padding_pct": padding_pct([r["lengths"] for r in rows]),
               "padded_s": round(total_p, 1), "unpadded_s": round(total_u, 1),

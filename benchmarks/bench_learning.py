@@ -322,6 +322,7 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
     # the share of training episodes answered, and of groups whose answer reward did not differ (no advantage
     # to follow from correctness)
     curve["answered_pct"] = [e.get("episode/answered_pct") for e in steps]
+    curve["calls"] = [e.get("episode/tool_calls") for e in steps]  # a policy that stops searching shows here
     curve["answer_flat_steps"] = sum(e.get(trl_log_key("answer").replace("/mean", "/std")) == 0 for e in steps)
     curve["answered_pct_mean"] = (round(statistics.fmean(curve["answered_pct"]), 1)
                                   if steps and None not in curve["answered_pct"] else None)
@@ -484,16 +485,17 @@ def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     curves = res["curves"]
-    fig, axes = plt.subplots(1, 1 + len(COMPONENTS), figsize=(15, 3), constrained_layout=True)
+    panels = ("reward", *COMPONENTS) + (("calls",) if all(c.get("calls") for c in curves.values()) else ())
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3), constrained_layout=True)
     for run, c in curves.items():
-        for ax, key in zip(axes, ("reward", *COMPONENTS)):
+        for ax, key in zip(axes, panels):
             ys = [y for y in c[key] if y is not None]
             line, = ax.plot(range(1, len(ys) + 1), ys, marker=".", label=run)
             if key == "reward" and None not in c["reward_std"]:  # the step's standard error over its episodes
                 se = [sd / math.sqrt(c["rollouts"]) for sd in c["reward_std"]]
                 ax.fill_between(range(1, len(ys) + 1), [y - e for y, e in zip(ys, se)],
                                 [y + e for y, e in zip(ys, se)], color=line.get_color(), alpha=0.15)
-            ax.set_title(key if key != "reward" else "total reward (± s.e. of the step)")
+            ax.set_title({"reward": "total reward (± s.e. of the step)", "calls": "tool calls an episode"}.get(key, key))
             ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
