@@ -495,7 +495,8 @@ def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
                 se = [sd / math.sqrt(c["rollouts"]) for sd in c["reward_std"]]
                 ax.fill_between(range(1, len(ys) + 1), [y - e for y, e in zip(ys, se)],
                                 [y + e for y, e in zip(ys, se)], color=line.get_color(), alpha=0.15)
-            ax.set_title({"reward": "total reward (± s.e. of the step)", "calls": "tool calls an episode"}.get(key, key))
+            titles = {"reward": "total reward (± s.e. of the step)", "calls": "tool calls an episode"}
+            ax.set_title(titles.get(key, key))
             ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,9 +90,8 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     for s in samples:
         by_step.setdefault(s["step"], s["trace"]["question"])
     questions = [by_step.get(i) for i in range(len(curve["reward"]))]
-    stats = json.loads((d / "train_stats.json").read_text()) if (d / "train_stats.json").is_file() else {}
-    selection = ({"candidates": sum(1 for x in train.read_text().splitlines() if x.strip()), "solvable": stats["solvable_questions"]}
-                 if stats.get("solvable_questions") is not None else None)
+    selection = ({"candidates": sum(1 for x in train.read_text().splitlines() if x.strip()),
+                  "solvable": curve["solvable_questions"]} if "solvable_questions" in curve else None)
     out = {"setting": spec, "init": str(init), "wall_s": round(done["wall_s"], 1), "curve": curve, "selection": selection,
            "date": time.strftime("%Y-%m-%d"), "steps_run": len(curve["reward"]), "stopped_by_hand": stopped}
     calls = [e.get("episode/tool_calls") for e in read_log(d) if "reward" in e]
