@@ -563,7 +563,7 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None,
-                   grpo_settings(args.grpo))
+                   parse_grpo_overrides(args.grpo))
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -575,7 +575,7 @@ def main() -> None:
     console.print(f"results: {RESULTS}; docs: {DOC}", highlight=False)
 
 
-def grpo_settings(items: list[str]) -> dict[str, Any]:
+def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:
     """`--grpo KEY=VALUE` items as a mapping, values read as JSON, else YAML (numbers, booleans, strings);
     mtr's own settings checked as the configuration checks them (TRL's, when GRPO starts)."""
     import yaml

@@ -92,9 +92,10 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     questions = [by_step.get(i) for i in range(len(curve["reward"]))]
     selection = ({"candidates": sum(1 for x in train.read_text().splitlines() if x.strip()),
                   "solvable": curve["solvable_questions"]} if "solvable_questions" in curve else None)
-    out = {"setting": spec, "init": str(init), "wall_s": round(done["wall_s"], 1), "curve": curve, "selection": selection,
-           "date": time.strftime("%Y-%m-%d"), "steps_run": len(curve["reward"]), "stopped_by_hand": stopped}
-    calls = [e.get("episode/tool_calls") for e in read_log(d) if "reward" in e]
+    out = {"setting": spec, "init": str(init), "wall_s": round(done["wall_s"], 1), "curve": curve,
+           "selection": selection, "date": time.strftime("%Y-%m-%d"), "steps_run": len(curve["reward"]),
+           "stopped_by_hand": stopped}
+    calls = curve["calls"]
     # each component's first and last quarter (which of them moved the total), and the calls an episode made
     series = {key: curve[key] for key in ("answer", "format", "consistency", "efficiency", "answered_pct")}
     for key, xs in {**series, "calls": calls}.items():

@@ -185,11 +185,11 @@ def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs
 
 
 def test_grpo_settings_from_the_command_line_are_typed_and_checked():
-    got = bl.grpo_settings(["answer_metric=f1", "question_order=solvable-first", "trl.learning_rate=1e-5"])
+    got = bl.parse_grpo_overrides(["answer_metric=f1", "question_order=solvable-first", "trl.learning_rate=1e-5"])
     assert got == {"answer_metric": "f1", "question_order": "solvable-first", "trl.learning_rate": 1e-5}
     cfg = bl.base_config({**bl.PRESETS["quick"], "grpo": got}, 0)
     assert (cfg.grpo.answer_metric, cfg.grpo.question_order, cfg.grpo.trl["learning_rate"]) == \
         ("f1", "solvable-first", 1e-5)
     for bad, says in [("answer_metric=f2", "grpo.answer_metric"), ("nosuch=1", "grpo.nosuch"), ("x", "KEY=VALUE")]:
         with pytest.raises(SystemExit, match=says):
-            bl.grpo_settings([bad])
+            bl.parse_grpo_overrides([bad])
