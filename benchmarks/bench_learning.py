@@ -103,6 +103,17 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     return stage_done(d)
 
 
+def drop_checkpoints(d: Path) -> None:
+    """Remove a finished training step's `checkpoint-*` directories: they only serve to resume it, and each
+    holds the optimizer's state (a GRPO arm's two came to 3 GB), which a benchmark of many arms piles up
+    on a disk that CI and the tests share. The final model at `d` stays."""
+    import shutil
+
+    if (d / "stage_done.json").is_file():
+        for c in d.glob("checkpoint-*"):
+            shutil.rmtree(c, ignore_errors=True)
+
+
 def base_config(preset: dict[str, Any], seed: int) -> Any:
     """The demo's settings (model, retriever, SFT and GRPO batch shapes), with the utility tools alone and
     the tools live: this benchmark is about the policy, and the ToolMaker's tools would cost a model call each."""
@@ -203,6 +214,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             sft_dir, {"data": file_sha256(sft_rows), "sft": cfg.sft.model_dump(mode="json"), "seed": seed},
             lambda fresh, cfg=cfg, d=sft_dir: {"steps": train_sft(cfg, sft_rows, d, resume=not fresh,
                                                                    overwrite=fresh).get("steps")})
+        drop_checkpoints(sft_dir)
         checkpoints["sft"] = sft_dir
         for arm in preset["arms"]:
             if seed != preset["seeds"][0] and arm not in SEEDED:
@@ -222,6 +234,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
                         overwrite=fresh).get("steps")})
+                drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts)
                 model = gdir

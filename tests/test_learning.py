@@ -69,6 +69,18 @@ def test_run_step_skips_resumes_and_restarts(tmp_path):
     assert calls[-1] is True
 
 
+def test_a_finished_training_step_loses_its_checkpoints_and_keeps_its_model(tmp_path):
+    d = tmp_path / "grpo"
+    (d / "checkpoint-4").mkdir(parents=True)
+    (d / "checkpoint-4" / "optimizer.pt").write_bytes(b"x")
+    (d / "model.safetensors").write_bytes(b"m")
+    bl.drop_checkpoints(d)  # not finished: the checkpoint is what resumes it
+    assert (d / "checkpoint-4" / "optimizer.pt").is_file()
+    bl.run_step(d, {"a": 1}, lambda fresh: {})
+    bl.drop_checkpoints(d)
+    assert not (d / "checkpoint-4").exists() and (d / "model.safetensors").is_file()
+
+
 def _prediction(bench, qid, em, f1, answered, calls, mode="live"):
     return {"key": f"{bench}|{mode}|{qid}", "benchmark": bench, "mode": mode, "id": qid, "em": em, "f1": f1,
             "cover_em": em, "answered": answered, "well_formed": answered, "calls": calls}
