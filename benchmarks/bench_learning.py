@@ -179,6 +179,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         preset["seeds"] = seeds
     if grpo:  # GRPO settings of every GRPO arm, instead of the configuration's
         preset["grpo"] = grpo
+        preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
