@@ -405,7 +405,8 @@ def test_training_without_tools_draws_questions_without_the_toolmaker(tmp_path):
     assert len(chosen) == 2 and not failed and b.calls["toolmaker"] == 0
 
 
-def test_solvable_first_puts_partly_right_questions_first_and_resumes(tmp_path):
+def test_solvable_first_puts_partly_right_questions_first_and_resumes(tmp_path, monkeypatch):
+    import mtr.stages.grpo as grpo_stage
     from mtr.data import load_qa
     from mtr.stages.grpo import solvable_first
 
@@ -423,6 +424,10 @@ def test_solvable_first_puts_partly_right_questions_first_and_resumes(tmp_path):
 
     assert order() == (["q1", "q3", "q0", "q2"], 2) and backend.calls["agent"] == 4
     assert order() == (["q1", "q3", "q0", "q2"], 2) and backend.calls["agent"] == 4  # a re-run reads the answers
+    # ... and loads no policy
+    monkeypatch.setattr(grpo_stage, "BackendPool", lambda *a, **k: pytest.fail("a policy was loaded"))
+    ranked, _ = solvable_first(cfg, env, load_qa(data), tmp_path / "init", tmp_path / "solvable.jsonl")
+    assert [ex.id for ex in ranked] == ["q1", "q3", "q0", "q2"]
     env.close()
 
 

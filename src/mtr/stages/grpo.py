@@ -61,10 +61,11 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
     from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
     from mtr.metrics import f1_score
 
-    pool = None if policy is not None else BackendPool(cfg.with_policy(init))
-    agent = PolicyAgent(policy or pool.get("policy"), seed=cfg.seed)
     out = JsonlAppender(path, id_key="id")
     todo = [ex for ex in examples if ex.id not in out.done]
+    # a re-run that finds every answer loads no policy
+    pool = None if policy is not None or not todo else BackendPool(cfg.with_policy(init))
+    agent = PolicyAgent(policy or pool.get("policy"), seed=cfg.seed) if todo else None
 
     async def worker(ex: QAExample) -> dict[str, Any]:
         trace = await env.rollout(ex, agent, ex.id, seed=cfg.seed)
@@ -81,7 +82,10 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
             if pool is not None:
                 await pool.aclose()
 
-    asyncio.run(answer_all())
+    if todo:
+        asyncio.run(answer_all())
+    else:
+        out.close()
     f1 = {r["id"]: r["f1"] for r in read_jsonl(path, latest_by="id")}
     solvable = [ex for ex in examples if f1.get(ex.id, 0.0) > 0]
     return solvable + [ex for ex in examples if f1.get(ex.id, 0.0) <= 0], len(solvable)
