@@ -341,6 +341,11 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
     curve["answered_pct_mean"] = (round(statistics.fmean(curve["answered_pct"]), 1)
                                   if steps and None not in curve["answered_pct"] else None)
     curve["quarters"] = quarters(curve["reward"])
+    # what rose: each component's (and the calls') mean over the first and the last quarter of the steps
+    k = len(steps) // 4
+    curve["quarter_means"] = {c: [round(statistics.fmean(curve[c][:k]), 4),
+                                  round(statistics.fmean(curve[c][-k:]), 4)]
+                              for c in (*COMPONENTS, "calls") if k and None not in curve[c]}
     times = [e.get("step_time") for e in steps]
     tokens = [(e.get("completions/mean_length") or 0) * rollouts for e in steps]
     if steps and all(t for t in times):
@@ -485,6 +490,12 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                 if got:
                     lines += ["", f"{words[0].upper()}{words[1:]}: " + ", ".join(f"{k} {x}" for k, x in got.items())
                               + "."]
+            moved = {k: v["quarter_means"] for k, v in curves.items() if v.get("quarter_means")}
+            if moved:
+                parts = ["{}: {}".format(k, ", ".join(f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()))
+                         for k, m in moved.items()]
+                lines += ["", "What moved, first -> last quarter (each component's mean, before its weight; calls "
+                          "an episode): " + "; ".join(parts) + "."]
             lines += ["", f"![reward curves](img/learning-{name}.png)"]
         lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())
                   + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]

@@ -184,14 +184,15 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
 
 def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs_stats(tmp_path):
     steps = [{"step": i + 1, "reward": 0.1 * i, "step_time": 10.0, "num_tokens": 1000.0 * (i + 1),
-              "completions/mean_length": 50, "rewards/answer_reward/mean": 0.0, "rewards/answer_reward/std": 0.0}
-             for i in range(4)]
+              "completions/mean_length": 50, "rewards/answer_reward/mean": 0.1 * i,
+              "rewards/answer_reward/std": 0.0} for i in range(4)]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
     stats = {"train_runtime_s": 40.0, "rollout_s": 20.0, "padding_pct": 12.5, "solvable_questions": 3}
     (tmp_path / "train_stats.json").write_text(json.dumps(stats))
     curve = bl.reward_curve(tmp_path, rollouts=4)
     assert curve["update_ms_per_token"] == 5.0  # 20 s of update over 4000 scored tokens
     assert curve["padding_pct"] == 12.5 and curve["solvable_questions"] == 3 and curve["answer_flat_steps"] == 4
+    assert curve["quarter_means"] == {"answer": [0.0, 0.3]}  # each component logged: first and last quarter
     (tmp_path / "train_stats.json").write_text(json.dumps({**stats, "resumed_from": "checkpoint-2"}))
     assert "update_ms_per_token" not in bl.reward_curve(tmp_path, rollouts=4)  # a resumed run timed part of it
 
