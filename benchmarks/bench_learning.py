@@ -338,6 +338,11 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
     curve["answered_pct"] = [e.get("episode/answered_pct") for e in steps]
     curve["calls"] = [e.get("episode/tool_calls") for e in steps]  # a policy that stops searching shows here
     curve["answer_flat_steps"] = sum(e.get(trl_log_key("answer").replace("/mean", "/std")) == 0 for e in steps)
+    # which components told a group's episodes apart, step by step: TRL divides a group's rewards by their
+    # standard deviation, so the one that differs drives the step whatever its weight
+    varied = [{c for c in COMPONENTS if (e.get(trl_log_key(c).replace("/mean", "/std")) or 0) > 0} for e in steps]
+    curve["varied_steps"] = {c: sum(c in v for v in varied) for c in COMPONENTS}
+    curve["varied_alone_steps"] = {c: sum(v == {c} for v in varied) for c in COMPONENTS}
     curve["answered_pct_mean"] = (round(statistics.fmean(curve["answered_pct"]), 1)
                                   if steps and None not in curve["answered_pct"] else None)
     curve["quarters"] = quarters(curve["reward"])
@@ -496,6 +501,12 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                          for k, m in moved.items()]
                 lines += ["", "What moved, first -> last quarter (each component's mean, before its weight; calls "
                           "an episode): " + "; ".join(parts) + "."]
+            told = {k: v for k, v in curves.items() if v.get("varied_steps")}
+            if told:
+                parts = ["{}: {}".format(k, ", ".join(f"{c} {n} ({v['varied_alone_steps'][c]})"
+                                                      for c, n in v["varied_steps"].items())) for k, v in told.items()]
+                lines += ["", "Steps in which a component told the group's episodes apart (in brackets: it alone): "
+                          + "; ".join(parts) + "."]
             lines += ["", f"![reward curves](img/learning-{name}.png)"]
         lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())
                   + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]

@@ -193,6 +193,12 @@ def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs
     assert curve["update_ms_per_token"] == 5.0  # 20 s of update over 4000 scored tokens
     assert curve["padding_pct"] == 12.5 and curve["solvable_questions"] == 3 and curve["answer_flat_steps"] == 4
     assert curve["quarter_means"] == {"answer": [0.0, 0.3]}  # each component logged: first and last quarter
+    steps[1]["rewards/format_reward/std"] = 0.5
+    steps[2].update({"rewards/format_reward/std": 0.1, "rewards/consistency_reward/std": 0.5})
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    curve = bl.reward_curve(tmp_path, rollouts=4)
+    assert curve["varied_steps"] == {"answer": 0, "format": 2, "consistency": 1, "efficiency": 0}
+    assert curve["varied_alone_steps"] == {"answer": 0, "format": 1, "consistency": 0, "efficiency": 0}
     (tmp_path / "train_stats.json").write_text(json.dumps({**stats, "resumed_from": "checkpoint-2"}))
     assert "update_ms_per_token" not in bl.reward_curve(tmp_path, rollouts=4)  # a resumed run timed part of it
 
