@@ -337,20 +337,23 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
     # to follow from correctness)
     curve["answered_pct"] = [e.get("episode/answered_pct") for e in steps]
     curve["calls"] = [e.get("episode/tool_calls") for e in steps]  # a policy that stops searching shows here
-    curve["answer_flat_steps"] = sum(e.get(trl_log_key("answer").replace("/mean", "/std")) == 0 for e in steps)
+    def spread(e: dict[str, Any], c: str) -> float | None:  # the component's standard deviation in the group
+        return e.get(trl_log_key(c).replace("/mean", "/std"))
+
+    curve["answer_flat_steps"] = sum(spread(e, "answer") == 0 for e in steps)
     # which components told a group's episodes apart, step by step: TRL divides a group's rewards by their
     # standard deviation, so the one that differs drives the step whatever its weight
-    varied = [{c for c in COMPONENTS if (e.get(trl_log_key(c).replace("/mean", "/std")) or 0) > 0} for e in steps]
+    varied = [{c for c in COMPONENTS if (spread(e, c) or 0) > 0} for e in steps]
     curve["varied_steps"] = {c: sum(c in v for v in varied) for c in COMPONENTS}
     curve["varied_alone_steps"] = {c: sum(v == {c} for v in varied) for c in COMPONENTS}
     curve["answered_pct_mean"] = (round(statistics.fmean(curve["answered_pct"]), 1)
                                   if steps and None not in curve["answered_pct"] else None)
     curve["quarters"] = quarters(curve["reward"])
-    # what rose: each component's (and the calls') mean over the first and the last quarter of the steps
+    # what rose: each component's (and the calls', the answered share's) mean over the first and the last quarter
     k = len(steps) // 4
     curve["quarter_means"] = {c: [round(statistics.fmean(curve[c][:k]), 4),
                                   round(statistics.fmean(curve[c][-k:]), 4)]
-                              for c in (*COMPONENTS, "calls") if k and None not in curve[c]}
+                              for c in (*COMPONENTS, "calls", "answered_pct") if k and None not in curve[c]}
     times = [e.get("step_time") for e in steps]
     tokens = [(e.get("completions/mean_length") or 0) * rollouts for e in steps]
     if steps and all(t for t in times):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import PRESETS, ROOT, base_config, quarters, reward_curve, run_step, training_file  # noqa: E402
+from bench_learning import PRESETS, ROOT, base_config, reward_curve, run_step, training_file  # noqa: E402
 
 
 RESULTS = ROOT / "benchmarks" / "results" / "grpo_settings.json"
@@ -95,14 +95,9 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     out = {"setting": spec, "init": str(init), "wall_s": round(done["wall_s"], 1), "curve": curve,
            "selection": selection, "date": time.strftime("%Y-%m-%d"), "steps_run": len(curve["reward"]),
            "stopped_by_hand": stopped}
-    calls = curve["calls"]
-    # each component's first and last quarter (which of them moved the total), and the calls an episode made
-    series = {key: curve[key] for key in ("answer", "format", "consistency", "efficiency", "answered_pct")}
-    for key, xs in {**series, "calls": calls}.items():
-        q = quarters(xs) if None not in xs else None
-        if q:
-            out.setdefault("quarter_means", {})[key] = [q["first"][0], q["last"][0]]
-    out["calls"] = calls
+    if curve["quarter_means"]:  # which components moved the total, the calls an episode, the answered share
+        out["quarter_means"] = curve["quarter_means"]
+    out["calls"] = curve["calls"]
     out["kl_max"] = round(max((x or 0.0) for x in curve["kl"]), 4) if curve["kl"] else None
     if spec.get("questions") and None not in questions:
         out["paired"] = paired_visits(curve["reward"], questions)
