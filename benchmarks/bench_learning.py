@@ -628,6 +628,9 @@ def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:
             out[key] = json.loads(value)  # numbers as JSON reads them (YAML reads 1e-5 as a string)
         except json.JSONDecodeError:
             out[key] = yaml.safe_load(value)
+    steps = out.get("trl.max_steps")  # the run's own step count (TRL would check it only once GRPO starts)
+    if steps is not None and (type(steps) is not int or steps < 1):
+        raise SystemExit(f"--grpo trl.max_steps={steps!r}: expected a whole number of steps, at least 1")
     try:
         base_config({**PRESETS["quick"], "grpo": out}, 0)
     except ValueError as e:  # the configuration's own one-line error

@@ -209,6 +209,7 @@ def test_grpo_settings_from_the_command_line_are_typed_and_checked():
     cfg = bl.base_config({**bl.PRESETS["quick"], "grpo": got}, 0)
     assert (cfg.grpo.answer_metric, cfg.grpo.question_order, cfg.grpo.trl["learning_rate"]) == \
         ("f1", "solvable-first", 1e-5)
-    for bad, says in [("answer_metric=f2", "grpo.answer_metric"), ("nosuch=1", "grpo.nosuch"), ("x", "KEY=VALUE")]:
+    for bad, says in [("answer_metric=f2", "grpo.answer_metric"), ("nosuch=1", "grpo.nosuch"), ("x", "KEY=VALUE"),
+                      ("trl.max_steps=abc", "trl.max_steps"), ("trl.max_steps=0", "whole number")]:
         with pytest.raises(SystemExit, match=says):
             bl.parse_grpo_overrides([bad])
