@@ -91,16 +91,32 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
         console.print(f"[dim]{d.name}: done earlier ({done['wall_s']:.0f} s), skipped[/dim]")
         return done
     started = d / "bench_identity.json"
-    fresh = done is not None or (started.is_file() and json.loads(started.read_text()) != identity)
+    old = json.loads(started.read_text()) if started.is_file() else done.get("identity") if done else None
+    fresh = old is not None and not continues(old, identity)
     console.rule(f"{d.name}" + (" (afresh)" if fresh else ""))
     d.mkdir(parents=True, exist_ok=True)
     write_text_atomic(started, json.dumps(identity, indent=2))
     reset_peak()
     t0 = time.perf_counter()
     extra = fn(fresh)
-    mark_done(d, time.perf_counter() - t0, peak_rss_mb=round(peak_rss_mb()), identity=identity, **extra)
+    # a step done before and now extended (more questions) took both runs' time
+    before = done["wall_s"] if done is not None and not fresh and continues(done["identity"] or {}, identity) else 0.0
+    mark_done(d, before + time.perf_counter() - t0, peak_rss_mb=round(peak_rss_mb()), identity=identity, **extra)
     release_memory()
     return stage_done(d)
+
+
+def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether a step begun on identity `old` goes on as `new`: the same step, or the same evaluation on more
+    questions (its `eval.limit` grown: the questions done stay, mtr.stages.evaluate adds the others)."""
+    if old == new:
+        return True
+    before, after = old.get("eval"), new.get("eval")
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return False
+    was, now = before.get("limit"), after.get("limit")
+    grown = was is not None and (now is None or now > was)
+    return grown and {**old, "eval": {**before, "limit": now}} == new
 
 
 def drop_checkpoints(d: Path) -> None:
@@ -161,7 +177,7 @@ def check_disjoint(train: Path, cfg: Any) -> None:
 
 
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
-             grpo: dict[str, Any] | None = None) -> dict[str, Any]:
+             grpo: dict[str, Any] | None = None, eval_limit: int | None = None) -> dict[str, Any]:
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rundir import checkpoint_stamp
@@ -180,6 +196,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     if grpo:  # GRPO settings of every GRPO arm, instead of the configuration's
         preset["grpo"] = grpo
         preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
+    if eval_limit:  # more held-out questions (a finished evaluation of fewer is extended, not redone)
+        preset["eval_limit"] = eval_limit
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
@@ -570,7 +588,13 @@ def main() -> None:
     ap.add_argument("--grpo", action="append", default=[], metavar="KEY=VALUE",
                     help="a GRPO setting of every GRPO arm instead of the configuration's, e.g. "
                     "question_order=solvable-first, answer_metric=f1, trl.learning_rate=1e-5 (repeatable)")
+    ap.add_argument("--eval-limit", type=int, metavar="N",
+                    help="evaluate on the first N held-out questions of each benchmark instead of the preset's "
+                    "(evaluations of fewer are extended)")
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
+    ap.add_argument("--merge", type=Path, metavar="FILE",
+                    help="only copy the run --label from the results file FILE (a worktree's: a long run there "
+                    "leaves this checkout free to edit) into this one, and rewrite docs/learning.md")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/learning.md from the results file")
     ap.add_argument("--estimate", metavar="RUN",
                     help="only estimate how long the full preset takes here from the finished run RUN of the "
@@ -585,6 +609,10 @@ def main() -> None:
         RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
         print(f"the full preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h "
               f"(SFT {est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)")
+        return
+    if args.merge:
+        merge_run(args.merge, args.label)
+        print(f"merged {args.label} from {args.merge} into {RESULTS}; wrote {DOC}")
         return
     if args.docs:
         DOC.write_text(update_doc())
@@ -601,8 +629,10 @@ def main() -> None:
     unknown = sorted(set(arms or []) - set(ARMS))
     if unknown:
         raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
+    if args.eval_limit is not None and args.eval_limit < 1:
+        raise SystemExit(f"--eval-limit {args.eval_limit}: expected a number of questions, at least 1")
     res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None,
-                   parse_grpo_overrides(args.grpo))
+                   parse_grpo_overrides(args.grpo), args.eval_limit)
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -612,6 +642,25 @@ def main() -> None:
     DOC.write_text(update_doc())
     console.print(doc_sections({label: res})[label], highlight=False)
     console.print(f"results: {RESULTS}; docs: {DOC}", highlight=False)
+
+
+def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc: Path = DOC) -> None:
+    """Copy run `label` of the results file `source` into `results_file` (kept beside the other runs, or
+    replacing the run of that name) and rewrite `doc` from it."""
+    from mtr.jsonl import write_text_atomic
+
+    if not label:
+        raise SystemExit("--merge: say which run to copy with --label")
+    try:
+        theirs = json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SystemExit(f"--merge {source}: not a readable results file ({e})") from None
+    if label not in theirs:
+        raise SystemExit(f"--merge {source}: no run {label!r}; runs: {', '.join(theirs) or 'none'}")
+    ours = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    ours[label] = theirs[label]
+    write_text_atomic(results_file, json.dumps(ours, indent=2) + "\n")
+    write_text_atomic(doc, update_doc(doc, results_file))
 
 
 def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:

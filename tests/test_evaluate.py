@@ -8,6 +8,7 @@ from mtr.cli import app
 from mtr.config import Config
 from mtr.data import DataError, data_dirs, load_qa, resolve_benchmark
 from mtr.rubric import slot_disagreements
+from mtr.rundir import RunDirError
 from mtr.stages.evaluate import compare, evaluate
 from mtr.jsonl import read_jsonl
 from mtr.trace import Step, ToolCall, Trace
@@ -61,6 +62,22 @@ def test_resume_does_not_redo_or_duplicate(tmp_path):
     assert b.calls["agent"] == 1 and res["rows"][0]["n"] == 3
     keys = [r["key"] for r in read_jsonl(tmp_path / "run" / "predictions.jsonl")]
     assert len(keys) == len(set(keys)) == 3
+
+
+def test_a_larger_limit_adds_questions_and_a_smaller_one_is_refused(tmp_path):
+    cfg = cfg_for(tmp_path, n=3, modes=("tools-off",))
+    cfg.eval.limit = 1
+    asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
+    cfg.eval.limit = 3
+    b = ScriptedBackend(agent=hermes_policy)
+    res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
+    assert b.calls["agent"] == 2 and res["rows"][0]["n"] == 3  # only the two new questions ran
+    cfg.eval.limit = 2
+    with pytest.raises(RunDirError, match="eval.limit=3: a smaller eval.limit"):
+        asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
+    cfg.eval.limit, cfg.eval.max_tool_calls = 3, cfg.eval.max_tool_calls + 1
+    with pytest.raises(RunDirError, match="config differs"):  # any other change is still another run
+        asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
 
 
 def test_malformed_policy_output_is_counted(tmp_path):

@@ -69,6 +69,46 @@ def test_run_step_skips_resumes_and_restarts(tmp_path):
     assert calls[-1] is True
 
 
+def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tmp_path):
+    calls = []
+
+    def fn(fresh):
+        calls.append(fresh)
+        return {}
+
+    d = tmp_path / "eval"
+    ident = {"eval": {"limit": 30, "modes": ["live"]}, "policy": "p"}
+    bl.run_step(d, ident, fn)
+    done = json.loads((d / "stage_done.json").read_text())
+    (d / "stage_done.json").write_text(json.dumps({**done, "wall_s": 100.0}))
+    grown = {"eval": {"limit": 100, "modes": ["live"]}, "policy": "p"}
+    bl.run_step(d, grown, fn)  # the 30 done stay: continued, and its time is both runs'
+    assert calls == [False, False]
+    assert json.loads((d / "stage_done.json").read_text())["wall_s"] >= 100.0
+    bl.run_step(d, {"eval": {"limit": 50, "modes": ["live"]}, "policy": "p"}, fn)  # fewer: afresh
+    assert calls[-1] is True
+    bl.run_step(d, {"eval": {"limit": 100, "modes": ["live"]}, "policy": "q"}, fn)  # another policy: afresh
+    assert calls[-1] is True and bl.continues(ident, {**grown, "eval": {"limit": None, "modes": ["live"]}})
+    assert not bl.continues(ident, {"eval": {"limit": 100, "modes": ["simulated"]}, "policy": "p"})
+
+
+def test_merge_copies_one_run_and_rewrites_the_docs(tmp_path):
+    if not bl.RESULTS.is_file():
+        pytest.skip("no learning results yet")
+    run = next(iter(json.loads(bl.RESULTS.read_text()).values()))
+    ours, theirs, doc = tmp_path / "ours.json", tmp_path / "theirs.json", tmp_path / "learning.md"
+    ours.write_text(json.dumps({"kept": run}))
+    theirs.write_text(json.dumps({"new": {**run, "date": "2099-01-01"}, "other": run}))
+    doc.write_text("# doc\n<!--learning:new-->\n<!--/learning-->\n")
+    bl.merge_run(theirs, "new", ours, doc)
+    assert json.loads(ours.read_text()) == {"kept": run, "new": {**run, "date": "2099-01-01"}}
+    assert "Run `new` of 2099-01-01" in doc.read_text()
+    with pytest.raises(SystemExit, match="no run 'gone'; runs: new, other"):
+        bl.merge_run(theirs, "gone", ours, doc)
+    with pytest.raises(SystemExit, match="--label"):
+        bl.merge_run(theirs, None, ours, doc)
+
+
 def test_a_finished_training_step_loses_its_checkpoints_and_keeps_its_model(tmp_path):
     d = tmp_path / "grpo"
     (d / "checkpoint-4").mkdir(parents=True)

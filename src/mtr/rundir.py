@@ -55,11 +55,13 @@ def git_commit() -> str | None:
 
 
 def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: dict[str, Path],
-                   extra: dict[str, Any] | None = None, overwrite: bool = False, inputs_may_grow: bool = False
-                   ) -> dict[str, Any]:
+                   extra: dict[str, Any] | None = None, overwrite: bool = False, inputs_may_grow: bool = False,
+                   limits: tuple[str, ...] = ()) -> dict[str, Any]:
     """Write `manifest.json`; `config` is what the stage reads (`Config.stage_config`). A directory already
     holding a run of another config or data is refused unless `overwrite`; with `inputs_may_grow` (a stage
-    that adds records for new inputs beside the old ones) only another config is refused."""
+    that adds records for new inputs beside the old ones) only another config is refused. `limits` names
+    config values ("section.key") that take the first N inputs: one may grow on a resume (the records done
+    stay, the new inputs are added), never shrink (the records beyond it would stay in the output)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"stage": stage, "config": config,
                 "inputs": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in inputs.items()},
@@ -67,8 +69,9 @@ def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: di
     path = out_dir / "manifest.json"
     if path.exists() and not overwrite:
         old = read_manifest(out_dir)
+        grown = _check_limits(out_dir, old.get("config") or {}, config, limits)
         for key in ("stage", "config") if inputs_may_grow else ("stage", "config", "inputs", *(extra or {})):
-            if old.get(key) != manifest[key]:
+            if (grown if key == "config" else old.get(key)) != manifest[key]:
                 raise RunDirError(f"{out_dir} holds a different {old.get('stage', '?')} run (its {key} differs); "
                                   "use another --out, or --overwrite to start afresh")
         manifest["created"] = old.get("created")
@@ -76,6 +79,23 @@ def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: di
                     git_commit=git_commit(), argv=sys.argv)
     write_text_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
+
+
+def _check_limits(out_dir: Path, old: dict[str, Any], new: dict[str, Any], limits: tuple[str, ...]
+                  ) -> dict[str, Any]:
+    """The old config with each of `limits` set to the new value where that value only grows (None: no
+    limit); a limit that shrinks is refused."""
+    grown = json.loads(json.dumps(old))
+    for dotted in limits:
+        section, _, key = dotted.partition(".")
+        if section not in grown or section not in new or key not in grown[section]:
+            continue
+        before, after = grown[section][key], new[section].get(key)
+        if before is None and after is not None or None not in (before, after) and after < before:
+            raise RunDirError(f"{out_dir} holds a run with {dotted}={before}: a smaller {dotted} ({after}) would "
+                              "keep its records beyond the limit; use another --out, or --overwrite to start afresh")
+        grown[section][key] = after
+    return grown
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
