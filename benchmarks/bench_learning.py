@@ -109,14 +109,9 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
 def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a step begun on identity `old` goes on as `new`: the same step, or the same evaluation on more
     questions (its `eval.limit` grown: the questions done stay, mtr.stages.evaluate adds the others)."""
-    if old == new:
-        return True
-    before, after = old.get("eval"), new.get("eval")
-    if not isinstance(before, dict) or not isinstance(after, dict):
-        return False
-    was, now = before.get("limit"), after.get("limit")
-    grown = was is not None and (now is None or now > was)
-    return grown and {**old, "eval": {**before, "limit": now}} == new
+    from mtr.rundir import limit_grew
+
+    return old == new or limit_grew(old, new, "eval.limit")
 
 
 def drop_checkpoints(d: Path) -> None:

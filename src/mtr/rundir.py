@@ -83,19 +83,44 @@ def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: di
 
 def _check_limits(out_dir: Path, old: dict[str, Any], new: dict[str, Any], limits: tuple[str, ...]
                   ) -> dict[str, Any]:
-    """The old config with each of `limits` set to the new value where that value only grows (None: no
-    limit); a limit that shrinks is refused."""
-    grown = json.loads(json.dumps(old))
-    for dotted in limits:
-        section, _, key = dotted.partition(".")
-        if section not in grown or section not in new or key not in grown[section]:
+    """The old config with each of `limits` set to the new value where that value only grew; a limit that
+    shrank is refused."""
+    for path in limits:
+        before, after = _lookup(old, path), _lookup(new, path)
+        if before is _MISSING or after is _MISSING or before == after:
             continue
-        before, after = grown[section][key], new[section].get(key)
-        if before is None and after is not None or None not in (before, after) and after < before:
-            raise RunDirError(f"{out_dir} holds a run with {dotted}={before}: a smaller {dotted} ({after}) would "
+        if not _larger(after, before):
+            raise RunDirError(f"{out_dir} holds a run with {path}={before}: a smaller {path} ({after}) would "
                               "keep its records beyond the limit; use another --out, or --overwrite to start afresh")
-        grown[section][key] = after
-    return grown
+        old = _replaced(old, path, after)
+    return old
+
+
+def limit_grew(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
+    """Whether `new` is `old` with the first-N limit at `path` ("section.key", None: no limit) raised: a stage
+    that takes the first N inputs and skips those done then goes on from `old`'s output."""
+    before, after = _lookup(old, path), _lookup(new, path)
+    return before is not _MISSING and _larger(after, before) and _replaced(old, path, after) == new
+
+
+_MISSING = object()
+
+
+def _larger(after: Any, before: Any) -> bool:
+    return before is not None and (after is None or (after is not _MISSING and after > before))
+
+
+def _lookup(d: Any, path: str) -> Any:
+    for key in path.split("."):
+        if not isinstance(d, dict) or key not in d:
+            return _MISSING
+        d = d[key]
+    return d
+
+
+def _replaced(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    head, _, rest = path.partition(".")
+    return {**d, head: _replaced(d[head], rest, value) if rest else value}
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
