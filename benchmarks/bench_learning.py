@@ -100,7 +100,8 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     t0 = time.perf_counter()
     extra = fn(fresh)
     # a step done before and now extended (more questions) took both runs' time
-    before = done["wall_s"] if done is not None and not fresh and continues(done["identity"] or {}, identity) else 0.0
+    extended = done is not None and not fresh and continues(done.get("identity") or {}, identity)
+    before = done["wall_s"] if extended else 0.0
     mark_done(d, before + time.perf_counter() - t0, peak_rss_mb=round(peak_rss_mb()), identity=identity, **extra)
     release_memory()
     return stage_done(d)
