@@ -311,28 +311,39 @@ def summarise_eval(eval_dir: Path) -> dict[str, Any]:
 
 
 def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict[str, Any]]:
-    """Paired differences on the same questions (live tools): SFT - base and SFT+GRPO - SFT per seed, and
-    each ablation against the method."""
+    """Paired differences on the same questions (live tools): SFT - base and SFT+GRPO - SFT per seed, each
+    ablation against the method, and last, with two seeds or more, SFT+GRPO - SFT of the seeds' mean score
+    on each question (named `@s0+s1`)."""
+    seeds = [f"s{seed}" for seed in preset["seeds"]]
+    pairs = [p for t in seeds for p in (("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}"))]
+    pairs += [(f"sft+grpo@{seeds[0]}", f"{a}@{seeds[0]}") for a in ARMS if a not in ("base", *SEEDED)]
+    scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
+    out = [paired_row(a, b, scores[a], scores[b]) for a, b in pairs if a in scores and b in scores]
+    both = [t for t in seeds if f"sft@{t}" in scores and f"sft+grpo@{t}" in scores]
+    if len(both) > 1:
+        # one question's score averaged over the seeds: seed-to-seed variation stays inside each question,
+        # and the interval is over questions, as for one seed
+        mean = {arm: seed_mean([scores[f"{arm}@{t}"] for t in both]) for arm in ("sft", "sft+grpo")}
+        tag = "+".join(both)
+        out.append(paired_row(f"sft@{tag}", f"sft+grpo@{tag}", mean["sft"], mean["sft+grpo"]))
+    return out
+
+
+def seed_mean(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """{question: {metric: mean over the runs}} for the questions every run scored."""
+    keys = set.intersection(*(set(r) for r in runs))
+    return {k: {m: statistics.fmean(r[k][m] for r in runs) for m in runs[0][k]} for k in sorted(keys)}
+
+
+def paired_row(a: str, b: str, sa: dict[str, dict[str, float]], sb: dict[str, dict[str, float]]) -> dict[str, Any]:
     from mtr.metrics import paired_bootstrap_diff
 
-    pairs = []
-    for seed in preset["seeds"]:
-        t = f"s{seed}"
-        pairs += [("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}")]
-    first = f"s{preset['seeds'][0]}"
-    pairs += [(f"sft+grpo@{first}", f"{a}@{first}") for a in ARMS if a not in ("base", *SEEDED)]
-    out = []
-    for a, b in pairs:
-        if a not in eval_dirs or b not in eval_dirs:
-            continue
-        sa, sb = (question_scores(eval_dirs[n]).get("live", {}) for n in (a, b))
-        row: dict[str, Any] = {"a": a, "b": b}
-        for m in ("em", "f1", "answered"):
-            d, lo, hi, n = paired_bootstrap_diff({k: v[m] for k, v in sa.items()}, {k: v[m] for k, v in sb.items()})
-            row[m] = [round(d, 2), round(lo, 2), round(hi, 2)]
-            row["n"] = n
-        out.append(row)
-    return out
+    row: dict[str, Any] = {"a": a, "b": b}
+    for m in ("em", "f1", "answered"):
+        d, lo, hi, n = paired_bootstrap_diff({k: v[m] for k, v in sa.items()}, {k: v[m] for k, v in sb.items()})
+        row[m] = [round(d, 2), round(lo, 2), round(hi, 2)]
+        row["n"] = n
+    return row
 
 
 def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:

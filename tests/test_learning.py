@@ -142,6 +142,24 @@ def test_summaries_and_comparisons_from_predictions(tmp_path):
     assert len(rows) == 1 and rows[0]["n"] == 20 and rows[0]["answered"][0] == pytest.approx(95.0)
 
 
+def test_two_seeds_are_also_compared_on_each_questions_mean_over_the_seeds(tmp_path):
+    def eval_dir(name, f1s):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 1) for i, f1 in enumerate(f1s)]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    dirs = {"sft@s0": eval_dir("a0", [0.0, 0.0, 0.2]), "sft+grpo@s0": eval_dir("b0", [1.0, 0.0, 0.2]),
+            "sft@s1": eval_dir("a1", [0.0, 0.5, 0.2]), "sft+grpo@s1": eval_dir("b1", [0.0, 0.5, 0.2, 1.0])}
+    rows = bl.comparisons(dirs, {"seeds": [0, 1]})
+    assert [(r["a"], r["b"]) for r in rows] == [("sft@s0", "sft+grpo@s0"), ("sft@s1", "sft+grpo@s1"),
+                                                ("sft@s0+s1", "sft+grpo@s0+s1")]
+    pooled = rows[-1]  # per question (b0 - a0 + b1 - a1) / 2 = 0.5, 0, 0; q3 is in one seed only
+    assert pooled["n"] == 3 and pooled["f1"][0] == pytest.approx(100 * 0.5 / 3, abs=0.01)
+    assert rows[0]["f1"][0] == pytest.approx(100 / 3, abs=0.01) and rows[1]["f1"][0] == 0.0
+
+
 def test_docs_tables_are_generated_from_the_results_file():
     results = ROOT / "benchmarks" / "results" / "learning.json"
     if not results.is_file():
