@@ -630,7 +630,7 @@ def main() -> None:
     from mtr.rundir import git_commit
 
     name = "quick" if args.quick else "full"
-    work = args.work or ROOT / "runs" / "bench-learning" / name
+    work = work_dir(args.work, name)
     t0 = time.perf_counter()
     arms = args.arms.split(",") if args.arms else None
     unknown = sorted(set(arms or []) - set(ARMS))
@@ -649,6 +649,12 @@ def main() -> None:
     DOC.write_text(update_doc())
     console.print(doc_sections({label: res})[label], highlight=False)
     console.print(f"results: {RESULTS}; docs: {DOC}", highlight=False)
+
+
+def work_dir(given: Path | None, preset_name: str) -> Path:
+    """The steps' directory, absolute: a step's identity holds the paths of the checkpoints it starts from,
+    so `runs/x` and `/repo/runs/x` must name the same steps (a relative one made every step start afresh)."""
+    return Path(given or ROOT / "runs" / "bench-learning" / preset_name).resolve()
 
 
 def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc: Path = DOC) -> None:
