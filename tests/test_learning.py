@@ -276,5 +276,6 @@ def test_grpo_settings_from_the_command_line_are_typed_and_checked():
 def test_the_work_directory_is_the_same_however_it_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
-    assert bl.work_dir(Path("runs"), "quick") == bl.work_dir(tmp_path / "runs", "quick") == (tmp_path / "runs").resolve()
+    runs = (tmp_path / "runs").resolve()
+    assert bl.work_dir(Path("runs"), "quick") == bl.work_dir(tmp_path / "runs", "quick") == runs
     assert bl.work_dir(None, "quick").is_absolute() and bl.work_dir(None, "quick").name == "quick"
