@@ -261,6 +261,21 @@ def test_consistency_reads_text_values_not_keys_and_handles_yes_no_and_quotes():
     assert consistency_reward(quoting) == 0.0 and consistency_reward(honest) == 1.0
 
 
+def test_consistency_when_right_pays_only_beside_an_answer_that_scores():
+    from mtr.config import parse_config
+
+    obs = '{"text": "Founded in 1755 by Lomonosov."}'
+    right = trace_with([call_step("MSU", obs), Step(answer="1755")])
+    grounded_wrong = trace_with([call_step("MSU", obs), Step(answer="Lomonosov")])
+    partly = trace_with([call_step("MSU", obs), Step(answer="1755 by Lomonosov")])
+    plain = Rubric({"consistency": 1.0}, "f1")
+    gated = Rubric.from_config(parse_config({"grpo": {"answer_metric": "f1", "consistency_when_right": True}}).grpo)
+    assert plain.score(grounded_wrong)["consistency"] == 1.0 and gated.score(grounded_wrong)["consistency"] == 0.0
+    assert gated.score(right)["consistency"] == 1.0 and gated.score(partly)["consistency"] == 1.0  # F1 > 0
+    assert Rubric({"consistency": 1.0}, "em", consistency_when_right=True).score(partly)["consistency"] == 0.0
+    assert gated.score(grounded_wrong)["total"] == pytest.approx(gated.score(grounded_wrong)["format"] * 0.5)
+
+
 def test_efficiency_can_fire_below_the_call_limit_and_on_length():
     two_calls = trace_with([call_step("a", "{}"), call_step("b", "{}"), Step(answer="x")])
     assert efficiency_reward(two_calls, call_budget=1, call_penalty=0.1) == pytest.approx(-0.1)

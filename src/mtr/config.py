@@ -286,6 +286,9 @@ class GRPOStageConfig(EpisodeConfig, TrainStage):
     token_penalty: float = Field(0.2, ge=0.0)
     reward_weights: dict[str, float] = Field(
         default_factory=lambda: {"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2})
+    consistency_when_right: bool = Field(
+        False, description="pay the consistency reward only beside an answer that scores above 0: when a group's "
+        "answers are all wrong, a grounded wrong answer then earns nothing over an ungrounded one")
     sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
     question_order: Literal["file", "solvable-first"] = Field(
         "file", description="which questions training draws first: the file's (shuffled when steps draw fewer than "

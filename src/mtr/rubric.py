@@ -20,6 +20,8 @@ All components score one episode (`Trace`):
                observed) and the answering thought quotes nothing the observations do not say; else 0
                (mtr.evidence). Within a GRPO group every rollout sees the same observation for the same
                call (one world per question and step), so support is compared across the group fairly.
+               With `consistency_when_right`, only beside an answer that scores above 0: a grounded wrong
+               answer then earns nothing over an ungrounded one.
 - efficiency   a length penalty: -`call_penalty` per call beyond `call_budget` (which is below the call
                limit), and -`token_penalty` per `token_budget` of the agent's tokens beyond `token_budget`.
 
@@ -85,7 +87,8 @@ class Rubric:
     names = REWARD_NAMES
 
     def __init__(self, weights: dict[str, float], answer_metric: str = "em", call_budget: int = 1,
-                 call_penalty: float = 0.1, token_budget: int = 256, token_penalty: float = 0.2):
+                 call_penalty: float = 0.1, token_budget: int = 256, token_penalty: float = 0.2,
+                 consistency_when_right: bool = False):
         unknown = set(weights) - set(REWARD_NAMES)
         if unknown:
             raise ValueError(f"reward weights: unknown component(s) {sorted(unknown)}; components are "
@@ -94,13 +97,15 @@ class Rubric:
         self.funcs: dict[str, Callable[[Trace], float]] = {
             "answer": lambda t: answer_reward(t, answer_metric),
             "format": format_reward,
-            "consistency": consistency_reward,
+            "consistency": (lambda t: consistency_reward(t) if answer_reward(t, answer_metric) > 0 else 0.0)
+            if consistency_when_right else consistency_reward,
             "efficiency": lambda t: efficiency_reward(t, call_budget, call_penalty, token_budget, token_penalty),
         }
 
     @classmethod
     def from_config(cls, g: Any) -> "Rubric":
-        return cls(g.reward_weights, g.answer_metric, g.call_budget, g.call_penalty, g.token_budget, g.token_penalty)
+        return cls(g.reward_weights, g.answer_metric, g.call_budget, g.call_penalty, g.token_budget, g.token_penalty,
+                   g.consistency_when_right)
 
     def score(self, trace: Trace) -> dict[str, float]:
         """Each component, and `total`: their weighted sum (what GRPO's advantage is computed from)."""
