@@ -87,7 +87,7 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     from mtr.rundir import mark_done, stage_done
 
     done = stage_done(d)
-    if done is not None and done.get("identity") == identity:
+    if done is not None and same_step(done.get("identity"), identity):
         console.print(f"[dim]{d.name}: done earlier ({done['wall_s']:.0f} s), skipped[/dim]")
         return done
     started = d / "bench_identity.json"
@@ -112,7 +112,32 @@ def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
     questions (its `eval.limit` grown: the questions done stay, mtr.stages.evaluate adds the others)."""
     from mtr.rundir import limit_grew
 
-    return old == new or limit_grew(old, new, "eval.limit")
+    return same_step(old, new) or limit_grew(old, new, "eval.limit")
+
+
+def same_step(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether identities `old` and `new` name the same step: equal, or `old` written before a setting was added
+    to a section of mtr's configuration (`grpo`, `eval`...) and `new` holding that setting's default, so that
+    the step ran as it would run now. Without this, every new option restarted every finished step."""
+    from mtr.config import Config
+
+    if old == new:
+        return True
+    if not isinstance(old, dict) or old.keys() != new.keys():
+        return False
+    for key, n in new.items():
+        o, field = old[key], Config.model_fields.get(key)
+        if o == n:
+            continue
+        if field is None or not isinstance(o, dict) or not isinstance(n, dict):
+            return False
+        fields = field.annotation.model_fields
+        added = set(n) - set(o)
+        if any(k not in fields or fields[k].get_default(call_default_factory=True) != n[k] for k in added):
+            return False
+        if {k: v for k, v in n.items() if k not in added} != o:
+            return False
+    return True
 
 
 def drop_checkpoints(d: Path) -> None:

@@ -92,6 +92,28 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
     assert not bl.continues(ident, {"eval": {"limit": 100, "modes": ["simulated"]}, "policy": "p"})
 
 
+def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_path):
+    from mtr.config import Config
+
+    calls = []
+
+    def fn(fresh):
+        calls.append(fresh)
+        return {}
+
+    now = {"grpo": Config().grpo.model_dump(mode="json"), "seed": 0}
+    before = {**now, "grpo": {k: v for k, v in now["grpo"].items() if k != "consistency_when_right"}}
+    d = tmp_path / "grpo"
+    bl.run_step(d, before, fn)
+    bl.run_step(d, now, fn)  # the option did not exist, and its default is what the step ran with: skipped
+    assert calls == [False] and bl.continues(before, now)
+    assert not bl.same_step(before, {**now, "grpo": {**now["grpo"], "consistency_when_right": True}})
+    assert not bl.same_step(before, {**now, "grpo": {**now["grpo"], "no_such_option": False}})
+    assert not bl.same_step(before, {**now, "seed": 1}) and not bl.same_step(None, now)
+    bl.run_step(d, {**now, "grpo": {**now["grpo"], "consistency_when_right": True}}, fn)
+    assert calls == [False, True]
+
+
 def test_merge_copies_one_run_and_rewrites_the_docs(tmp_path):
     if not bl.RESULTS.is_file():
         pytest.skip("no learning results yet")
