@@ -117,27 +117,11 @@ def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 def same_step(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """Whether identities `old` and `new` name the same step: equal, or `old` written before a setting was added
-    to a section of mtr's configuration (`grpo`, `eval`...) and `new` holding that setting's default, so that
-    the step ran as it would run now. Without this, every new option restarted every finished step."""
-    from mtr.config import Config
+    to mtr's configuration and `new` holding its default (mtr.rundir.same_settings: the identities' `grpo`,
+    `eval`... are Config sections). Without this, every new option restarted every finished step."""
+    from mtr.rundir import same_settings
 
-    if old == new:
-        return True
-    if not isinstance(old, dict) or old.keys() != new.keys():
-        return False
-    for key, n in new.items():
-        o, field = old[key], Config.model_fields.get(key)
-        if o == n:
-            continue
-        if field is None or not isinstance(o, dict) or not isinstance(n, dict):
-            return False
-        fields = field.annotation.model_fields
-        added = set(n) - set(o)
-        if any(k not in fields or fields[k].get_default(call_default_factory=True) != n[k] for k in added):
-            return False
-        if {k: v for k, v in n.items() if k not in added} != o:
-            return False
-    return True
+    return same_settings(old, new)
 
 
 def drop_checkpoints(d: Path) -> None:

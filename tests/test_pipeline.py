@@ -104,6 +104,53 @@ def test_a_changed_setting_reruns_its_stage_and_those_after_never_those_before(t
     assert [c[0] for c in calls] == ALL
 
 
+def test_a_setting_added_since_a_stage_finished_at_its_default_does_not_rerun_it(tmp_path, fake_stages):
+    """An upgrade of mtr that adds an option: the stages recorded without it ran as they would run now."""
+    calls, _ = fake_stages
+    out = tmp_path / "run"
+    pipeline.run_pipeline(config(tmp_path), out, report=False)
+    done = out / "grpo" / "stage_done.json"
+    record = json.loads(done.read_text())
+    del record["identity"]["config"]["grpo"]["consistency_when_right"]  # as recorded before the option existed
+    done.write_text(json.dumps(record))
+    calls.clear()
+    pipeline.run_pipeline(config(tmp_path), out, report=False)
+    assert calls == []
+    pipeline.run_pipeline(config(tmp_path, grpo={"consistency_when_right": True}), out, report=False)
+    assert [(c[0], c[2]) for c in calls] == [("grpo", True), ("eval", True)]  # set otherwise: a change
+
+
+def test_same_settings_forgives_only_added_settings_at_their_default():
+    from mtr.config import Config
+    from mtr.rundir import same_settings
+
+    now = Config().stage_config(("grpo",), ("policy",))
+    before = json.loads(json.dumps(now))
+    del before["grpo"]["consistency_when_right"], before["roles"]["policy"]["timeout_s"]
+    assert same_settings(before, now) and not same_settings(now, before)  # a setting dropped: not the same
+    changed = json.loads(json.dumps(now))
+    changed["roles"]["policy"]["timeout_s"] = 1.0
+    assert not same_settings(before, changed)
+    unknown = {**now, "grpo": {**now["grpo"], "no_such_setting": False}}
+    assert not same_settings(before, unknown)
+    trl = json.loads(json.dumps(now))  # TRL's arguments are a free dict: a key added there is a change
+    trl["grpo"]["trl"]["new_argument"] = 0
+    assert not same_settings(now, trl)
+
+
+def test_a_manifest_written_before_a_setting_existed_accepts_the_resume(tmp_path):
+    from mtr.config import Config
+    from mtr.rundir import RunDirError, write_manifest
+
+    now = Config().stage_config(("grpo",), ("policy",))
+    before = json.loads(json.dumps(now))
+    del before["grpo"]["consistency_when_right"]
+    write_manifest(tmp_path, "grpo", before, {})
+    write_manifest(tmp_path, "grpo", now, {})  # resumed after the upgrade: accepted
+    with pytest.raises(RunDirError, match="its config differs"):
+        write_manifest(tmp_path, "grpo", {**now, "seed": 7}, {})
+
+
 def test_stage_order_is_validated():
     with pytest.raises(ConfigError, match="run: Value error, stages must be a subset"):
         parse_config({"run": {"stages": ["sft", "synth"]}})

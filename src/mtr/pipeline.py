@@ -29,7 +29,7 @@ from mtr.embedded import file_sha256
 from mtr.jsonl import write_text_atomic
 from mtr.metrics import normalize_answer
 from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
-from mtr.rundir import checkpoint_stamp, mark_done, stage_done
+from mtr.rundir import checkpoint_stamp, mark_done, same_identity, same_settings, stage_done
 from mtr.stages import evaluate as eval_stage
 from mtr.stages import filter as filter_stage
 from mtr.stages import grpo as grpo_stage
@@ -196,17 +196,18 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
             d = out / stage
             identity = run.identity(stage)
             done = stage_done(d)
-            if done is not None and done.get("identity") == identity and not upstream_ran:
+            if done is not None and same_identity(done.get("identity"), identity) and not upstream_ran:
                 console.rule(f"stage {i}/{n}: {stage} (done in an earlier invocation, skipped)")
                 records[stage] = done
                 continue
             if done is not None:
                 # finished on other inputs or settings: run again (the tools stage only adds the questions it
                 # has not made, unless its own settings changed)
-                fresh = stage != "tools" or done.get("identity", {}).get("config") != identity["config"]
+                fresh = stage != "tools" or not same_settings(done.get("identity", {}).get("config"), identity["config"])
             else:
                 # unfinished: resumed, unless what came before it ran again or its settings changed
-                fresh = upstream_ran or recorded_config(d) not in (None, identity["config"])
+                recorded = recorded_config(d)
+                fresh = upstream_ran or (recorded is not None and not same_settings(recorded, identity["config"]))
             console.rule(f"stage {i}/{n}: {stage}" + (" (afresh: its inputs or settings changed)" if fresh else ""))
             t0 = time.perf_counter()
             reset_peak()

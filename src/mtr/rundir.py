@@ -8,7 +8,8 @@ Every stage writes into its own directory:
 - `stage_done.json` (in `mtr run`): written when the stage finished; wall time and peak memory.
 
 `mtr run` re-runs a stage whose recorded config differs from the current one, and every stage after it;
-never the ones before.
+never the ones before. A setting added to mtr after a stage was recorded is no difference while it holds
+its default (`same_settings`): upgrading mtr does not restart finished work.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: di
         old = read_manifest(out_dir)
         grown = _check_limits(out_dir, old.get("config") or {}, config, limits)
         for key in ("stage", "config") if inputs_may_grow else ("stage", "config", "inputs", *(extra or {})):
-            if (grown if key == "config" else old.get(key)) != manifest[key]:
+            if not (same_settings(grown, config) if key == "config" else old.get(key) == manifest[key]):
                 raise RunDirError(f"{out_dir} holds a different {old.get('stage', '?')} run (its {key} differs); "
                                   "use another --out, or --overwrite to start afresh")
         manifest["created"] = old.get("created")
@@ -121,6 +122,46 @@ def _lookup(d: Any, path: str) -> Any:
 def _replaced(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     head, _, rest = path.partition(".")
     return {**d, head: _replaced(d[head], rest, value) if rest else value}
+
+
+def same_settings(old: Any, new: Any, model: Any = "Config") -> bool:
+    """Whether settings recorded as `old` are `new`, up to settings added to mtr since `old` was recorded that
+    hold their default in `new`: the stage then ran as it would run now, so an upgrade that adds an option
+    does not restart finished stages. `model` is the pydantic model whose dump `new` is (by default the whole
+    Config, of which a stage's config holds some sections); below it, its fields' own models. A key that is not
+    one of the model's settings, a setting dropped or any other change: not the same."""
+    from pydantic import BaseModel
+    from pydantic_core import to_jsonable_python
+
+    if model == "Config":
+        from mtr.config import Config as model
+    if old == new:
+        return True
+    if not (isinstance(old, dict) and isinstance(new, dict)) or model is None or set(old) - set(new):
+        return False
+    for key, value in new.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            return False
+        if key not in old:
+            try:
+                default = to_jsonable_python(field.get_default(call_default_factory=True))
+            except Exception:  # a default built from other fields: not knowable here, so not the same
+                return False
+            if default != value:
+                return False
+            continue
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        if not same_settings(old[key], value, sub):
+            return False
+    return True
+
+
+def same_identity(old: Any, new: dict[str, Any]) -> bool:
+    """Whether a finished stage's recorded identity is `new`: its `config` the same settings (`same_settings`),
+    everything else (inputs' hashes, limits, upstream checkpoints) equal."""
+    return isinstance(old, dict) and old.keys() == new.keys() and all(
+        same_settings(old[k], v) if k == "config" else old[k] == v for k, v in new.items())
 
 
 def read_manifest(out_dir: Path) -> dict[str, Any]:
