@@ -3,7 +3,8 @@
 Each stage writes into its own subdirectory of the run and, when it has finished, a `stage_done.json` there
 holding what it was run on: its own part of the config and its inputs (the data's hash, the tools it read,
 the finish stamp of the stage whose checkpoint it started from). On the next invocation a stage is
-- skipped when it finished on exactly the same config and inputs;
+- skipped when it finished on the same config and inputs (a setting added to mtr since, at its default,
+  is no change: mtr.rundir.same_settings);
 - resumed when it did not finish and its config is unchanged (synthesis and evaluation skip finished
   questions, SFT and GRPO continue from their last checkpoint, the tools stage makes only new questions);
 - run afresh otherwise, and so is every stage after it; the stages before it are never touched.
