@@ -101,7 +101,7 @@ def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_pat
         calls.append(fresh)
         return {}
 
-    now = {"grpo": Config().grpo.model_dump(mode="json"), "seed": 0}
+    now = {"data": "sha", "grpo": Config().grpo.model_dump(mode="json"), "seed": 0, "init": "runs/sft-s0"}
     before = {**now, "grpo": {k: v for k, v in now["grpo"].items() if k != "consistency_when_right"}}
     d = tmp_path / "grpo"
     bl.run_step(d, before, fn)

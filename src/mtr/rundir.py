@@ -140,6 +140,8 @@ def same_settings(old: Any, new: Any, model: Any = "Config") -> bool:
     if not (isinstance(old, dict) and isinstance(new, dict)) or model is None or set(old) - set(new):
         return False
     for key, value in new.items():
+        if key in old and old[key] == value:
+            continue
         field = model.model_fields.get(key)
         if field is None:
             return False
