@@ -24,6 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from mtr.config import Config
 from mtr.embedded import file_sha256
 from mtr.jsonl import write_text_atomic
 
@@ -124,17 +128,12 @@ def _replaced(d: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return {**d, head: _replaced(d[head], rest, value) if rest else value}
 
 
-def same_settings(old: Any, new: Any, model: Any = "Config") -> bool:
+def same_settings(old: Any, new: Any, model: type[BaseModel] | None = Config) -> bool:
     """Whether settings recorded as `old` are `new`, up to settings added to mtr since `old` was recorded that
     hold their default in `new`: the stage then ran as it would run now, so an upgrade that adds an option
     does not restart finished stages. `model` is the pydantic model whose dump `new` is (by default the whole
     Config, of which a stage's config holds some sections); below it, its fields' own models. A key that is not
     one of the model's settings, a setting dropped or any other change: not the same."""
-    from pydantic import BaseModel
-    from pydantic_core import to_jsonable_python
-
-    if model == "Config":
-        from mtr.config import Config as model
     if old == new:
         return True
     if not (isinstance(old, dict) and isinstance(new, dict)) or model is None or set(old) - set(new):
