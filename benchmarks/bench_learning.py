@@ -84,10 +84,12 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     stopped on it, run afresh when its identity changed."""
     from mtr.jsonl import write_text_atomic
     from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
-    from mtr.rundir import mark_done, stage_done
+    from mtr.rundir import mark_done, same_settings, stage_done
 
     done = stage_done(d)
-    if done is not None and same_step(done.get("identity"), identity):
+    # same_settings: an identity written before an option was added to mtr, which now holds its default, is
+    # the same step (the identities' `grpo`, `eval`... are Config sections)
+    if done is not None and same_settings(done.get("identity"), identity):
         console.print(f"[dim]{d.name}: done earlier ({done['wall_s']:.0f} s), skipped[/dim]")
         return done
     started = d / "bench_identity.json"
@@ -110,18 +112,10 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
 def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a step begun on identity `old` goes on as `new`: the same step, or the same evaluation on more
     questions (its `eval.limit` grown: the questions done stay, mtr.stages.evaluate adds the others)."""
-    from mtr.rundir import limit_grew
+    from mtr.rundir import limit_grew, same_settings
 
-    return same_step(old, new) or limit_grew(old, new, "eval.limit")
+    return same_settings(old, new) or limit_grew(old, new, "eval.limit")
 
-
-def same_step(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether identities `old` and `new` name the same step: equal, or `old` written before a setting was added
-    to mtr's configuration and `new` holding its default (mtr.rundir.same_settings: the identities' `grpo`,
-    `eval`... are Config sections). Without this, every new option restarted every finished step."""
-    from mtr.rundir import same_settings
-
-    return same_settings(old, new)
 
 
 def drop_checkpoints(d: Path) -> None:

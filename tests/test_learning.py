@@ -94,6 +94,7 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
 
 def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_path):
     from mtr.config import Config
+    from mtr.rundir import same_settings
 
     calls = []
 
@@ -107,11 +108,15 @@ def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_pat
     bl.run_step(d, before, fn)
     bl.run_step(d, now, fn)  # the option did not exist, and its default is what the step ran with: skipped
     assert calls == [False] and bl.continues(before, now)
-    assert not bl.same_step(before, {**now, "grpo": {**now["grpo"], "consistency_when_right": True}})
-    assert not bl.same_step(before, {**now, "grpo": {**now["grpo"], "no_such_option": False}})
-    assert not bl.same_step(before, {**now, "seed": 1}) and not bl.same_step(None, now)
+    assert not same_settings(before, {**now, "grpo": {**now["grpo"], "consistency_when_right": True}})
+    assert not same_settings(before, {**now, "grpo": {**now["grpo"], "no_such_option": False}})
+    assert not same_settings(before, {**now, "seed": 1}) and not same_settings(None, now)
     bl.run_step(d, {**now, "grpo": {**now["grpo"], "consistency_when_right": True}}, fn)
     assert calls == [False, True]
+    # an evaluation recorded before a setting existed, now on more questions: continued, not redone
+    ev = Config().eval.model_dump(mode="json")
+    old_eval = {k: v for k, v in {**ev, "limit": 30}.items() if k != "grounding"}
+    assert bl.continues({"eval": old_eval, "policy": "p"}, {"eval": {**ev, "limit": 100}, "policy": "p"})
 
 
 def test_merge_copies_one_run_and_rewrites_the_docs(tmp_path):

@@ -105,7 +105,7 @@ def limit_grew(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
     """Whether `new` is `old` with the first-N limit at `path` ("section.key", None: no limit) raised: a stage
     that takes the first N inputs and skips those done then goes on from `old`'s output."""
     before, after = _lookup(old, path), _lookup(new, path)
-    return before is not _MISSING and _larger(after, before) and _replaced(old, path, after) == new
+    return before is not _MISSING and _larger(after, before) and same_settings(_replaced(old, path, after), new)
 
 
 _MISSING = object()
