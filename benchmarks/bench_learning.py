@@ -479,9 +479,12 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
     comparisons, its reward curves' quarters and its stages' wall times."""
     sections = {}
     for name, res in all_results.items():
+        g = res["config"]["grpo"]  # a run recorded before these options existed ran in the file's order, on EM
         lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {res['cpu']}, {res['cores']} cores); "
                  f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
-                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps; evaluation: "
+                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps (questions: "
+                 f"{g.get('question_order', 'file')} order, answer reward: {g.get('answer_metric', 'em').upper()}, "
+                 f"learning rate {g['trl']['learning_rate']:g}); evaluation: "
                  f"{res['preset']['eval_limit']} held-out questions of each of {', '.join(BENCHMARKS)}; "
                  f"policy {res['config']['roles']['policy']['model']} (the embedded model is SmolLM2-135M-Instruct), "
                  "tools live (`search` and `lookup` by the local BM25 retriever, `calculate` computed). "

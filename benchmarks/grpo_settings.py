@@ -31,6 +31,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "grpo_settings.json"
 
 # name -> what differs from the learning benchmark's GRPO before these trials (group of 4, beta 0.04,
 # temperature 1.0, a new question every step); the learning rate is always named, since the default moved
+TRIAL_BASE = {"question_order": "file", "answer_metric": "em"}
 SETTINGS: dict[str, dict[str, Any]] = {
     "lr1e-5": {"steps": 16, "trl": {"learning_rate": 1e-5}},
     "lr1e-5-q4": {"steps": 16, "questions": 4, "trl": {"learning_rate": 1e-5}},
@@ -63,6 +64,16 @@ def paired_visits(reward: list[float], questions: list[str]) -> dict[str, Any] |
     return {"questions": len(diffs), "diff": round(statistics.fmean(diffs), 4), "se": round(se, 4)}
 
 
+def trial_config(spec: dict[str, Any]) -> Any:
+    """The learning benchmark's configuration with a trial's settings."""
+    cfg = base_config(dict(PRESETS["quick"], grpo_steps=spec["steps"]), 0)
+    cfg.grpo.trl.update(spec.get("trl", {}))
+    # the group shape checked again, other GRPO settings applied to the order and reward these trials started
+    # from (configs/demo.yaml has since taken two of them: a trial's name keeps meaning what it measured)
+    cfg.grpo = cfg.grpo.model_validate({**cfg.grpo.model_dump(), **TRIAL_BASE, **spec.get("grpo", {})})
+    return cfg
+
+
 def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dict[str, Any]:
     """Run a setting (skipped when it finished) and summarise it; with `stopped`, only summarise the steps of
     a run that was stopped by hand (a collapse seen in its log needs no more steps to be recorded)."""
@@ -70,11 +81,7 @@ def run_setting(name: str, init: Path, work: Path, stopped: bool = False) -> dic
     from mtr.training import read_log
 
     spec = SETTINGS[name]
-    preset = dict(PRESETS["quick"], grpo_steps=spec["steps"])
-    cfg = base_config(preset, 0)
-    cfg.grpo.trl.update(spec.get("trl", {}))
-    # the group shape checked again, other GRPO settings applied
-    cfg.grpo = cfg.grpo.model_validate({**cfg.grpo.model_dump(), **spec.get("grpo", {})})
+    cfg = trial_config(spec)
     train = training_file(work, PRESETS["quick"]["train_per_source"])
     d = work / name
     identity = {"init": str(init), "grpo": cfg.grpo.model_dump(mode="json"), "questions": spec.get("questions")}

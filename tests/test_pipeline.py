@@ -164,6 +164,11 @@ def test_plan_tells_what_and_how_long(tmp_path):
     assert [line.split(":")[0] for line in lines] == ALL
     assert "bamboogle (12)" in lines[5]
     assert 3 * 60 < seconds < 12 * 60  # the demo takes ~6 min on 2 cores (benchmarks/results/demo.json)
+    # the demo trains solvable-first: the initial policy's pass over the 12 training questions is planned
+    assert "solvable-first: the initial policy answers the 12 questions first" in lines[4]
+    cfg.grpo.question_order = "file"
+    file_lines, file_seconds = pipeline.plan(cfg, n_train=cfg.run.train_limit)
+    assert "solvable" not in file_lines[4] and file_seconds < seconds
 
 
 @pytest.mark.slow
