@@ -176,7 +176,8 @@ def check_disjoint(train: Path, cfg: Any) -> None:
 
 
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
-             grpo: dict[str, Any] | None = None, eval_limit: int | None = None) -> dict[str, Any]:
+             grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
+             every_seed: bool = False) -> dict[str, Any]:
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rundir import checkpoint_stamp
@@ -192,6 +193,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         preset["arms"] = [a for a in ARMS if a in arms or a == "base" or a == "sft"]
     if seeds:  # the main comparison (SFT only, SFT + GRPO) in these seeds; the ablations in the first
         preset["seeds"] = seeds
+    if every_seed:  # the ablations too, in every seed
+        preset["every_seed"] = True
     if grpo:  # GRPO settings of every GRPO arm, instead of the configuration's
         preset["grpo"] = grpo
         preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
@@ -234,9 +237,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                                                                    overwrite=fresh).get("steps")})
         drop_checkpoints(sft_dir)
         checkpoints["sft"] = sft_dir
-        for arm in preset["arms"]:
-            if seed != preset["seeds"][0] and arm not in SEEDED:
-                continue
+        for arm in arms_in_seed(preset, seed):
             spec = ARMS[arm]
             name = f"{arm}@{tag}" if arm != "base" else arm
             model = checkpoints[spec["init"] or "base"]
@@ -278,6 +279,15 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     return results
 
 
+def arms_in_seed(preset: dict[str, Any], seed: int) -> list[str]:
+    """The arms a seed runs: all of the preset's in the first seed; in the others the main comparison (SFT
+    only, SFT + GRPO), and the ablations too with `every_seed` (not the base model: greedy, it answers the
+    same in every seed)."""
+    if seed == preset["seeds"][0]:
+        return list(preset["arms"])
+    return [a for a in preset["arms"] if a in SEEDED or (preset.get("every_seed") and a != "base")]
+
+
 # --- the figures -----------------------------------------------------------------------------------------
 
 def question_scores(eval_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
@@ -315,20 +325,23 @@ def summarise_eval(eval_dir: Path) -> dict[str, Any]:
 
 def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict[str, Any]]:
     """Paired differences on the same questions (live tools): SFT - base and SFT+GRPO - SFT per seed, each
-    ablation against the method, and last, with two seeds or more, SFT+GRPO - SFT of the seeds' mean score
-    on each question (named `@s0+s1`)."""
+    ablation against the method in the first seed (then in the others, where `--every-seed` ran them), and
+    last, with two seeds or more, the same differences of the seeds' mean score on each question (named
+    `@s0+s1`): SFT+GRPO - SFT, then each ablation run in several seeds against the method."""
     seeds = [f"s{seed}" for seed in preset["seeds"]]
+    ablations = [a for a in ARMS if a not in ("base", *SEEDED)]
     pairs = [p for t in seeds for p in (("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}"))]
-    pairs += [(f"sft+grpo@{seeds[0]}", f"{a}@{seeds[0]}") for a in ARMS if a not in ("base", *SEEDED)]
+    pairs += [(f"sft+grpo@{t}", f"{a}@{t}") for t in seeds for a in ablations]
     scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
     out = [paired_row(a, b, scores[a], scores[b]) for a, b in pairs if a in scores and b in scores]
-    both = [t for t in seeds if f"sft@{t}" in scores and f"sft+grpo@{t}" in scores]
-    if len(both) > 1:
-        # one question's score averaged over the seeds: seed-to-seed variation stays inside each question,
-        # and the interval is over questions, as for one seed
-        mean = {arm: seed_mean([scores[f"{arm}@{t}"] for t in both]) for arm in ("sft", "sft+grpo")}
-        tag = "+".join(both)
-        out.append(paired_row(f"sft@{tag}", f"sft+grpo@{tag}", mean["sft"], mean["sft+grpo"]))
+    for a, b in [("sft", "sft+grpo")] + [("sft+grpo", x) for x in ablations]:
+        both = [t for t in seeds if f"{a}@{t}" in scores and f"{b}@{t}" in scores]
+        if len(both) > 1:
+            # one question's score averaged over the seeds: seed-to-seed variation stays inside each question,
+            # and the interval is over questions, as for one seed
+            tag = "+".join(both)
+            out.append(paired_row(f"{a}@{tag}", f"{b}@{tag}", seed_mean([scores[f"{a}@{t}"] for t in both]),
+                                  seed_mean([scores[f"{b}@{t}"] for t in both])))
     return out
 
 
@@ -453,10 +466,8 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
         return stages[k]["wall_s"] / measured_q
 
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
-    for i, seed in enumerate(p["seeds"]):
-        for arm in p["arms"]:
-            if i and arm not in SEEDED:
-                continue
+    for seed in p["seeds"]:
+        for arm in arms_in_seed(p, seed):
             if "grpo" in ARMS[arm]:
                 parts["grpo"] += grpo_rate(arm) * p["grpo_steps"]
             modes = 2 if arm in p["simulated_eval"] else 1
@@ -598,6 +609,9 @@ def main() -> None:
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
                     f"{', '.join(ARMS)}")
     ap.add_argument("--seeds", help="comma-separated seeds for the main comparison instead of the preset's")
+    ap.add_argument("--every-seed", action="store_true",
+                    help="run the ablation arms in every seed too, not only in the first (each arm is then also "
+                    "compared with the method on each question's mean over the seeds)")
     ap.add_argument("--grpo", action="append", default=[], metavar="KEY=VALUE",
                     help="a GRPO setting of every GRPO arm instead of the configuration's, e.g. "
                     "question_order=solvable-first, answer_metric=f1, trl.learning_rate=1e-5 (repeatable)")
@@ -645,7 +659,7 @@ def main() -> None:
     if args.eval_limit is not None and args.eval_limit < 1:
         raise SystemExit(f"--eval-limit {args.eval_limit}: expected a number of questions, at least 1")
     res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None,
-                   parse_grpo_overrides(args.grpo), args.eval_limit)
+                   parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed)
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

@@ -321,3 +321,29 @@ def test_the_presets_train_grpo_as_the_demo_does_and_the_trials_keep_their_setti
     f1 = gs.trial_config(gs.SETTINGS["lr3e-5-q4-f1"]).grpo
     assert (f1.question_order, f1.answer_metric, f1.trl["learning_rate"]) == ("file", "f1", 3e-5)
     assert gs.trial_config(gs.SETTINGS["lr3e-5-q4-solvable"]).grpo.question_order == "solvable-first"
+
+
+def test_every_seed_runs_and_compares_the_ablations_in_each_seed(tmp_path):
+    preset = {**bl.PRESETS["quick"], "arms": ["base", "sft", "sft+grpo", "sim-trained"], "seeds": [0, 1]}
+    assert bl.arms_in_seed(preset, 0) == preset["arms"] and bl.arms_in_seed(preset, 1) == ["sft", "sft+grpo"]
+    assert bl.arms_in_seed({**preset, "every_seed": True}, 1) == ["sft", "sft+grpo", "sim-trained"]
+
+    def eval_dir(name, f1s):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 1) for i, f1 in enumerate(f1s)]
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    dirs = {"sft@s0": eval_dir("a0", [0.0, 0.0]), "sft+grpo@s0": eval_dir("b0", [0.5, 0.0]),
+            "sim-trained@s0": eval_dir("c0", [0.0, 0.0]), "sft@s1": eval_dir("a1", [0.0, 0.0]),
+            "sft+grpo@s1": eval_dir("b1", [0.5, 0.5]), "sim-trained@s1": eval_dir("c1", [1.0, 0.5])}
+    rows = bl.comparisons(dirs, {"seeds": [0, 1], "every_seed": True})
+    assert [(r["a"], r["b"]) for r in rows] == [
+        ("sft@s0", "sft+grpo@s0"), ("sft@s1", "sft+grpo@s1"), ("sft+grpo@s0", "sim-trained@s0"),
+        ("sft+grpo@s1", "sim-trained@s1"), ("sft@s0+s1", "sft+grpo@s0+s1"),
+        ("sft+grpo@s0+s1", "sim-trained@s0+s1")]
+    # per question, sim-trained's mean over the seeds minus the method's: q0 (0 + 1)/2 - 0.5 = 0, q1 0.25 - 0.25 = 0
+    assert rows[-1]["f1"][0] == 0.0 and rows[2]["f1"][0] == pytest.approx(-25.0)
+    del dirs["sim-trained@s1"]  # an ablation in one seed only has no row over the seeds
+    assert [r["b"] for r in bl.comparisons(dirs, {"seeds": [0, 1]})][-1] == "sft+grpo@s0+s1"
