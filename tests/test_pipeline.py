@@ -164,11 +164,12 @@ def test_plan_tells_what_and_how_long(tmp_path):
     assert [line.split(":")[0] for line in lines] == ALL
     assert "bamboogle (12)" in lines[5]
     assert 3 * 60 < seconds < 12 * 60  # the demo takes ~6 min on 2 cores (benchmarks/results/demo.json)
-    # the demo trains solvable-first: the initial policy's pass over the 12 training questions is planned
-    assert "solvable-first: the initial policy answers the 12 questions first" in lines[4]
-    cfg.grpo.question_order = "file"
-    file_lines, file_seconds = pipeline.plan(cfg, n_train=cfg.run.train_limit)
-    assert "solvable" not in file_lines[4] and file_seconds < seconds
+    # solvable-first: the initial policy's pass over the 12 training questions is planned
+    assert cfg.grpo.question_order == "file" and "solvable" not in lines[4]
+    cfg.grpo.question_order = "solvable-first"
+    chosen_lines, chosen_seconds = pipeline.plan(cfg, n_train=cfg.run.train_limit)
+    assert "solvable-first: the initial policy answers the 12 questions first" in chosen_lines[4]
+    assert chosen_seconds > seconds
 
 
 @pytest.mark.slow
@@ -234,3 +235,20 @@ def test_a_checkpoint_is_identified_by_when_its_stage_finished(tmp_path):
     mark_done(tmp_path, 1.0)
     first = checkpoint_stamp(tmp_path)
     assert first and first == json.loads((tmp_path / "stage_done.json").read_text())["finished"]
+
+
+def test_solvable_first_chooses_among_the_runs_own_training_questions(tmp_path, monkeypatch):
+    """`mtr run` hands GRPO its first train_limit questions to choose from, not the whole training file (the
+    demo's split holds 208: the solvable-first pass would have answered them all, beyond the tools made)."""
+    seen = {}
+
+    def train_grpo(cfg, data, init, out, limit=None, candidates=None, **kw):
+        seen.update(limit=limit, candidates=candidates, order=cfg.grpo.question_order)
+        out.mkdir(parents=True, exist_ok=True)
+        return {"steps": 0}
+
+    monkeypatch.setattr(pipeline.grpo_stage, "train_grpo", train_grpo)
+    cfg = config(tmp_path, run={"grpo_init": "base", "stages": ["grpo"], "train_limit": 2},
+                 grpo={"question_order": "solvable-first"})
+    pipeline.run_pipeline(cfg, tmp_path / "run", report=False)
+    assert seen == {"limit": 2, "candidates": 2, "order": "solvable-first"}

@@ -43,9 +43,12 @@ console = Console()
 # Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, benchmarks/results/demo.json,
 # entry `final`: tools 38 s for 12 questions, SFT 73 s for 12 rows, GRPO 82 s for 8 rollouts, eval 30 s for 12
 # questions tools on and off; synthesis from the entry `refactor`, with simulated tools: 33 s for 12), used
-# only to tell the user up front how long a run should take; a server or a GPU is much faster.
+# only to tell the user up front how long a run should take; a server or a GPU is much faster. GRPO's
+# solvable-first pass, an episode per training question by the SFT policy: 5.5 s a question with the live
+# search (the learning benchmark's 48), 4 s in the demo's hybrid mode (107 questions in 7.5 min).
 CPU_SECONDS = {"tools_question": 3.0, "synth_question": 2.8, "synth_question_scripted_live": 0.05,
-               "sft_row_epoch": 6.0, "grpo_rollout": 10.0, "eval_on": 1.5, "eval_off": 1.0, "stage_start": 10.0}
+               "sft_row_epoch": 6.0, "grpo_rollout": 10.0, "eval_on": 1.5, "eval_off": 1.0, "stage_start": 10.0,
+               "solvable_question": 5.5}
 
 
 class Run:
@@ -161,8 +164,8 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
                          + (f"; solvable-first: the initial policy answers the {n_train} questions first"
                             if g.question_order == "solvable-first" else ""))
             total += CPU_SECONDS["grpo_rollout"] * t["max_steps"] * rollouts
-            if g.question_order == "solvable-first":  # one greedy evaluation of the training questions
-                total += CPU_SECONDS["eval_on"] * n_train
+            if g.question_order == "solvable-first":  # one greedy episode a training question
+                total += CPU_SECONDS["solvable_question"] * n_train
         elif stage == "eval":
             sizes = {b: len(load_qa(p, cfg.eval.limit)) for b, p in eval_stage.benchmark_files(cfg).items()}
             policies = 2 if r.eval_base else 1
@@ -270,8 +273,10 @@ def _run_stage(stage: str, run: Run, fresh: bool) -> dict[str, Any]:
         stats = sft_stage.train_sft(cfg, data, out / "sft", resume=not fresh, overwrite=fresh)
         return {"steps": stats.get("steps"), "loss_first": stats.get("loss_first"), "loss_last": stats.get("loss_last")}
     if stage == "grpo":
+        # solvable-first chooses among the run's own training questions (their tools made, their overlap with
+        # the evaluation checked), not the whole file
         stats = grpo_stage.train_grpo(cfg, run.train_path, run.policy("grpo"), out / "grpo", limit=cfg.run.train_limit,
-                                      resume=not fresh, overwrite=fresh,
+                                      resume=not fresh, overwrite=fresh, candidates=cfg.run.train_limit,
                                       tools_path=_existing(run.tools_path(run.train_name)))
         return {"steps": stats.get("steps")}
     if stage == "eval":

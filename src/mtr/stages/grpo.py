@@ -177,9 +177,12 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
 
 
 def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
-               overwrite: bool = False, pool: Any = None, tools_path: Path | None = None) -> dict[str, Any]:
-    """GRPO from the checkpoint `init` on the first `limit` questions of `data`. Their tools come from
-    `tools_path` (the tools stage's file), or are made and kept in `out/tools.jsonl`."""
+               overwrite: bool = False, pool: Any = None, tools_path: Path | None = None,
+               candidates: int | None = None) -> dict[str, Any]:
+    """GRPO from the checkpoint `init` on the first `limit` questions of `data` (with `question_order:
+    solvable-first`, the first `limit` of that order, chosen among the file's first `candidates`: all of it
+    when None). Their tools come from `tools_path` (the tools stage's file), or are made and kept in
+    `out/tools.jsonl`."""
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -199,7 +202,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         raise ValueError(f"--init {init}: not a Hugging Face checkpoint directory (e.g. the output of `mtr sft`)")
     solvable_order = g.question_order == "solvable-first"
     # with the solvable questions first, `limit` applies to that order, not to the file's
-    examples = load_qa(data, None if solvable_order else limit)
+    examples = load_qa(data, candidates if solvable_order else limit)
     tok = load_tokenizer(Path(init))
     rubric = Rubric.from_config(g)
     # The arguments first: creating them sets up the processes under a launcher, and the run directory and
