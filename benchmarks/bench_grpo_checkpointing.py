@@ -1,0 +1,116 @@
+"""What gradient checkpointing costs a GRPO update on a CPU: the same update passes with it on and off.
+
+    .venv/bin/python benchmarks/bench_grpo_checkpointing.py --run runs/bench-learning/quick/grpo-sft+grpo-s0 [--groups 4]
+
+For the first `--groups` generation batches of a finished GRPO run (its episodes' lengths, a prompt of its
+length, random ids: bench_grpo_padding.py's batches), each variant times mtr's update passes (the reference
+pass, then each episode's loss forward and backward, without the group's padding) in a process of its own,
+so that its peak resident memory is its own; the variants alternate `--repeats` times. Prints the figures
+and writes them to benchmarks/results/grpo_checkpointing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "benchmarks" / "results" / "grpo_checkpointing.json"
+VARIANTS = ("checkpointing", "no checkpointing")
+
+
+def one_variant(run: Path, groups: int, checkpointing: bool) -> dict:
+    """In this process: the update passes over the run's first `groups` batches; seconds and peak RSS."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from bench_grpo_padding import batch, prompt_tokens, update
+    from mtr.checkpoints import load_tokenizer
+    from mtr.grpo_trainer import score_unpadded
+    from mtr.peak_memory import peak_rss_mb, reset_peak
+
+    stats = json.loads((run / "train_stats.json").read_text())
+    init = Path(json.loads((run / "manifest.json").read_text())["init"])
+    tok = load_tokenizer(init)
+    prompt = prompt_tokens(run, tok)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    trainer_like = type("TrainerLike", (), {"accelerator": Accelerator(cpu=True)})()
+    stock = GRPOTrainer._get_per_token_logps_and_entropies
+
+    def unpadded(ids, mask, keep, batch_size, entropy):
+        def score(i, m, k, compute_entropy):
+            return stock(trainer_like, model, i, m, k, batch_size=i.size(0), compute_entropy=compute_entropy)
+        return score_unpadded(score, ids, mask, keep, batch_size, entropy)
+
+    reset_peak()
+    seconds = []
+    for lengths in stats["episode_tokens"][:groups]:
+        lengths = [max(n, prompt + 1) for n in lengths]
+        ids, mask, keep = batch(lengths, prompt, model.config.vocab_size, tok.pad_token_id)
+        seconds.append(round(update(unpadded, ids, mask, keep, model), 2))
+    return {"seconds": seconds, "total_s": round(sum(seconds), 1), "peak_rss_mb": round(peak_rss_mb()),
+            "tokens": sum(sum(max(n, prompt + 1) for n in g) for g in stats["episode_tokens"][:groups])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a finished GRPO run directory (mtr grpo's --out)")
+    ap.add_argument("--groups", type=int, default=4, help="generation batches to time, from the run's first")
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternated")
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:  # one variant, its figures as the last line of stdout
+        print(json.dumps(one_variant(args.run, args.groups, args.child == "checkpointing")))
+        return
+    stats_file = args.run / "train_stats.json"
+    if not stats_file.is_file() or "episode_tokens" not in json.loads(stats_file.read_text()):
+        raise SystemExit(f"--run {args.run}: no train_stats.json with episode lengths (a GRPO run of this version)")
+
+    import torch
+
+    from bench_learning import cpu_name
+
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for r in range(args.repeats):
+        for v in VARIANTS:
+            cmd = [sys.executable, __file__, "--run", str(args.run), "--groups", str(args.groups), "--child", v]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{v}: the timing process failed: {out.stderr.strip().splitlines()[-1:]}")
+            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"run {r + 1}, {v}: {runs[v][-1]['total_s']} s, peak RSS {runs[v][-1]['peak_rss_mb']} MB",
+                  flush=True)
+    median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
+                  "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
+                  "ms_per_token": round(1000 * statistics.median(x["total_s"] for x in rs) / rs[0]["tokens"], 2)}
+              for v, rs in runs.items()}
+    on, off = median["checkpointing"], median["no checkpointing"]
+    run = args.run.resolve()
+    result = {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "groups": args.groups,
+              "runs": runs, "median": median, "saved_pct": round(100 * (1 - off["total_s"] / on["total_s"]), 1),
+              "extra_peak_rss_mb": off["peak_rss_mb"] - on["peak_rss_mb"],
+              "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    print(f"update passes over {args.groups} batches (median of {args.repeats}): checkpointing {on['total_s']} s, "
+          f"{on['peak_rss_mb']} MB; without {off['total_s']} s, {off['peak_rss_mb']} MB ({result['saved_pct']} % less time)")
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
