@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "full": {"train_per_source": 100, "sft_epochs": 1.0, "grpo_steps": 48, "grpo_questions": 12, "eval_limit": 100,
              "arms": list(ARMS), "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"], "grpo": ADOPTED_GRPO},
 }
-SEEDED = ("sft", "sft+grpo")  # the arms run in every seed; the ablations run in the first
+SEEDED = ("sft", "sft+grpo")  # the arms run in every seed; the ablations in the first (with --every-seed, in all)
 BENCHMARKS = ["hotpotqa", "2wiki"]
 METRICS = ("em", "f1", "cover_em", "answered", "well_formed", "calls")
 COMPONENTS = ("answer", "format", "consistency", "efficiency")

@@ -69,7 +69,7 @@ def trial_config(spec: dict[str, Any]) -> Any:
     cfg = base_config(dict(PRESETS["quick"], grpo_steps=spec["steps"]), 0)
     cfg.grpo.trl.update(spec.get("trl", {}))
     # the group shape checked again, other GRPO settings applied to the order and reward these trials started
-    # from (configs/demo.yaml has since taken two of them: a trial's name keeps meaning what it measured)
+    # from (the learning benchmark has since taken both: a trial's name keeps meaning what it measured)
     cfg.grpo = cfg.grpo.model_validate({**cfg.grpo.model_dump(), **TRIAL_BASE, **spec.get("grpo", {})})
     return cfg
 
