@@ -28,35 +28,15 @@ VARIANTS = ("checkpointing", "no checkpointing")
 
 def one_variant(run: Path, groups: int, checkpointing: bool) -> dict:
     """In this process: the update passes over the run's first `groups` batches; seconds and peak RSS."""
-    import torch
-    from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM
-    from trl import GRPOTrainer
-    from trl.trainer.utils import add_fused_lm_head
-
-    from bench_grpo_padding import batch, prompt_tokens, update
+    from bench_grpo_padding import batch, prompt_tokens, scorers, update
     from mtr.checkpoints import load_tokenizer
-    from mtr.grpo_trainer import score_unpadded
     from mtr.peak_memory import peak_rss_mb, reset_peak
 
     stats = json.loads((run / "train_stats.json").read_text())
     init = Path(json.loads((run / "manifest.json").read_text())["init"])
     tok = load_tokenizer(init)
     prompt = prompt_tokens(run, tok)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
-    trainer_like = type("TrainerLike", (), {"accelerator": Accelerator(cpu=True)})()
-    stock = GRPOTrainer._get_per_token_logps_and_entropies
-
-    def unpadded(ids, mask, keep, batch_size, entropy):
-        def score(i, m, k, compute_entropy):
-            return stock(trainer_like, model, i, m, k, batch_size=i.size(0), compute_entropy=compute_entropy)
-        return score_unpadded(score, ids, mask, keep, batch_size, entropy)
-
+    model, _, unpadded = scorers(init, checkpointing)
     reset_peak()
     seconds = []
     for lengths in stats["episode_tokens"][:groups]:

@@ -63,33 +63,17 @@ def update(score: Any, ids: Any, mask: Any, keep: int, model: Any) -> float:
     return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True, help="a finished GRPO run directory (mtr grpo's --out)")
-    ap.add_argument("--groups", type=int, default=4, help="generation batches to time, from the run's first")
-    args = ap.parse_args()
-
+def scorers(init: Path, checkpointing: bool) -> tuple[Any, Any, Any]:
+    """The run's initial model as GRPO trains it (fp32, TRL's fused LM head, checkpointing as asked), and its
+    two ways to score a batch: TRL's padded pass and mtr's unpadded one."""
     import torch
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
     from trl import GRPOTrainer
     from trl.trainer.utils import add_fused_lm_head
 
-    from bench_learning import cpu_name
-    from mtr.checkpoints import load_tokenizer
     from mtr.grpo_trainer import score_unpadded
-    from mtr.stages.grpo import padding_pct
 
-    stats_file = args.run / "train_stats.json"
-    if not stats_file.is_file() or "episode_tokens" not in json.loads(stats_file.read_text()):
-        raise SystemExit(f"--run {args.run}: no train_stats.json with episode lengths (a GRPO run of this version)")
-    stats = json.loads(stats_file.read_text())
-    manifest = json.loads((args.run / "manifest.json").read_text())
-    init = Path(manifest["init"])
-    checkpointing = bool(manifest["config"]["grpo"]["trl"].get("gradient_checkpointing"))
-    groups = stats["episode_tokens"][: args.groups]
-    tok = load_tokenizer(init)
-    prompt = prompt_tokens(args.run, tok)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
     if checkpointing:
@@ -107,6 +91,33 @@ def main() -> None:
         def score(i, m, k, compute_entropy):
             return stock(trainer_like, model, i, m, k, batch_size=i.size(0), compute_entropy=compute_entropy)
         return score_unpadded(score, ids, mask, keep, batch_size, entropy)
+
+    return model, padded, unpadded
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a finished GRPO run directory (mtr grpo's --out)")
+    ap.add_argument("--groups", type=int, default=4, help="generation batches to time, from the run's first")
+    args = ap.parse_args()
+
+    import torch
+
+    from bench_learning import cpu_name
+    from mtr.checkpoints import load_tokenizer
+    from mtr.stages.grpo import padding_pct
+
+    stats_file = args.run / "train_stats.json"
+    if not stats_file.is_file() or "episode_tokens" not in json.loads(stats_file.read_text()):
+        raise SystemExit(f"--run {args.run}: no train_stats.json with episode lengths (a GRPO run of this version)")
+    stats = json.loads(stats_file.read_text())
+    manifest = json.loads((args.run / "manifest.json").read_text())
+    init = Path(manifest["init"])
+    checkpointing = bool(manifest["config"]["grpo"]["trl"].get("gradient_checkpointing"))
+    groups = stats["episode_tokens"][: args.groups]
+    tok = load_tokenizer(init)
+    prompt = prompt_tokens(args.run, tok)
+    model, padded, unpadded = scorers(init, checkpointing)
 
     rows = []
     for n, lengths in enumerate(groups):

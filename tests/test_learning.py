@@ -3,6 +3,7 @@ intervals, the reward curve's quarters, the step runner's skip/resume/afresh, th
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,15 @@ def _prediction(bench, qid, em, f1, answered, calls, mode="live"):
             "cover_em": em, "answered": answered, "well_formed": answered, "calls": calls}
 
 
+def _f1_eval_dir(root, name, f1s):
+    """An evaluation directory whose HotpotQA questions q0, q1... scored these F1s (answered, one call)."""
+    d = root / name
+    d.mkdir()
+    rows = [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 1) for i, f1 in enumerate(f1s)]
+    (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return d
+
+
 def test_summaries_and_comparisons_from_predictions(tmp_path):
     a, b = tmp_path / "eval-a", tmp_path / "eval-b"
     for d, good in ((a, False), (b, True)):
@@ -170,13 +180,7 @@ def test_summaries_and_comparisons_from_predictions(tmp_path):
 
 
 def test_two_seeds_are_also_compared_on_each_questions_mean_over_the_seeds(tmp_path):
-    def eval_dir(name, f1s):
-        d = tmp_path / name
-        d.mkdir()
-        rows = [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 1) for i, f1 in enumerate(f1s)]
-        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return d
-
+    eval_dir = partial(_f1_eval_dir, tmp_path)
     dirs = {"sft@s0": eval_dir("a0", [0.0, 0.0, 0.2]), "sft+grpo@s0": eval_dir("b0", [1.0, 0.0, 0.2]),
             "sft@s1": eval_dir("a1", [0.0, 0.5, 0.2]), "sft+grpo@s1": eval_dir("b1", [0.0, 0.5, 0.2, 1.0])}
     rows = bl.comparisons(dirs, {"seeds": [0, 1]})
@@ -328,13 +332,7 @@ def test_every_seed_runs_and_compares_the_ablations_in_each_seed(tmp_path):
     assert bl.arms_in_seed(preset, 0) == preset["arms"] and bl.arms_in_seed(preset, 1) == ["sft", "sft+grpo"]
     assert bl.arms_in_seed({**preset, "every_seed": True}, 1) == ["sft", "sft+grpo", "sim-trained"]
 
-    def eval_dir(name, f1s):
-        d = tmp_path / name
-        d.mkdir()
-        rows = [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 1) for i, f1 in enumerate(f1s)]
-        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return d
-
+    eval_dir = partial(_f1_eval_dir, tmp_path)
     dirs = {"sft@s0": eval_dir("a0", [0.0, 0.0]), "sft+grpo@s0": eval_dir("b0", [0.5, 0.0]),
             "sim-trained@s0": eval_dir("c0", [0.0, 0.0]), "sft@s1": eval_dir("a1", [0.0, 0.0]),
             "sft+grpo@s1": eval_dir("b1", [0.5, 0.5]), "sim-trained@s1": eval_dir("c1", [1.0, 0.5])}
