@@ -314,14 +314,14 @@ def test_the_work_directory_is_the_same_however_it_is_written(tmp_path, monkeypa
 
 @pytest.mark.parametrize("name", list(bl.PRESETS))
 def test_the_presets_train_grpo_as_the_demo_does_and_the_trials_keep_their_settings(name):
-    """The benchmark's GRPO runs configs/demo.yaml's question order and answer reward (what the three-seed
-    run adopted); the GRPO trials keep the file's order and EM unless they name another."""
+    """The benchmark's GRPO trains solvable-first (its presets) with configs/demo.yaml's F1 answer reward (what
+    the three-seed run adopted); the GRPO trials keep the file's order and EM unless they name another."""
     import grpo_settings as gs
 
     g = bl.base_config(bl.PRESETS[name], 0).grpo
     assert (g.question_order, g.answer_metric) == ("solvable-first", "f1")
-    assert (gs.trial_config(gs.SETTINGS["lr3e-5-q4"]).grpo.question_order,
-            gs.trial_config(gs.SETTINGS["lr3e-5-q4"]).grpo.answer_metric) == ("file", "em")
+    trial = gs.trial_config(gs.SETTINGS["lr3e-5-q4"]).grpo
+    assert (trial.question_order, trial.answer_metric) == ("file", "em")
     f1 = gs.trial_config(gs.SETTINGS["lr3e-5-q4-f1"]).grpo
     assert (f1.question_order, f1.answer_metric, f1.trl["learning_rate"]) == ("file", "f1", 3e-5)
     assert gs.trial_config(gs.SETTINGS["lr3e-5-q4-solvable"]).grpo.question_order == "solvable-first"

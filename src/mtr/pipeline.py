@@ -159,13 +159,13 @@ def plan(cfg: Config, n_train: int) -> tuple[list[str], float]:
         elif stage == "grpo":
             g, t = cfg.grpo, cfg.grpo.trl
             rollouts = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"]
-            lines.append(f"grpo: {t['max_steps']} steps, {rollouts} rollouts a step in groups "
-                         f"of {t['num_generations']}, up to {g.max_tool_calls} tool calls each"
-                         + (f"; solvable-first: the initial policy answers the {n_train} questions first"
-                            if g.question_order == "solvable-first" else ""))
+            line = (f"grpo: {t['max_steps']} steps, {rollouts} rollouts a step in groups "
+                    f"of {t['num_generations']}, up to {g.max_tool_calls} tool calls each")
             total += CPU_SECONDS["grpo_rollout"] * t["max_steps"] * rollouts
             if g.question_order == "solvable-first":  # one greedy episode a training question
+                line += f"; solvable-first: the initial policy answers the {n_train} questions first"
                 total += CPU_SECONDS["solvable_question"] * n_train
+            lines.append(line)
         elif stage == "eval":
             sizes = {b: len(load_qa(p, cfg.eval.limit)) for b, p in eval_stage.benchmark_files(cfg).items()}
             policies = 2 if r.eval_base else 1
