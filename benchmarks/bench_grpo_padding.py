@@ -37,14 +37,16 @@ def prompt_tokens(run: Path, tok: Any) -> int:
 
 
 def batch(lengths: list[int], prompt: int, vocab: int, pad: int) -> tuple[Any, Any, int]:
-    """Random ids shaped as TRL pads a generation batch: one prompt length, completions padded on the right."""
+    """Random ids shaped as TRL pads a generation batch: the group's one prompt, then each episode's
+    completion, padded on the right."""
     import torch
 
     keep = max(lengths) - prompt
     ids = torch.full((len(lengths), prompt + keep), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
+    ids[:, :prompt] = torch.randint(0, vocab, (prompt,))
     for i, n in enumerate(lengths):
-        ids[i, :n] = torch.randint(0, vocab, (n,))
+        ids[i, prompt:n] = torch.randint(0, vocab, (n - prompt,))
         mask[i, :n] = 1
     return ids, mask, keep
 

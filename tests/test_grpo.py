@@ -397,6 +397,8 @@ def test_grpo_trains_two_steps_with_the_embedded_policy(tmp_path):
     init = policy_checkpoint(cfg)
     stats = train_grpo(cfg, data, init, tmp_path / "out", pool=Pool(ScriptedBackend()))
     assert stats["steps"] == 2 and stats["questions"] == 2
+    assert stats["share_prompt"]  # a micro-batch holds the group: its prompt scored once
+    assert "mtr_shared_prompt" not in (tmp_path / "out" / "config.json").read_text()  # a plain checkpoint
     assert len((tmp_path / "out" / "tools.jsonl").read_text().splitlines()) == 2
     log = [json.loads(x) for x in (tmp_path / "out" / "log.jsonl").read_text().splitlines()]
     step_logs = [e for e in log if "reward" in e]

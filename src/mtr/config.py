@@ -290,6 +290,10 @@ class GRPOStageConfig(EpisodeConfig, TrainStage):
         False, description="pay the consistency reward only beside an answer that scores above 0: when a group's "
         "answers are all wrong, a grounded wrong answer then earns nothing over an ungrounded one")
     sample_every: int = Field(5, ge=1, description="write sample episodes to samples.jsonl every N steps")
+    share_prompt: bool = Field(
+        True, description="score the episodes of a micro-batch that share a prompt (a group) as one sequence, the "
+        "prompt once: the same log-probabilities from fewer tokens (SDPA attention; others score each episode). "
+        "It pays when trl.per_device_train_batch_size holds whole groups")
     question_order: Literal["file", "solvable-first"] = Field(
         "file", description="which questions training draws first: the file's (shuffled when steps draw fewer than "
         "it holds), or those the initial policy answers at least partly right (greedy, token F1 > 0, this stage's "

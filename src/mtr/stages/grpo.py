@@ -263,7 +263,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     trainer = UnpaddedGRPOTrainer(model=str(init), reward_funcs=rubric.trl_reward_funcs(), args=args,
                                   train_dataset=dataset, processing_class=tok,
                                   callbacks=[jsonl_log_callback(out / "log.jsonl")], rollout_func=rollout,
-                                  peft_config=g.peft_config())
+                                  peft_config=g.peft_config(), share_prompt=g.share_prompt)
     ckpt = resume_point(args, out, resume)
     t0 = time.perf_counter()
     try:
@@ -287,7 +287,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
              "rollout_s": timing.get("rollout_s", 0.0), "generate_s": timing.get("generate_s", 0.0),
              "rollout_tokens_per_s": (timing.get("generated_tokens", 0) / timing["generate_s"]
                                       if timing.get("generate_s") else None),
-             "processes": args.world_size, "solvable_questions": solvable, "episode_tokens": rollout.episode_tokens,
+             "processes": args.world_size, "solvable_questions": solvable,
+             # whether a group's episodes were scored as one sequence, the prompt once (UnpaddedGRPOTrainer)
+             "share_prompt": trainer.share_prompt, "episode_tokens": rollout.episode_tokens,
              # what padding each batch to its longest episode would add to the passes (UnpaddedGRPOTrainer skips it)
              "padding_pct": padding_pct(rollout.episode_tokens)}
     write_stats(args, out, stats, f"grpo: {stats['steps']} steps in {wall:.0f}s ({stats['seconds_per_step']:.1f}s/step)")

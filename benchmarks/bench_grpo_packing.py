@@ -1,0 +1,133 @@
+"""What scoring a group's shared prompt once saves a GRPO update: episode by episode against one packed pass.
+
+    .venv/bin/python benchmarks/bench_grpo_packing.py [--repeats 2]
+
+The generation batches are those bench_grpo_padding.py recorded (benchmarks/results/grpo_padding.json: four
+groups of 4 episodes of the learning benchmark's GRPO run, their lengths and their prompt's), with random
+ids (the time does not depend on them), on the embedded SmolLM2-135M with TRL's fused LM head and gradient
+checkpointing, as the CPU configs train it. Both variants run UnpaddedGRPOTrainer's own scoring pass:
+
+    per episode   share_prompt off, micro-batches of one episode (the CPU configs until now: per_device_train_batch_size 1,
+                  gradient_accumulation_steps 4): the reference pass and each episode's loss forward and backward
+    packed group  share_prompt on, the group as one micro-batch (per_device_train_batch_size 4): the reference
+                  pass and the loss forward and backward each over one packed row, the prompt once
+
+Each variant runs in a process of its own (its peak resident memory its own), alternated `--repeats` times.
+Prints the figures and writes them to benchmarks/results/grpo_packing.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+RESULTS = ROOT / "benchmarks" / "results" / "grpo_packing.json"
+BATCHES = ROOT / "benchmarks" / "results" / "grpo_padding.json"
+VARIANTS = ("per episode", "packed group")
+
+
+def one_variant(variant: str) -> dict:
+    """In this process: the update passes over the recorded batches; seconds and peak RSS."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from bench_grpo_padding import batch
+    from mtr.checkpoints import load_tokenizer
+    from mtr.embedded import ensure_checkpoint
+    from mtr.grpo_trainer import UnpaddedGRPOTrainer, use_shared_prompt_attention
+    from mtr.peak_memory import peak_rss_mb, reset_peak
+
+    recorded = json.loads(BATCHES.read_text())
+    prompt, groups = recorded["prompt_tokens"], [b["lengths"] for b in recorded["batches"]]
+    init = ensure_checkpoint()
+    tok = load_tokenizer(init)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    trainer = UnpaddedGRPOTrainer.__new__(UnpaddedGRPOTrainer)  # its scoring pass needs no more of a trainer
+    trainer.accelerator = Accelerator(cpu=True)
+    trainer.share_prompt = variant == "packed group" and use_shared_prompt_attention(model)
+    micro = 4 if trainer.share_prompt else 1
+
+    def score(ids, mask, keep, entropy):
+        logps, ent, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, keep, batch_size=micro,
+                                                                   compute_entropy=entropy)
+        return logps
+
+    reset_peak()
+    seconds = []
+    for lengths in groups:
+        ids, mask, keep = batch(lengths, prompt, model.config.vocab_size, tok.pad_token_id)
+        t0 = time.perf_counter()
+        with torch.no_grad():  # the reference pass
+            score(ids, mask, keep, False)
+        for start in range(0, ids.size(0), micro):  # the loss, a micro-batch at a time
+            rows = slice(start, start + micro)
+            (-(score(ids[rows], mask[rows], keep, True) * mask[rows, -keep:]).sum()).backward()
+        model.zero_grad(set_to_none=True)
+        seconds.append(round(time.perf_counter() - t0, 2))
+    return {"seconds": seconds, "total_s": round(sum(seconds), 1), "peak_rss_mb": round(peak_rss_mb()),
+            "episode_tokens": sum(map(sum, groups)),
+            "scored_tokens": sum(sum(g) - (len(g) - 1) * (prompt - 1) if trainer.share_prompt else sum(g)
+                                 for g in groups)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternated")
+    ap.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:  # one variant, its figures as the last line of stdout
+        print(json.dumps(one_variant(args.child)))
+        return
+
+    import torch
+
+    from bench_learning import cpu_name
+
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for r in range(args.repeats):
+        for v in VARIANTS:
+            out = subprocess.run([sys.executable, __file__, "--child", v], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{v}: the timing process failed: {out.stderr.strip().splitlines()[-1:]}")
+            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"run {r + 1}, {v}: {runs[v][-1]['total_s']} s, peak RSS {runs[v][-1]['peak_rss_mb']} MB",
+                  flush=True)
+    median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
+                  "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
+                  "scored_tokens": rs[0]["scored_tokens"],
+                  "ms_per_episode_token": round(1000 * statistics.median(x["total_s"] for x in rs)
+                                                / rs[0]["episode_tokens"], 2)}
+              for v, rs in runs.items()}
+    alone, packed = median["per episode"], median["packed group"]
+    recorded = json.loads(BATCHES.read_text())
+    result = {"batches": "benchmarks/results/grpo_padding.json", "prompt_tokens": recorded["prompt_tokens"],
+              "lengths": [b["lengths"] for b in recorded["batches"]], "runs": runs, "median": median,
+              "saved_pct": round(100 * (1 - packed["total_s"] / alone["total_s"]), 1),
+              "fewer_tokens_pct": round(100 * (1 - packed["scored_tokens"] / alone["scored_tokens"]), 1),
+              "extra_peak_rss_mb": packed["peak_rss_mb"] - alone["peak_rss_mb"],
+              "model": "SmolLM2-135M-Instruct (embedded)", "gradient_checkpointing": True,
+              "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    print(f"update passes over {len(result['lengths'])} groups (median of {args.repeats}): per episode "
+          f"{alone['total_s']} s, {alone['peak_rss_mb']} MB; packed {packed['total_s']} s, {packed['peak_rss_mb']} MB "
+          f"({result['saved_pct']} % less time, {result['fewer_tokens_pct']} % fewer tokens scored)")
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
