@@ -47,6 +47,21 @@ def one_variant(run: Path, groups: int, checkpointing: bool) -> dict:
             "tokens": sum(sum(max(n, prompt + 1) for n in g) for g in stats["episode_tokens"][:groups])}
 
 
+def alternated(script: str, variants: tuple[str, ...], repeats: int, argv: list[str]) -> dict[str, list[dict]]:
+    """Each variant's figures, `repeats` runs of each, alternated: `script argv --child VARIANT`, each in a
+    process of its own, prints them as JSON on its last line."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(repeats):
+        for v in variants:
+            out = subprocess.run([sys.executable, script, *argv, "--child", v], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{v}: the timing process failed: {out.stderr.strip().splitlines()[-1:]}")
+            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"run {r + 1}, {v}: {runs[v][-1]['total_s']} s, peak RSS {runs[v][-1]['peak_rss_mb']} MB",
+                  flush=True)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="a finished GRPO run directory (mtr grpo's --out)")
@@ -65,16 +80,7 @@ def main() -> None:
 
     from bench_learning import cpu_name
 
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for r in range(args.repeats):
-        for v in VARIANTS:
-            cmd = [sys.executable, __file__, "--run", str(args.run), "--groups", str(args.groups), "--child", v]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"{v}: the timing process failed: {out.stderr.strip().splitlines()[-1:]}")
-            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"run {r + 1}, {v}: {runs[v][-1]['total_s']} s, peak RSS {runs[v][-1]['peak_rss_mb']} MB",
-                  flush=True)
+    runs = alternated(__file__, VARIANTS, args.repeats, ["--run", str(args.run), "--groups", str(args.groups)])
     median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
                   "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
                   "ms_per_token": round(1000 * statistics.median(x["total_s"] for x in rs) / rs[0]["tokens"], 2)}

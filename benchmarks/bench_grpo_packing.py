@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,17 +94,10 @@ def main() -> None:
 
     import torch
 
+    from bench_grpo_checkpointing import alternated
     from bench_learning import cpu_name
 
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    for r in range(args.repeats):
-        for v in VARIANTS:
-            out = subprocess.run([sys.executable, __file__, "--child", v], capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SystemExit(f"{v}: the timing process failed: {out.stderr.strip().splitlines()[-1:]}")
-            runs[v].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"run {r + 1}, {v}: {runs[v][-1]['total_s']} s, peak RSS {runs[v][-1]['peak_rss_mb']} MB",
-                  flush=True)
+    runs = alternated(__file__, VARIANTS, args.repeats, [])
     median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
                   "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
                   "scored_tokens": rs[0]["scored_tokens"],

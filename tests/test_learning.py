@@ -345,3 +345,20 @@ def test_every_seed_runs_and_compares_the_ablations_in_each_seed(tmp_path):
     assert rows[-1]["f1"][0] == 0.0 and rows[2]["f1"][0] == pytest.approx(-25.0)
     del dirs["sim-trained@s1"]  # an ablation in one seed only has no row over the seeds
     assert [r["b"] for r in bl.comparisons(dirs, {"seeds": [0, 1]})][-1] == "sft+grpo@s0+s1"
+
+
+def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_failure(tmp_path, capsys):
+    from bench_grpo_checkpointing import alternated
+
+    script = tmp_path / "child.py"
+    log = tmp_path / "order.txt"
+    script.write_text("import json, os, sys\n"
+                      f"open({str(log)!r}, 'a').write(sys.argv[-1] + ' ' + str(os.getpid()) + '\\n')\n"
+                      "if sys.argv[-1] == 'bad': sys.exit('no model here')\n"
+                      "print('noise'); print(json.dumps({'total_s': len(sys.argv), 'peak_rss_mb': 1}))\n")
+    runs = alternated(str(script), ("a", "b"), 2, ["--x", "1"])
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert [c[0] for c in calls] == ["a", "b", "a", "b"] and len({c[1] for c in calls}) == 4
+    assert runs == {"a": [{"total_s": 5, "peak_rss_mb": 1}] * 2, "b": [{"total_s": 5, "peak_rss_mb": 1}] * 2}
+    with pytest.raises(SystemExit, match="bad: the timing process failed: .*no model here"):
+        alternated(str(script), ("bad",), 1, [])
