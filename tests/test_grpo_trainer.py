@@ -194,3 +194,20 @@ def test_trainer_packs_rows_sharing_a_prompt_within_each_micro_batch(batch_size)
         assert packed_w == [(1, 4 + (1 + 2) + (1 + 6) + (1 + 1) + (1 + 3)), (1, 4)]
     else:  # micro-batches of 2: rows 0-1 packed, rows 2-3 packed, row 4 alone
         assert packed_w == [(1, 4 + (1 + 2) + (1 + 6)), (1, 4 + (1 + 1) + (1 + 3)), (1, 4)]
+
+
+def test_shared_prompt_attention_is_installed_only_over_full_sdpa_attention():
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from mtr.grpo_trainer import SHARED_PROMPT, use_shared_prompt_attention
+
+    model = tiny_llama()
+    assert use_shared_prompt_attention(model) and model.config._attn_implementation == SHARED_PROMPT
+    assert use_shared_prompt_attention(model)  # twice is once
+    eager = tiny_llama()
+    eager.config._attn_implementation = "eager"
+    assert not use_shared_prompt_attention(eager) and eager.config._attn_implementation == "eager"
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                                sliding_window=8))
+    assert not use_shared_prompt_attention(windowed) and windowed.config._attn_implementation == "sdpa"

@@ -12,8 +12,9 @@ offset, which RoPE attention does not see.
 A group's episodes begin with the same prompt (the system message, the tools, the question: ~470 tokens at the
 CPU preset, half an episode), and each pass reads it once per episode. With `share_prompt` the rows of a
 micro-batch that share a prompt are packed into one sequence, the prompt once, each episode's tokens kept
-from the others' (`packed_layout`, `shared_prompt_attention`): the same log-probabilities from fewer tokens. TRL's GRPOTrainer has no
-way to share a prefix between the rows it scores (its SFTTrainer packs only independent sequences), hence this.
+from the others' (`packed_layout`, `shared_prompt_attention`): the same log-probabilities from fewer
+tokens. TRL's GRPOTrainer has no way to share a prefix between the rows it scores (its SFTTrainer packs
+only independent sequences), hence this.
 """
 
 from __future__ import annotations
@@ -105,18 +106,19 @@ def shared_prompt_attention(module: Any, query: torch.Tensor, key: torch.Tensor,
     shared, segments = shared_prompt
     groups = query.size(1) // key.size(1)
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scale = kwargs.get("scaling")
+    scale, dropout = kwargs.get("scaling"), kwargs.get("dropout", 0.0)
     parts = []
     if shared:
         parts.append(F.scaled_dot_product_attention(query[:, :, :shared], key[:, :, :shared], value[:, :, :shared],
-                                                    is_causal=True, scale=scale))
+                                                    is_causal=True, scale=scale, dropout_p=dropout))
     for start, end in segments:
         n = end - start
         # row j sees the shared part and its episode's tokens up to itself
         allowed = torch.ones(n, shared + n, dtype=torch.bool, device=query.device).tril(diagonal=shared)
         parts.append(F.scaled_dot_product_attention(
             query[:, :, start:end], torch.cat([key[:, :, :shared], key[:, :, start:end]], 2),
-            torch.cat([value[:, :, :shared], value[:, :, start:end]], 2), attn_mask=allowed, scale=scale))
+            torch.cat([value[:, :, :shared], value[:, :, start:end]], 2), attn_mask=allowed, scale=scale,
+            dropout_p=dropout))
     return torch.cat(parts, 2).transpose(1, 2).contiguous(), None
 
 
@@ -125,16 +127,18 @@ SHARED_PROMPT = "mtr_shared_prompt"
 
 def use_shared_prompt_attention(model: Any) -> bool:
     """Route `model`'s attention through `shared_prompt_attention` (SDPA for every other call: generation,
-    rows scored alone) and its masks through SDPA's; False, and nothing changed, unless it used SDPA. A
-    setting of the model object: a gradient checkpoint's recomputation in the backward pass takes the same
-    path as the forward did. transformers does not save it with the checkpoint."""
+    rows scored alone) and its masks through SDPA's; False, and nothing changed, unless it used SDPA with
+    full attention (a sliding window would need the window in every piece). A setting of the model object:
+    a gradient checkpoint's recomputation in the backward pass takes the same path as the forward did.
+    transformers does not save it with the checkpoint."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     config = model.config
     if config._attn_implementation == SHARED_PROMPT:
         return True
-    if config._attn_implementation != "sdpa":
+    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
+    if config._attn_implementation != "sdpa" or windowed:
         return False
     AttentionInterface.register(SHARED_PROMPT, shared_prompt_attention)
     AttentionMaskInterface.register(SHARED_PROMPT, sdpa_mask)
