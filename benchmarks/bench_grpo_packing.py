@@ -37,10 +37,8 @@ def one_variant(variant: str) -> dict:
     """In this process: the update passes over the recorded batches; seconds and peak RSS."""
     import torch
     from accelerate import Accelerator
-    from transformers import AutoModelForCausalLM
-    from trl.trainer.utils import add_fused_lm_head
 
-    from bench_grpo_padding import batch
+    from bench_grpo_padding import batch, scorers
     from mtr.checkpoints import load_tokenizer
     from mtr.embedded import ensure_checkpoint
     from mtr.grpo_trainer import UnpaddedGRPOTrainer, use_shared_prompt_attention
@@ -50,11 +48,7 @@ def one_variant(variant: str) -> dict:
     prompt, groups = recorded["prompt_tokens"], [b["lengths"] for b in recorded["batches"]]
     init = ensure_checkpoint()
     tok = load_tokenizer(init)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    model, _, _ = scorers(init, checkpointing=True)  # as GRPO trains it: fp32, TRL's fused head
     trainer = UnpaddedGRPOTrainer.__new__(UnpaddedGRPOTrainer)  # its scoring pass needs no more of a trainer
     trainer.accelerator = Accelerator(cpu=True)
     trainer.share_prompt = variant == "packed group" and use_shared_prompt_attention(model)
