@@ -41,7 +41,8 @@ def one_variant(variant: str) -> dict:
     from bench_grpo_padding import batch, scorers
     from mtr.checkpoints import load_tokenizer
     from mtr.embedded import ensure_checkpoint
-    from mtr.grpo_trainer import UnpaddedGRPOTrainer, use_shared_prompt_attention
+    from mtr.grpo_trainer import UnpaddedGRPOTrainer
+    from mtr.shared_prompt import use_shared_prompt_attention
     from mtr.peak_memory import peak_rss_mb, reset_peak
 
     recorded = json.loads(BATCHES.read_text())

@@ -106,7 +106,7 @@ def test_prompt_groups_finds_shared_prompts_and_refuses_a_hole():
 
 
 def test_packed_layout_repeats_the_prompts_last_token_for_each_episode():
-    from mtr.grpo_trainer import packed_layout
+    from mtr.shared_prompt import packed_layout
 
     lay = packed_layout(torch.tensor([1, 2, 3]), [torch.tensor([7, 8]), torch.tensor([9])])
     assert lay["input_ids"].tolist() == [1, 2, 3, 7, 8, 3, 9]
@@ -118,7 +118,8 @@ def test_packed_layout_repeats_the_prompts_last_token_for_each_episode():
 def test_packed_scores_and_gradients_match_each_row_scored_alone():
     """A group of 4 episodes sharing a prompt (one of them empty) and a row with another prompt: the packed
     pass gives every real token the log-prob and entropy it has alone, 0 elsewhere, and the same gradients."""
-    from mtr.grpo_trainer import prompt_groups, score_packed, use_shared_prompt_attention
+    from mtr.grpo_trainer import prompt_groups, score_packed
+    from mtr.shared_prompt import use_shared_prompt_attention
 
     model = tiny_llama().double()
     assert use_shared_prompt_attention(model)
@@ -165,7 +166,8 @@ def test_trainer_packs_rows_sharing_a_prompt_within_each_micro_batch(batch_size)
     as one packed row, and the log-probs are those of the pass without it."""
     from accelerate import Accelerator
 
-    from mtr.grpo_trainer import UnpaddedGRPOTrainer, use_shared_prompt_attention
+    from mtr.grpo_trainer import UnpaddedGRPOTrainer
+    from mtr.shared_prompt import use_shared_prompt_attention
 
     model = tiny_llama().double()
     fused(model)
@@ -199,7 +201,7 @@ def test_trainer_packs_rows_sharing_a_prompt_within_each_micro_batch(batch_size)
 def test_shared_prompt_attention_is_installed_only_over_full_sdpa_attention():
     from transformers import MistralConfig, MistralForCausalLM
 
-    from mtr.grpo_trainer import SHARED_PROMPT, use_shared_prompt_attention
+    from mtr.shared_prompt import SHARED_PROMPT, use_shared_prompt_attention
 
     model = tiny_llama()
     assert use_shared_prompt_attention(model) and model.config._attn_implementation == SHARED_PROMPT

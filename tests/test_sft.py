@@ -119,3 +119,101 @@ def test_lora_merges_into_a_plain_checkpoint(tmp_path):
     b = HFBackend(RoleConfig(model=str(out)))  # loadable as the policy of every other command
     [c] = asyncio.run(b.chat([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4)))
     assert c.completion_tokens > 0
+
+
+def test_shared_prefix_stops_where_rows_differ_or_a_token_is_trained():
+    from mtr.shared_prompt import shared_prefix
+
+    u = -100
+    rows = [[1, 2, 3, 4, 5], [1, 2, 3, 9], [1, 2, 3, 4]]
+    assert shared_prefix(rows, [[u] * 5, [u] * 4, [u] * 4]) == 3
+    # the prefix's first label is never predicted; a trained token at 2 ends it there (token 1 predicts it)
+    assert shared_prefix(rows, [[7, u, u, u, u], [u] * 4, [u] * 4]) == 3
+    assert shared_prefix(rows, [[u] * 5, [u, u, 3, u], [u] * 4]) == 2
+    assert shared_prefix([[1, 2], [1, 2]], [[u, u], [u, 2]]) == 1
+
+
+def tiny_sft_model(vocab_size=60):
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         initializer_range=0.2))  # attention far from uniform: positions count
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer patches its model
+    return model.double()
+
+
+def test_shared_prompt_collator_gives_the_padded_batchs_loss_and_gradients():
+    """Three traces that begin with the same 20 untrained tokens, each trained on some of its own (an
+    observation's tokens masked between): the packed row's loss and gradients are the padded batch's."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from mtr.shared_prompt import SharedPromptCollator, use_shared_prompt_attention
+
+    model = tiny_sft_model()
+    assert use_shared_prompt_attention(model)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, 60, (20,), generator=g).tolist()
+    examples = []
+    for n in (7, 12, 4):
+        own = torch.randint(3, 60, (n,), generator=g).tolist()
+        labels = [-100] * 20 + [t if i % 5 != 2 else -100 for i, t in enumerate(own)]  # every fifth: untrained
+        examples.append({"input_ids": prompt + own, "labels": labels})
+    padded = DataCollatorForLanguageModeling(pad_token_id=0)
+    packed = SharedPromptCollator(padded)
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        inputs = {k: v for k, v in batch.items()}
+        out = model(**inputs, fused_lm_head=True)
+        counted = batch.get("shift_labels", batch["labels"][:, 1:])
+        loss = -out.log_probs.sum() / (counted != -100).sum()  # SFTTrainer's loss with num_items_in_batch
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    want, want_g = loss_and_grads(padded(examples))
+    batch = packed(examples)
+    assert batch["input_ids"].shape == (1, 19 + 3 + 7 + 12 + 4)  # the prompt but its last token once
+    assert "attention_mask" not in batch and batch["shared_prompt"][0] == 19
+    got, got_g = loss_and_grads(batch)
+    assert torch.allclose(got, want, atol=1e-10)
+    assert all((a - b).norm() <= 1e-6 * b.norm() for a, b in zip(got_g, want_g))
+    # rows that share less than min_shared tokens go to the padding collator
+    other = [{"input_ids": [5] + e["input_ids"][1:], "labels": e["labels"]} for e in examples[:1]] + examples[1:]
+    assert "attention_mask" in packed(other) and "attention_mask" in packed(examples[:1])
+
+
+def test_sft_trainer_loss_is_the_same_with_the_prompt_shared(tok, tmp_path):
+    """TRL's own compute_loss on SFTTrainer's prepared rows (two real traces, the embedded tokenizer's chat
+    template): the packed micro-batch reaches the attention with its layout and gives the padded one's loss."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from mtr.shared_prompt import SharedPromptCollator, use_shared_prompt_attention
+
+    first, second = two_call_trace(), two_call_trace()
+    second.question, second.steps = "Where did Tokarev teach?", second.steps[:1] + second.steps[2:]
+    model = tiny_sft_model(vocab_size=len(tok))
+    calls = []
+    model.model.layers[0].self_attn.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append(kwargs.get("shared_prompt")), with_kwargs=True)
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, use_cpu=True, bf16=False,
+                     report_to=[], max_length=2048, per_device_train_batch_size=2)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list([stored(first), stored(second)]))
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)
+    with torch.no_grad():
+        want = trainer.compute_loss(model, padded(rows), num_items_in_batch=None)
+        assert use_shared_prompt_attention(model)
+        batch = SharedPromptCollator(padded)(rows)
+        got = trainer.compute_loss(model, batch, num_items_in_batch=None)
+    shared, segments = batch["shared_prompt"]
+    assert shared > 100 and len(segments) == 2 and calls[-1] == (shared, segments) and calls[0] is None
+    assert torch.allclose(got, want, atol=1e-9)

@@ -264,6 +264,10 @@ class SFTStageConfig(TrainStage):
                                 description="arguments of TRL's SFTConfig, as TRL names them")
     too_long: Literal["drop", "truncate"] = Field(
         "drop", description="what to do with sequences over trl.max_length tokens (counted and reported either way)")
+    share_prompt: bool = Field(
+        True, description="train each micro-batch of traces as one sequence, the tokens they all begin with (the "
+        "system message, the tools) once: the same loss and gradients from fewer tokens (SDPA attention; others "
+        "pad the batch). It pays when trl.per_device_train_batch_size is above 1")
 
 
 class GRPOStageConfig(EpisodeConfig, TrainStage):

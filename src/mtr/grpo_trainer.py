@@ -12,9 +12,7 @@ offset, which RoPE attention does not see.
 A group's episodes begin with the same prompt (the system message, the tools, the question: ~470 tokens at the
 CPU preset, half an episode), and each pass reads it once per episode. With `share_prompt` the rows of a
 micro-batch that share a prompt are packed into one sequence, the prompt once, each episode's tokens kept
-from the others' (`packed_layout`, `shared_prompt_attention`): the same log-probabilities from fewer
-tokens. TRL's GRPOTrainer has no way to share a prefix between the rows it scores (its SFTTrainer packs
-only independent sequences), hence this.
+from the others' (`mtr.shared_prompt`): the same log-probabilities from fewer tokens.
 """
 
 from __future__ import annotations
@@ -24,6 +22,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from trl import GRPOTrainer
+
+from mtr.shared_prompt import SHARED_PROMPT, packed_layout, use_shared_prompt_attention
 
 Scorer = Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
@@ -70,80 +70,6 @@ def prompt_groups(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_
             return None
         groups.setdefault(tuple(input_ids[r, start - p:start].tolist()), []).append(r)
     return list(groups.values())
-
-
-def packed_layout(prompt: torch.Tensor, completions: list[torch.Tensor]) -> dict[str, Any]:
-    """One sequence for the episodes of one prompt: the prompt but its last token once (the shared part), then
-    for each episode that last token and its completion, at the positions they had alone. The prompt's last
-    token is repeated because it predicts each episode's own first token. `shift_labels` holds at each
-    position the token it predicts (-100: none); `segments` each episode's (start, end) and `shared` the shared
-    part's length, for `shared_prompt_attention`."""
-    shared = prompt.numel() - 1
-    ids, positions, labels, segments = [prompt[:-1]], [torch.arange(shared)], [torch.full((shared,), -100)], []
-    length = shared
-    for completion in completions:
-        n = completion.numel()
-        segments.append((length, length + n + 1))
-        ids.append(torch.cat([prompt[-1:], completion]))
-        positions.append(torch.arange(shared, shared + n + 1))
-        labels.append(torch.cat([completion, torch.tensor([-100])]))
-        length += n + 1
-    return {"input_ids": torch.cat(ids), "position_ids": torch.cat(positions), "shift_labels": torch.cat(labels),
-            "shared": shared, "segments": segments}
-
-
-def shared_prompt_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, shared_prompt: tuple[int, list] | None = None,
-                            **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA, except on a packed row (`shared_prompt`: `packed_layout`'s shared length and segments), where the
-    shared part attends causally to itself and each episode's tokens to the shared part and causally to their
-    own, each piece one SDPA call: a single call with a block mask over the whole row would compute every pair
-    of the row, each episode's tokens against the other episodes' included."""
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
-
-    if shared_prompt is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    shared, segments = shared_prompt
-    groups = query.size(1) // key.size(1)
-    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    scale, dropout = kwargs.get("scaling"), kwargs.get("dropout", 0.0)
-    parts = []
-    if shared:
-        parts.append(F.scaled_dot_product_attention(query[:, :, :shared], key[:, :, :shared], value[:, :, :shared],
-                                                    is_causal=True, scale=scale, dropout_p=dropout))
-    for start, end in segments:
-        n = end - start
-        # row j sees the shared part and its episode's tokens up to itself
-        allowed = torch.ones(n, shared + n, dtype=torch.bool, device=query.device).tril(diagonal=shared)
-        parts.append(F.scaled_dot_product_attention(
-            query[:, :, start:end], torch.cat([key[:, :, :shared], key[:, :, start:end]], 2),
-            torch.cat([value[:, :, :shared], value[:, :, start:end]], 2), attn_mask=allowed, scale=scale,
-            dropout_p=dropout))
-    return torch.cat(parts, 2).transpose(1, 2).contiguous(), None
-
-
-SHARED_PROMPT = "mtr_shared_prompt"
-
-
-def use_shared_prompt_attention(model: Any) -> bool:
-    """Route `model`'s attention through `shared_prompt_attention` (SDPA for every other call: generation,
-    rows scored alone) and its masks through SDPA's; False, and nothing changed, unless it used SDPA with
-    full attention (a sliding window would need the window in every piece). A setting of the model object:
-    a gradient checkpoint's recomputation in the backward pass takes the same path as the forward did.
-    transformers does not save it with the checkpoint."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    config = model.config
-    if config._attn_implementation == SHARED_PROMPT:
-        return True
-    windowed = getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)
-    if config._attn_implementation != "sdpa" or windowed:
-        return False
-    AttentionInterface.register(SHARED_PROMPT, shared_prompt_attention)
-    AttentionMaskInterface.register(SHARED_PROMPT, sdpa_mask)
-    config._attn_implementation = SHARED_PROMPT
-    return True
 
 
 def score_packed(forward: Callable[..., Any], input_ids: torch.Tensor, attention_mask: torch.Tensor,

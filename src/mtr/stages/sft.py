@@ -7,7 +7,9 @@ assistant's own tokens only (thoughts, tool calls, answers, the end-of-turn toke
 
 What is written by hand here is what TRL does not do: strict reading of sft.jsonl with line numbers,
 counting (not silently dropping) rows without assistant turns and over-long rows, the JSONL loss log, the
-refusal to mix two runs in one directory; `mtr.checkpoints` merges a LoRA adapter into a plain checkpoint.
+refusal to mix two runs in one directory; `mtr.checkpoints` merges a LoRA adapter into a plain checkpoint;
+with `share_prompt`, a micro-batch's traces are trained as one sequence, the system message and tools they
+all begin with read once (`mtr.shared_prompt`: TRL packs only independent sequences).
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from mtr.shared_prompt import SharedPromptCollator, use_shared_prompt_attention
 
     reset_peak()  # this stage's own peak memory, also when it shares the process with others (mtr run)
     s = cfg.sft
@@ -99,8 +104,16 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
                       f"turns and {report['too_long_dropped']} over {max_length} tokens; truncated "
                       f"{report['too_long_truncated']}" + (" [yellow](see train_stats.json)[/yellow]" if dropped else ""))
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    # TRL's loss path that scores the labels as given (the fused head): label smoothing and a custom loss
+    # would shift them again
+    share_prompt = (s.share_prompt and args.per_device_train_batch_size > 1 and not args.label_smoothing_factor
+                    and use_shared_prompt_attention(model))
+    collator = SharedPromptCollator(DataCollatorForLanguageModeling(
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        pad_to_multiple_of=args.pad_to_multiple_of)) if share_prompt else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=s.peft_config(), callbacks=[jsonl_log_callback(out / "log.jsonl")])
+                         data_collator=collator, peft_config=s.peft_config(),
+                         callbacks=[jsonl_log_callback(out / "log.jsonl")])
     ckpt = resume_point(args, out, resume)
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -114,7 +127,7 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
         "tokens_seen": tokens, "tokens_per_s": tokens / wall if wall > 0 else None,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "peak_rss_mb": peak_rss_mb(), "lora": s.lora_on, "init": str(src),
-        "resumed_from": str(ckpt) if ckpt else None, "processes": args.world_size,
+        "resumed_from": str(ckpt) if ckpt else None, "processes": args.world_size, "share_prompt": share_prompt,
     }
     write_stats(args, out, stats, f"sft: {stats['steps']} steps in {wall:.0f}s, loss {stats['loss_first']} -> "
                 f"{stats['loss_last']}, {stats['tokens_per_s'] or 0:.0f} tokens/s")
