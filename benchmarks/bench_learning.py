@@ -69,9 +69,11 @@ ARMS: dict[str, dict[str, Any]] = {
 ADOPTED_GRPO = {"question_order": "solvable-first"}
 PRESETS: dict[str, dict[str, Any]] = {
     # every step once, small (under 20 minutes here): that the benchmark runs, and what SFT does to the answered
-    # share; GRPO's 4 steps on one question show whether its reward moves there, not what it does held out
-    "quick": {"train_per_source": 8, "sft_epochs": 1.0, "grpo_steps": 4, "grpo_questions": 1, "eval_limit": 8,
-              "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [], "grpo": ADOPTED_GRPO},
+    # share; GRPO's 4 steps on one question (the first the SFT policy answers among 8: `grpo_candidates`, not
+    # every training question) show whether its reward moves there, not what it does held out
+    "quick": {"train_per_source": 16, "sft_epochs": 1.0, "grpo_steps": 4, "grpo_questions": 1, "grpo_candidates": 8,
+              "eval_limit": 8, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [],
+              "grpo": ADOPTED_GRPO},
     # the main comparison only, one seed (the runs labelled quick-* in docs/learning.md: the preset was called
     # quick until the small one above took the name)
     "main": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 6, "eval_limit": 30,
@@ -227,6 +229,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                                 lambda fresh: {k: v for k, v in run_filter(cfg0, traces, work / "filter").items()
                                                if k in ("kept", "episodes", "rejected")})
     sft_rows = work / "filter" / "sft.jsonl"
+    candidates = preset.get("grpo_candidates")  # the questions solvable-first chooses among (None: all)
     kept = stages["filter"]["kept"]
     batch = cfg0.sft.trl["per_device_train_batch_size"] * cfg0.sft.trl["gradient_accumulation_steps"]
     sft_steps = max(1, math.ceil(kept * preset["sft_epochs"] / batch))
@@ -258,10 +261,11 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
                            "init": str(model), "trainer": trainer.__name__,
-                           "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"]},
+                           "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
+                           **({"candidates": candidates} if candidates else {})},
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
-                        overwrite=fresh).get("steps")})
+                        overwrite=fresh, **({"candidates": candidates} if candidates else {})).get("steps")})
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts)

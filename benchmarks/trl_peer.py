@@ -115,7 +115,7 @@ def peer_solvable_first(cfg: Any, examples: list, init: Path, out: Path) -> list
 
 
 def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
-                   overwrite: bool = False) -> dict[str, Any]:
+                   overwrite: bool = False, candidates: int | None = None) -> dict[str, Any]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
     from trl.chat_template_utils import qwen3_template
@@ -139,7 +139,7 @@ def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | Non
     prepare_run(args, out, overwrite, ("log.jsonl", "train_stats.json", "solvable.jsonl", "tools.jsonl"),
                 lambda: None)
     if g.question_order == "solvable-first":  # chosen by the same rule as mtr's GRPO chooses them
-        examples = peer_solvable_first(cfg, load_qa(data), Path(init), out)
+        examples = peer_solvable_first(cfg, load_qa(data, candidates), Path(init), out)
         examples = examples[:limit] if limit else examples
     else:
         examples = load_qa(data, limit)
