@@ -69,10 +69,12 @@ ARMS: dict[str, dict[str, Any]] = {
 ADOPTED_GRPO = {"question_order": "solvable-first"}
 PRESETS: dict[str, dict[str, Any]] = {
     # every step once, small (under 20 minutes here): that the benchmark runs, and what SFT does to the answered
-    # share; GRPO's 4 steps on one question (the first the SFT policy answers among 8: `grpo_candidates`, not
-    # every training question) show whether its reward moves there, not what it does held out
-    "quick": {"train_per_source": 16, "sft_epochs": 1.0, "grpo_steps": 4, "grpo_questions": 1, "grpo_candidates": 8,
-              "eval_limit": 8, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [],
+    # share; GRPO's 4 steps on one question (the first the SFT policy answers among 4: `grpo_candidates`, not
+    # every training question) show whether its reward moves there, not what it does held out. Sized by two
+    # runs (docs/learning.md, *Settings tried*): 8 training questions a benchmark left SFT too short to search,
+    # 16 with 8 held-out questions a benchmark took 19.8 minutes
+    "quick": {"train_per_source": 12, "sft_epochs": 1.0, "grpo_steps": 4, "grpo_questions": 1, "grpo_candidates": 4,
+              "eval_limit": 6, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [],
               "grpo": ADOPTED_GRPO},
     # the main comparison only, one seed (the runs labelled quick-* in docs/learning.md: the preset was called
     # quick until the small one above took the name)
