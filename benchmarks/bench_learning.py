@@ -70,10 +70,11 @@ ADOPTED_GRPO = {"question_order": "solvable-first"}
 PRESETS: dict[str, dict[str, Any]] = {
     # every step once, small (under 20 minutes here): that the benchmark runs, and what SFT does to the answered
     # share; GRPO's 4 steps on one question (the first the SFT policy answers among 4: `grpo_candidates`, not
-    # every training question) show whether its reward moves there, not what it does held out. Sized by two
-    # runs (docs/learning.md, *Settings tried*): 8 training questions a benchmark left SFT too short to search,
-    # 16 with 8 held-out questions a benchmark took 19.8 minutes
-    "quick": {"train_per_source": 12, "sft_epochs": 1.0, "grpo_steps": 4, "grpo_questions": 1, "grpo_candidates": 4,
+    # every training question) show whether its reward moves there, not what it does held out. Sized by three
+    # runs (docs/learning.md, *Settings tried* 16): SFT on the traces of 8 or 12 training questions a benchmark
+    # left a policy that did not search, or did not answer; 16 with 8 held-out questions a benchmark took 19.8
+    # minutes
+    "quick": {"train_per_source": 16, "sft_epochs": 1.0, "grpo_steps": 4, "grpo_questions": 1, "grpo_candidates": 4,
               "eval_limit": 6, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [],
               "grpo": ADOPTED_GRPO},
     # the main comparison only, one seed (the runs labelled quick-* in docs/learning.md: the preset was called
@@ -621,7 +622,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=list(PRESETS), default="full",
                     help="quick: every step once, small (under 20 minutes here); main: the main comparison, one seed "
-                    "(about an hour here); full: every arm, two seeds")
+                    "(over an hour here: docs/learning.md); full: every arm, two seeds")
     ap.add_argument("--quick", action="store_true", help="the same as --preset quick")
     ap.add_argument("--work", type=Path, help="where the steps run (default runs/bench-learning/<preset>)")
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
