@@ -154,6 +154,9 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
     data["seed"] = seed
     data["tools"] = {**data.get("tools", {}), "toolmaker": False, "on_failure": "utilities"}
     data["synth"].update(tool_mode="live", teacher="scripted")
+    # SFT's 4 traces as one packed row (sft.share_prompt): a quarter less SFT time for ~1.4 GB more, which this
+    # benchmark's machine has and a laptop running the demo may not (docs/performance.md)
+    data["sft"]["trl"].update(per_device_train_batch_size=4, gradient_accumulation_steps=1)
     data["grpo"].update(tool_mode="live")
     data["grpo"]["trl"].update(max_steps=preset["grpo_steps"], save_steps=4)
     for key, value in preset.get("grpo", {}).items():  # --grpo KEY=VALUE (trl.KEY for TRL's arguments)
@@ -469,7 +472,7 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     first = f"s{mp['seeds'][0]}"
     sft_rate = stages[f"sft-{first}"]["wall_s"] / m["sft_steps"]
     kept_share = m["filter"]["kept"] / m["filter"]["episodes"]
-    batch = 4  # the demo preset's SFT step: 1 x 4
+    batch = 4  # an SFT step of 4 traces (base_config: one packed row)
     sft_steps = max(1, math.ceil(p["train_per_source"] * len(BENCHMARKS) * kept_share * p["sft_epochs"] / batch))
     measured_q = mp["eval_limit"] * len(BENCHMARKS)
 

@@ -8,9 +8,9 @@ system message and tools). Both variants run `mtr sft` (`train_sft`) on it with 
 (the embedded SmolLM2-135M, full fine-tuning, gradient checkpointing, `--steps` steps of 4 traces):
 
     one at a time   sft.share_prompt off, per_device_train_batch_size 1 x gradient_accumulation_steps 4
-                    (the demo's SFT until now: no padding, one trace's activations at a time)
+                    (the demo's SFT: no padding, one trace's activations at a time)
     packed          sft.share_prompt on, per_device_train_batch_size 4: each step's 4 traces as one row,
-                    what they all begin with once
+                    what they all begin with once (the learning benchmark's SFT)
 
 The same traces reach each step in both (the sampler's order does not depend on the micro-batch), so the
 last loss must agree. Each variant runs in a process of its own (its peak resident memory its own),

@@ -362,3 +362,13 @@ def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_fai
     assert runs == {"a": [{"total_s": 5, "peak_rss_mb": 1}] * 2, "b": [{"total_s": 5, "peak_rss_mb": 1}] * 2}
     with pytest.raises(SystemExit, match="bad: the timing process failed: .*no model here"):
         alternated(str(script), ("bad",), 1, [])
+
+
+def test_the_benchmark_trains_sfts_four_traces_as_one_packed_row():
+    """The benchmark packs SFT's step (sft.share_prompt over a micro-batch of 4); the demo, for memory, does not."""
+    from mtr.config import load_config
+
+    t = bl.base_config(bl.PRESETS["quick"], 0).sft
+    assert (t.trl["per_device_train_batch_size"], t.trl["gradient_accumulation_steps"], t.share_prompt) == (4, 1, True)
+    demo = load_config(bl.DEMO).sft.trl
+    assert (demo["per_device_train_batch_size"], demo["gradient_accumulation_steps"]) == (1, 4)
