@@ -47,6 +47,16 @@ def one_variant(run: Path, groups: int, checkpointing: bool) -> dict:
             "tokens": sum(sum(max(n, prompt + 1) for n in g) for g in stats["episode_tokens"][:groups])}
 
 
+def this_machine() -> dict:
+    """What a timing file records of where it ran: the date, the CPU, torch's threads and version."""
+    import torch
+
+    from bench_learning import cpu_name
+
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
 def alternated(script: str, variants: tuple[str, ...], repeats: int, argv: list[str]) -> dict[str, list[dict]]:
     """Each variant's figures, `repeats` runs of each, alternated: `script argv --child VARIANT`, each in a
     process of its own, prints them as JSON on its last line."""
@@ -76,10 +86,6 @@ def main() -> None:
     if not stats_file.is_file() or "episode_tokens" not in json.loads(stats_file.read_text()):
         raise SystemExit(f"--run {args.run}: no train_stats.json with episode lengths (a GRPO run of this version)")
 
-    import torch
-
-    from bench_learning import cpu_name
-
     runs = alternated(__file__, VARIANTS, args.repeats, ["--run", str(args.run), "--groups", str(args.groups)])
     median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
                   "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
@@ -89,9 +95,7 @@ def main() -> None:
     run = args.run.resolve()
     result = {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "groups": args.groups,
               "runs": runs, "median": median, "saved_pct": round(100 * (1 - off["total_s"] / on["total_s"]), 1),
-              "extra_peak_rss_mb": off["peak_rss_mb"] - on["peak_rss_mb"],
-              "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+              "extra_peak_rss_mb": off["peak_rss_mb"] - on["peak_rss_mb"], **this_machine()}
     print(f"update passes over {args.groups} batches (median of {args.repeats}): checkpointing {on['total_s']} s, "
           f"{on['peak_rss_mb']} MB; without {off['total_s']} s, {off['peak_rss_mb']} MB ({result['saved_pct']} % less time)")
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -87,10 +87,7 @@ def main() -> None:
         print(json.dumps(one_variant(args.child)))
         return
 
-    import torch
-
-    from bench_grpo_checkpointing import alternated
-    from bench_learning import cpu_name
+    from bench_grpo_checkpointing import alternated, this_machine
 
     runs = alternated(__file__, VARIANTS, args.repeats, [])
     median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
@@ -106,9 +103,7 @@ def main() -> None:
               "saved_pct": round(100 * (1 - packed["total_s"] / alone["total_s"]), 1),
               "fewer_tokens_pct": round(100 * (1 - packed["scored_tokens"] / alone["scored_tokens"]), 1),
               "extra_peak_rss_mb": packed["peak_rss_mb"] - alone["peak_rss_mb"],
-              "model": "SmolLM2-135M-Instruct (embedded)", "gradient_checkpointing": True,
-              "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+              "model": "SmolLM2-135M-Instruct (embedded)", "gradient_checkpointing": True, **this_machine()}
     print(f"update passes over {len(result['lengths'])} groups (median of {args.repeats}): per episode "
           f"{alone['total_s']} s, {alone['peak_rss_mb']} MB; packed {packed['total_s']} s, {packed['peak_rss_mb']} MB "
           f"({result['saved_pct']} % less time, {result['fewer_tokens_pct']} % fewer tokens scored)")

@@ -25,7 +25,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,10 +64,7 @@ def main() -> None:
         print(json.dumps(one_variant(args.child, args.data, args.steps)))
         return
 
-    import torch
-
-    from bench_grpo_checkpointing import alternated
-    from bench_learning import cpu_name
+    from bench_grpo_checkpointing import alternated, this_machine
 
     runs = alternated(__file__, tuple(VARIANTS), args.repeats, ["--data", str(args.data), "--steps", str(args.steps)])
     median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
@@ -87,9 +83,7 @@ def main() -> None:
               "fewer_tokens_pct": round(100 * (1 - packed["tokens_seen"] / alone["tokens_seen"]), 1),
               "extra_peak_rss_mb": packed["peak_rss_mb"] - alone["peak_rss_mb"],
               "loss_last_difference": abs(packed["loss_last"] - alone["loss_last"]),
-              "model": "SmolLM2-135M-Instruct (embedded)", "config": "src/mtr/configs/demo.yaml",
-              "date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__}
+              "model": "SmolLM2-135M-Instruct (embedded)", "config": "src/mtr/configs/demo.yaml", **this_machine()}
     print(f"SFT, {args.steps} steps of 4 traces (median of {args.repeats}): one at a time {alone['total_s']} s, "
           f"{alone['peak_rss_mb']} MB; packed {packed['total_s']} s, {packed['peak_rss_mb']} MB "
           f"({result['saved_pct']} % less time, {result['fewer_tokens_pct']} % fewer tokens; last loss "
