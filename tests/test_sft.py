@@ -87,6 +87,7 @@ def test_full_finetune_resume_and_checkpoint_loads(tmp_path):
     out = tmp_path / "out"
     stats = train_sft(tiny_cfg(), data, out)
     assert stats["steps"] == 2 and stats["loss_first"] is not None and stats["tokens_per_s"] > 0
+    assert stats["share_prompt"] is True  # micro-batches of 2 traces, packed
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2]
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-1").exists()  # save_total_limit reaches TRL
