@@ -268,10 +268,10 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
                            "init": str(model), "trainer": trainer.__name__,
                            "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
-                           **({"candidates": candidates} if candidates else {})},
+                           **({"candidates": candidates} if candidates else {})},  # steps run before it stay the same
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
-                        overwrite=fresh, **({"candidates": candidates} if candidates else {})).get("steps")})
+                        overwrite=fresh, candidates=candidates).get("steps")})
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts)
