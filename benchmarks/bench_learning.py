@@ -623,10 +623,11 @@ def update_doc(doc: Path = DOC, results_file: Path = RESULTS, plots: bool = True
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=list(PRESETS), default="full",
-                    help="quick: every step once, small (under 20 minutes here); main: the main comparison, one seed "
-                    "(over an hour here: docs/learning.md); full: every arm, two seeds")
-    ap.add_argument("--quick", action="store_true", help="the same as --preset quick")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--preset", choices=list(PRESETS), default="full",
+                       help="quick: every step once, small (under 20 minutes here); main: the main comparison, one "
+                       "seed (over an hour here: docs/learning.md); full: every arm, two seeds")
+    which.add_argument("--quick", action="store_true", help="the same as --preset quick")
     ap.add_argument("--work", type=Path, help="where the steps run (default runs/bench-learning/<preset>)")
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
                     f"{', '.join(ARMS)}")

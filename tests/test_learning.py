@@ -372,3 +372,11 @@ def test_the_benchmark_trains_sfts_four_traces_as_one_packed_row():
     assert (t.trl["per_device_train_batch_size"], t.trl["gradient_accumulation_steps"], t.share_prompt) == (4, 1, True)
     demo = load_config(bl.DEMO).sft.trl
     assert (demo["per_device_train_batch_size"], demo["gradient_accumulation_steps"]) == (1, 4)
+
+
+def test_quick_and_another_preset_together_are_refused_in_one_line():
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(Path(bl.__file__)), "--quick", "--preset", "main"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "not allowed with argument --quick" in out.stderr.strip().splitlines()[-1]
