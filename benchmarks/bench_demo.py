@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo.json"))
     args = ap.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    # what ran is HEAD only if src/ is as committed
+    if subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip():
+        commit += "+uncommitted src"
     runs = []
     for i in range(1 if args.from_run else args.runs):
         runs.append(read_run(args.from_run, args.wall_s) if args.from_run else one_run(args.config))

@@ -12,6 +12,9 @@ checkpointing, as the CPU configs train it. Both variants run UnpaddedGRPOTraine
     packed group  share_prompt on, the group as one micro-batch (per_device_train_batch_size 4): the reference
                   pass and the loss forward and backward each over one packed row, the prompt once
 
+    packed group, TRL's tile   as packed group, TRL's fused head scoring 4,096 positions at a time (its own
+                  `TOKEN_CHUNK_SIZE`) instead of mtr's tile on a CPU (`mtr.training.CPU_LOGPROB_TILE`)
+
 Each variant runs in a process of its own (its peak resident memory its own), alternated `--repeats` times.
 Prints the figures and writes them to benchmarks/results/grpo_packing.json.
 """
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results" / "grpo_packing.json"
 BATCHES = ROOT / "benchmarks" / "results" / "grpo_padding.json"
-VARIANTS = ("per episode", "packed group")
+VARIANTS = ("per episode", "packed group", "packed group, TRL's tile")
 
 
 def one_variant(variant: str) -> dict:
@@ -38,7 +41,10 @@ def one_variant(variant: str) -> dict:
     import torch
     from accelerate import Accelerator
 
+    from trl.kernels import chunked_logprob
+
     from bench_grpo_padding import batch, scorers
+    from mtr import training
     from mtr.checkpoints import load_tokenizer
     from mtr.embedded import ensure_checkpoint
     from mtr.grpo_trainer import UnpaddedGRPOTrainer
@@ -52,7 +58,9 @@ def one_variant(variant: str) -> dict:
     model, _, _ = scorers(init, checkpointing=True)  # as GRPO trains it: fp32, TRL's fused head
     trainer = UnpaddedGRPOTrainer.__new__(UnpaddedGRPOTrainer)  # its scoring pass needs no more of a trainer
     trainer.accelerator = Accelerator(cpu=True)
-    trainer.share_prompt = variant == "packed group" and use_shared_prompt_attention(model)
+    trainer.share_prompt = variant.startswith("packed group") and use_shared_prompt_attention(model)
+    if variant.endswith("TRL's tile"):
+        training.CPU_LOGPROB_TILE = chunked_logprob.TOKEN_CHUNK_SIZE
     micro = 4 if trainer.share_prompt else 1
 
     def score(ids, mask, keep, entropy):
@@ -62,17 +70,19 @@ def one_variant(variant: str) -> dict:
 
     reset_peak()
     seconds = []
-    for lengths in groups:
-        ids, mask, keep = batch(lengths, prompt, model.config.vocab_size, tok.pad_token_id)
-        t0 = time.perf_counter()
-        with torch.no_grad():  # the reference pass
-            score(ids, mask, keep, False)
-        for start in range(0, ids.size(0), micro):  # the loss, a micro-batch at a time
-            rows = slice(start, start + micro)
-            (-(score(ids[rows], mask[rows], keep, True) * mask[rows, -keep:]).sum()).backward()
-        model.zero_grad(set_to_none=True)
-        seconds.append(round(time.perf_counter() - t0, 2))
+    with training.logprob_tiles(trainer.accelerator) as tile:  # as train_grpo scores
+        for lengths in groups:
+            ids, mask, keep = batch(lengths, prompt, model.config.vocab_size, tok.pad_token_id)
+            t0 = time.perf_counter()
+            with torch.no_grad():  # the reference pass
+                score(ids, mask, keep, False)
+            for start in range(0, ids.size(0), micro):  # the loss, a micro-batch at a time
+                rows = slice(start, start + micro)
+                (-(score(ids[rows], mask[rows], keep, True) * mask[rows, -keep:]).sum()).backward()
+            model.zero_grad(set_to_none=True)
+            seconds.append(round(time.perf_counter() - t0, 2))
     return {"seconds": seconds, "total_s": round(sum(seconds), 1), "peak_rss_mb": round(peak_rss_mb()),
+            "logprob_tile": tile,
             "episode_tokens": sum(map(sum, groups)),
             "scored_tokens": sum(sum(g) - (len(g) - 1) * (prompt - 1) if trainer.share_prompt else sum(g)
                                  for g in groups)}
@@ -94,19 +104,25 @@ def main() -> None:
                   "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
                   "scored_tokens": rs[0]["scored_tokens"],
                   "ms_per_episode_token": round(1000 * statistics.median(x["total_s"] for x in rs)
-                                                / rs[0]["episode_tokens"], 2)}
+                                                / rs[0]["episode_tokens"], 2),
+                  "logprob_tile": rs[0]["logprob_tile"]}
               for v, rs in runs.items()}
-    alone, packed = median["per episode"], median["packed group"]
+    alone, packed, trl_tile = median["per episode"], median["packed group"], median["packed group, TRL's tile"]
     recorded = json.loads(BATCHES.read_text())
     result = {"batches": "benchmarks/results/grpo_padding.json", "prompt_tokens": recorded["prompt_tokens"],
               "lengths": [b["lengths"] for b in recorded["batches"]], "runs": runs, "median": median,
               "saved_pct": round(100 * (1 - packed["total_s"] / alone["total_s"]), 1),
               "fewer_tokens_pct": round(100 * (1 - packed["scored_tokens"] / alone["scored_tokens"]), 1),
               "extra_peak_rss_mb": packed["peak_rss_mb"] - alone["peak_rss_mb"],
+              # what mtr's tile on a CPU saves the packed group against TRL's
+              "tile_saved_pct": round(100 * (1 - packed["total_s"] / trl_tile["total_s"]), 1),
+              "tile_peak_rss_saved_mb": trl_tile["peak_rss_mb"] - packed["peak_rss_mb"],
               "model": "SmolLM2-135M-Instruct (embedded)", "gradient_checkpointing": True, **this_machine()}
     print(f"update passes over {len(result['lengths'])} groups (median of {args.repeats}): per episode "
           f"{alone['total_s']} s, {alone['peak_rss_mb']} MB; packed {packed['total_s']} s, {packed['peak_rss_mb']} MB "
-          f"({result['saved_pct']} % less time, {result['fewer_tokens_pct']} % fewer tokens scored)")
+          f"({result['saved_pct']} % less time, {result['fewer_tokens_pct']} % fewer tokens scored); with TRL's tile "
+          f"of {trl_tile['logprob_tile']} positions against mtr's {packed['logprob_tile']}: {trl_tile['total_s']} s, "
+          f"{trl_tile['peak_rss_mb']} MB")
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

@@ -188,6 +188,48 @@ def test_shared_prompt_collator_gives_the_padded_batchs_loss_and_gradients():
     assert "attention_mask" in packed(other) and "attention_mask" in packed(examples[:1])
 
 
+def test_logprob_tiles_on_a_cpu_give_the_same_loss_and_gradients(monkeypatch):
+    """While training on a CPU, TRL's fused head scores a few positions at a time (CPU_LOGPROB_TILE, here 8
+    of 3 x 30), with its own tile's loss and gradients; the setting is TRL's again afterwards, also after an
+    error, and a GPU keeps TRL's."""
+    from types import SimpleNamespace
+
+    import torch
+    from trl.kernels import chunked_logprob
+
+    from mtr import training
+
+    model = tiny_sft_model()
+    ids = torch.randint(3, 60, (3, 30), generator=torch.Generator().manual_seed(2))
+    labels = ids.clone()
+    labels[:, :10] = -100
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, fused_lm_head=True)
+        loss = -out.log_probs.sum() / (labels[:, 1:] != -100).sum()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    trl_tile = chunked_logprob.TOKEN_CHUNK_SIZE
+    assert trl_tile >= 90  # TRL's tile holds the whole batch: one tile
+    want, want_g = loss_and_grads()
+    monkeypatch.setattr(training, "CPU_LOGPROB_TILE", 8)
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    with training.logprob_tiles(cpu) as tile:
+        assert tile == 8 and chunked_logprob.TOKEN_CHUNK_SIZE == 8
+        got, got_g = loss_and_grads()
+    assert chunked_logprob.TOKEN_CHUNK_SIZE == trl_tile
+    assert torch.allclose(got, want, atol=1e-10)
+    assert all((a - b).norm() <= 1e-6 * b.norm() for a, b in zip(got_g, want_g))  # TRL sums them in fp32
+    with pytest.raises(RuntimeError, match="mid-step"):
+        with training.logprob_tiles(cpu):
+            raise RuntimeError("mid-step")
+    assert chunked_logprob.TOKEN_CHUNK_SIZE == trl_tile
+    with training.logprob_tiles(SimpleNamespace(device=torch.device("cuda", 0))) as tile:
+        assert tile is None and chunked_logprob.TOKEN_CHUNK_SIZE == trl_tile
+
+
 def test_sft_trainer_loss_is_the_same_with_the_prompt_shared(tok, tmp_path):
     """TRL's own compute_loss on SFTTrainer's prepared rows (two real traces, the embedded tokenizer's chat
     template): the packed micro-batch reaches the attention with its layout and gives the padded one's loss."""

@@ -8,8 +8,9 @@ directory, the seed, CPU or GPU and its precision default, no dataloader workers
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 
@@ -18,6 +19,12 @@ from mtr.distributed import is_main, on_main
 from mtr.rundir import last_checkpoint, start_fresh
 
 console = Console()
+
+# TRL's fused head (SFT's loss, GRPO's log-probabilities) projects the hidden states onto the vocabulary in
+# tiles of TOKEN_CHUNK_SIZE positions by 32,768 entries: 4,096 positions, sized for a GPU, where a Triton
+# kernel folds each tile in one pass. On a CPU torch folds it, and each of its steps is a new fp32 tile
+# (0.5 GB at 4,096 positions); smaller tiles stay in cache and keep the peak down, with the same result.
+CPU_LOGPROB_TILE = 512
 
 
 def trainer_args(config_class: type, section: str, trl: dict[str, Any], out: Path, seed: int,
@@ -32,6 +39,25 @@ def trainer_args(config_class: type, section: str, trl: dict[str, Any], out: Pat
     if not cuda:
         values["bf16"] = False  # no mixed precision on a CPU, whatever a GPU preset asks for
     return trl_args(config_class, section, values)
+
+
+@contextmanager
+def logprob_tiles(args: Any) -> Iterator[int | None]:
+    """While training on a CPU, TRL's fused head scores CPU_LOGPROB_TILE positions at a time; yields the tile
+    in use (None: TRL's own, on a GPU or where TRL no longer has the setting). Restored afterwards."""
+    try:
+        from trl.kernels import chunked_logprob
+    except ImportError:  # a TRL without the fused head: nothing to size
+        chunked_logprob = None
+    if args.device.type != "cpu" or not hasattr(chunked_logprob, "TOKEN_CHUNK_SIZE"):
+        yield None
+        return
+    before = chunked_logprob.TOKEN_CHUNK_SIZE
+    chunked_logprob.TOKEN_CHUNK_SIZE = CPU_LOGPROB_TILE
+    try:
+        yield CPU_LOGPROB_TILE
+    finally:
+        chunked_logprob.TOKEN_CHUNK_SIZE = before
 
 
 def prepare_run(args: Any, out: Path, overwrite: bool, files: tuple[str, ...], manifest: Callable[[], Any]) -> Any:

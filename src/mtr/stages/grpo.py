@@ -31,7 +31,7 @@ from mtr.rollout import RolloutAgent, VLLMSampler, policy_for_generation
 from mtr.rubric import REWARD_NAMES, Rubric, trl_log_key
 from mtr.rundir import write_manifest
 from mtr.trace import QAExample
-from mtr.training import prepare_run, read_log, resume_point, trainer_args, write_stats
+from mtr.training import logprob_tiles, prepare_run, read_log, resume_point, trainer_args, write_stats
 
 console = Console()
 ROLES = ("toolmaker", "toolactor", "policy")
@@ -267,7 +267,8 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     ckpt = resume_point(args, out, resume)
     t0 = time.perf_counter()
     try:
-        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        with logprob_tiles(args) as tile:
+            result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     finally:
         env.close()
         if own_pool:
@@ -287,7 +288,7 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
              "rollout_s": timing.get("rollout_s", 0.0), "generate_s": timing.get("generate_s", 0.0),
              "rollout_tokens_per_s": (timing.get("generated_tokens", 0) / timing["generate_s"]
                                       if timing.get("generate_s") else None),
-             "processes": args.world_size, "solvable_questions": solvable,
+             "processes": args.world_size, "solvable_questions": solvable, "logprob_tile": tile,
              # whether a group's episodes were scored as one sequence, the prompt once (UnpaddedGRPOTrainer)
              "share_prompt": trainer.share_prompt, "episode_tokens": rollout.episode_tokens,
              # what padding each batch to its longest episode would add to the passes (UnpaddedGRPOTrainer skips it)

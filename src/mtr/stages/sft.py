@@ -27,7 +27,7 @@ from mtr.distributed import is_main
 from mtr.jsonl import json_lines, jsonl_log_callback
 from mtr.peak_memory import peak_rss_mb, reset_peak
 from mtr.rundir import write_manifest
-from mtr.training import prepare_run, read_log, resume_point, trainer_args, write_stats
+from mtr.training import logprob_tiles, prepare_run, read_log, resume_point, trainer_args, write_stats
 
 console = Console()
 ROLES = ("policy",)
@@ -116,7 +116,8 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
                          callbacks=[jsonl_log_callback(out / "log.jsonl")])
     ckpt = resume_point(args, out, resume)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    with logprob_tiles(args) as tile:
+        result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     wall = time.perf_counter() - t0
     save_trained(trainer, args, out, tok, base=src, lora=s.lora_on, dtype=model.dtype)
     logs = read_log(out)
@@ -128,6 +129,7 @@ def train_sft(cfg: Config, data: Path, out: Path, resume: bool = False, overwrit
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "peak_rss_mb": peak_rss_mb(), "lora": s.lora_on, "init": str(src),
         "resumed_from": str(ckpt) if ckpt else None, "processes": args.world_size, "share_prompt": share_prompt,
+        "logprob_tile": tile,
     }
     write_stats(args, out, stats, f"sft: {stats['steps']} steps in {wall:.0f}s, loss {stats['loss_first']} -> "
                 f"{stats['loss_last']}, {stats['tokens_per_s'] or 0:.0f} tokens/s")
