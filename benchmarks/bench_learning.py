@@ -154,8 +154,9 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
     data["seed"] = seed
     data["tools"] = {**data.get("tools", {}), "toolmaker": False, "on_failure": "utilities"}
     data["synth"].update(tool_mode="live", teacher="scripted")
-    # SFT's 4 traces as one packed row (sft.share_prompt): a quarter less SFT time for ~1.4 GB more, which this
-    # benchmark's machine has and a laptop running the demo may not (docs/performance.md)
+    # SFT's 4 traces as one packed row (sft.share_prompt): about a third less SFT time for ~0.3 GB more on
+    # these traces (~1 GB more at the demo's peak), which this benchmark's machine has and a laptop running
+    # the demo may not (docs/performance.md)
     data["sft"]["trl"].update(per_device_train_batch_size=4, gradient_accumulation_steps=1)
     data["grpo"].update(tool_mode="live")
     data["grpo"]["trl"].update(max_steps=preset["grpo_steps"], save_steps=4)

@@ -342,7 +342,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="run directory"),
          config: Path = typer.Option(DEMO_CONFIG, "--config", "-c", help="YAML config (default: the demo preset)"),
          overwrite: bool = typer.Option(False, help="start afresh")):
-    """The main job on the embedded default: `mtr run` with the demo preset on a small slice (~6 min, 2-core CPU)."""
+    """The main job on the embedded default: `mtr run` with the demo preset on a small slice (~8 min, 2-core CPU)."""
     from mtr.pipeline import run_pipeline
 
     run_pipeline(load_config(config), out, overwrite=overwrite)

@@ -41,13 +41,14 @@ from mtr.stages import tools as tools_stage
 console = Console()
 
 # Rough costs on a 2-core CPU with the embedded 135M model (the demo's stages, benchmarks/results/demo.json,
-# entry `final`: tools 38 s for 12 questions, SFT 73 s for 12 rows, GRPO 82 s for 8 rollouts, eval 30 s for 12
-# questions tools on and off; synthesis from the entry `refactor`, with simulated tools: 33 s for 12), used
+# entry `tile`: tools 100 s for 12 questions, SFT 174 s for 12 rows, GRPO 102 s for 8 rollouts, eval 78 s for
+# 12 questions tools on and off, each with a stage's start; synthesis from the entry `refactor`, with simulated
+# tools: 33 s for 12), used
 # only to tell the user up front how long a run should take; a server or a GPU is much faster. GRPO's
 # solvable-first pass, an episode per training question by the SFT policy: 5.5 s a question with the live
 # search (the learning benchmark's 48), 4 s in the demo's hybrid mode (107 questions in 7.5 min).
-CPU_SECONDS = {"tools_question": 3.0, "synth_question": 2.8, "synth_question_scripted_live": 0.05,
-               "sft_row_epoch": 6.0, "grpo_rollout": 10.0, "eval_on": 1.5, "eval_off": 1.0, "stage_start": 10.0,
+CPU_SECONDS = {"tools_question": 7.5, "synth_question": 2.8, "synth_question_scripted_live": 0.05,
+               "sft_row_epoch": 13.5, "grpo_rollout": 11.5, "eval_on": 3.5, "eval_off": 2.0, "stage_start": 10.0,
                "solvable_question": 5.5}
 
 
