@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 
 from mtr.config import Config, ConfigError, load_config, parse_config
@@ -164,6 +166,12 @@ def test_trl_arguments_reach_trl_and_unknown_ones_are_one_line(tmp_path):
     args = trainer_args(GRPOConfig, "grpo", cfg.grpo.trl, tmp_path, seed=3)
     assert args.warmup_steps == 0.25 and args.max_grad_norm == 0.5 and args.beta == 0.04 and args.seed == 3
     assert args.output_dir == str(tmp_path) and args.use_cpu and not args.bf16
+    # the configs' gradient_checkpointing reaches transformers under its new name, without its FutureWarning
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*gradient_checkpointing", category=FutureWarning)
+        args = trainer_args(GRPOConfig, "grpo", {"gradient_checkpointing": True,
+                                                 "gradient_checkpointing_kwargs": {"use_reentrant": False}}, tmp_path, 0)
+    assert args.gradient_checkpointing and args.gradient_checkpointing_kwargs == {"use_reentrant": False}
     with pytest.raises(ConfigError, match=r"^grpo\.trl\.learning_rat: not an argument of TRL's GRPOConfig$"):
         trl_args(GRPOConfig, "grpo", {"learning_rat": 1e-5, "output_dir": str(tmp_path)})
 

@@ -7,6 +7,7 @@ directory, the seed, CPU or GPU and its precision default, no dataloader workers
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +39,13 @@ def trainer_args(config_class: type, section: str, trl: dict[str, Any], out: Pat
               "seed": seed, **(fixed or {})}
     if not cuda:
         values["bf16"] = False  # no mixed precision on a CPU, whatever a GPU preset asks for
+    # transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old name warns on every
+    # run); the configs keep the name every transformers 5 knows, passed under the new one where it exists
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    for old, new in (("gradient_checkpointing", "activation_checkpointing"),
+                     ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs")):
+        if old in values and new in fields and new not in values:
+            values[new] = values.pop(old)
     return trl_args(config_class, section, values)
 
 
