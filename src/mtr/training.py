@@ -24,7 +24,8 @@ console = Console()
 # TRL's fused head (SFT's loss, GRPO's log-probabilities) projects the hidden states onto the vocabulary in
 # tiles of TOKEN_CHUNK_SIZE positions by 32,768 entries: 4,096 positions, sized for a GPU, where a Triton
 # kernel folds each tile in one pass. On a CPU torch folds it, and each of its steps is a new fp32 tile
-# (0.5 GB at 4,096 positions); smaller tiles stay in cache and keep the peak down, with the same result.
+# (0.5 GB at 4,096 positions); smaller tiles keep the peak down (1.5 GB less for a packed SFT step), with the
+# same result and about the same time (docs/performance.md).
 CPU_LOGPROB_TILE = 512
 
 
