@@ -471,6 +471,11 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     p, m = PRESETS[preset_name], measured
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
+    # a run of some arms only (e.g. --arms base,sft) has no rate for what it did not run
+    missing = [k for k in (f"sft-{first}", f"grpo-sft+grpo-{first}", f"eval-sft-{first}") if k not in stages]
+    if missing:
+        raise ValueError(f"the run measured no {', '.join(missing)} (its steps: {', '.join(stages)}); "
+                         f"an estimate needs SFT, the method's GRPO and SFT's evaluation in seed {first[1:]}")
     sft_rate = stages[f"sft-{first}"]["wall_s"] / m["sft_steps"]
     kept_share = m["filter"]["kept"] / m["filter"]["episodes"]
     batch = 4  # an SFT step of 4 traces (base_config: one packed row)
@@ -655,7 +660,10 @@ def main() -> None:
         all_results = json.loads(RESULTS.read_text())
         if args.estimate not in all_results:
             raise SystemExit(f"--estimate: no run {args.estimate!r} in {RESULTS}; runs: {', '.join(all_results)}")
-        est = estimate("full", all_results[args.estimate])
+        try:
+            est = estimate("full", all_results[args.estimate])
+        except ValueError as e:
+            raise SystemExit(f"--estimate {args.estimate}: {e}") from None
         all_results[args.estimate].setdefault("estimates", {})["full"] = est
         RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
         print(f"the full preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h "
