@@ -323,6 +323,10 @@ def test_the_presets_train_grpo_as_the_demo_does_and_the_trials_keep_their_setti
 
     g = bl.base_config(bl.PRESETS[name], 0).grpo
     assert (g.question_order, g.answer_metric) == ("solvable-first", "f1")
+    # episodes sampled at 0.7 (docs/learning.md, Settings tried 17); a --grpo setting still wins over it
+    assert g.trl["temperature"] == 0.7
+    assert bl.base_config({**bl.PRESETS[name], "grpo": {**bl.ADOPTED_GRPO, "trl.temperature": 1.0}}, 0
+                          ).grpo.trl["temperature"] == 1.0
     trial = gs.trial_config(gs.SETTINGS["lr3e-5-q4"]).grpo
     assert (trial.question_order, trial.answer_metric) == ("file", "em")
     f1 = gs.trial_config(gs.SETTINGS["lr3e-5-q4-f1"]).grpo
