@@ -525,7 +525,8 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                  f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps (questions: "
                  f"{g.get('question_order', 'file')} order, answer reward: {g.get('answer_metric', 'em').upper()}, "
                  f"learning rate {g['trl']['learning_rate']:g}, sampled at temperature "
-                 f"{g['trl'].get('temperature', 1.0):g}); evaluation: {res['preset']['eval_limit']} held-out questions of each of {', '.join(BENCHMARKS)}; "
+                 f"{g['trl'].get('temperature', 1.0):g}); evaluation: {res['preset']['eval_limit']} held-out "
+                 f"questions of each of {', '.join(BENCHMARKS)}; "
                  f"policy {res['config']['roles']['policy']['model']} (the embedded model is SmolLM2-135M-Instruct), "
                  "tools live (`search` and `lookup` by the local BM25 retriever, `calculate` computed). "
                  "In % except calls; mean [95 % bootstrap interval].", "",
