@@ -64,7 +64,14 @@ def test_synth_bad_data_is_one_line(tmp_path):
     p = tmp_path / "qa.jsonl"
     p.write_text('{"id": "a", "question": "q", "answers": ["x"]}\n{oops\n')
     r = runner.invoke(app, ["synth", "--data", str(p), "--out", str(tmp_path / "run")])
-    assert r.exit_code == 2 and "qa.jsonl:2: malformed JSON" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "qa.jsonl:2: malformed JSON" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_an_error_names_a_file_whose_name_looks_like_markup(tmp_path):
+    p = tmp_path / "qa[bold]2.jsonl"  # rich would take "[bold]" for a style and print "qa2.jsonl"
+    p.write_text("{oops\n")
+    r = runner.invoke(app, ["synth", "--data", str(p), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and f"{p}:1: malformed JSON" in r.output, r.output
 
 
 def test_sft_and_grpo_bad_input_is_one_line(tmp_path):

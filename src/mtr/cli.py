@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mtr.backends import BackendError, BackendPool
@@ -34,7 +35,8 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            err_console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+            # escaped: a path or a model's text may hold "[...]", which rich would read as markup and drop
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

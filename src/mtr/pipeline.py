@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from mtr.checkpoints import policy_checkpoint
 from mtr.config import STAGES, Config
@@ -233,9 +234,9 @@ def run_pipeline(cfg: Config, out: Path, overwrite: bool = False, report: bool =
             from mtr.report import write_report
 
             try:
-                console.print(f"report: {write_report(out)}", highlight=False)
+                console.print(f"report: {escape(str(write_report(out)))}", highlight=False)
             except Exception as e:  # noqa: BLE001 - the stage's own error matters more than the report's
-                console.print(f"[yellow]report not written:[/yellow] {e}", highlight=False)
+                console.print(f"[yellow]report not written:[/yellow] {escape(str(e))}", highlight=False)
     return records
 
 
