@@ -199,7 +199,12 @@ def check_disjoint(train: Path, cfg: Any) -> None:
 
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
-             every_seed: bool = False) -> dict[str, Any]:
+             every_seed: bool = False, seed_work: dict[int, Path] | None = None) -> dict[str, Any]:
+    """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
+    results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
+    model's): seeds run one at a time in their own work directories then come together in one run, their
+    steps skipped, for the comparisons over seeds (a step's identity holds the paths of its checkpoints, so
+    a step copied to another directory would run again)."""
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rundir import checkpoint_stamp
@@ -253,7 +258,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         cfg = base_config(preset, seed)
         cfg.sft.trl.update(max_steps=sft_steps, save_steps=max(4, sft_steps // 4))
         tag = f"s{seed}"
-        sft_dir = work / f"sft-{tag}"
+        own = (seed_work or {}).get(seed, work)
+        sft_dir = own / f"sft-{tag}"
         stages[f"sft-{tag}"] = run_step(
             sft_dir, {"data": file_sha256(sft_rows), "sft": cfg.sft.model_dump(mode="json"), "seed": seed},
             lambda fresh, cfg=cfg, d=sft_dir: {"steps": train_sft(cfg, sft_rows, d, resume=not fresh,
@@ -267,7 +273,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             if "grpo" in spec:
                 gcfg = cfg.model_copy(deep=True)
                 gcfg.grpo = gcfg.grpo.model_copy(update=spec["grpo"])
-                gdir = work / f"grpo-{arm}-{tag}"
+                gdir = own / f"grpo-{arm}-{tag}"
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
@@ -284,7 +290,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
             ecfg = cfg.with_policy(model)
             ecfg.eval = ecfg.eval.model_copy(update={"modes": modes, "grounding": "retrieval"})
-            edir = work / f"eval-{arm}-{tag}"
+            edir = (own if arm != "base" else work) / f"eval-{arm}-{tag}"
             policy_done = checkpoint_stamp(model)
             stages[f"eval-{arm}-{tag}"] = run_step(
                 edir, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(model), "policy_done": policy_done},
@@ -643,6 +649,9 @@ def main() -> None:
     ap.add_argument("--arms", help=f"comma-separated arms instead of the preset's (base and sft always run): "
                     f"{', '.join(ARMS)}")
     ap.add_argument("--seeds", help="comma-separated seeds for the main comparison instead of the preset's")
+    ap.add_argument("--seed-work", action="append", default=[], metavar="SEED=DIR",
+                    help="run seed SEED's own steps (SFT, GRPO, evaluation) in DIR instead of --work, e.g. to bring "
+                    "seeds run apart into one run's comparisons over seeds (repeatable)")
     ap.add_argument("--every-seed", action="store_true",
                     help="run the ablation arms in every seed too, not only in the first (each arm is then also "
                     "compared with the method on each question's mean over the seeds)")
@@ -695,8 +704,9 @@ def main() -> None:
         raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     if args.eval_limit is not None and args.eval_limit < 1:
         raise SystemExit(f"--eval-limit {args.eval_limit}: expected a number of questions, at least 1")
-    res = run_arms(name, work, arms, [int(x) for x in args.seeds.split(",")] if args.seeds else None,
-                   parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    res = run_arms(name, work, arms, seeds, parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed,
+                   parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]))
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -731,6 +741,20 @@ def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc
     ours[label] = theirs[label]
     write_text_atomic(results_file, json.dumps(ours, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
+
+
+def parse_seed_work(items: list[str], seeds: list[int]) -> dict[int, Path]:
+    """`--seed-work SEED=DIR` items as {seed: absolute directory}; a seed the run does not run is refused."""
+    out: dict[int, Path] = {}
+    for item in items:
+        seed, sep, d = item.partition("=")
+        if not sep or not d or not seed.strip().lstrip("-").isdigit():
+            raise SystemExit(f"--seed-work {item!r}: expected SEED=DIR, e.g. 1=runs/bench-learning/main-s1")
+        if int(seed) not in seeds:
+            raise SystemExit(f"--seed-work {item!r}: seed {int(seed)} is not one of the run's seeds "
+                             f"({','.join(map(str, seeds))})")
+        out[int(seed)] = work_dir(Path(d), "")
+    return out
 
 
 def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:

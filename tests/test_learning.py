@@ -315,6 +315,18 @@ def test_the_work_directory_is_the_same_however_it_is_written(tmp_path, monkeypa
     assert bl.work_dir(None, "quick").is_absolute() and bl.work_dir(None, "quick").name == "quick"
 
 
+
+def test_a_seeds_own_work_directory_is_absolute_and_only_for_a_seed_the_run_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    got = bl.parse_seed_work(["1=runs/s1", f"2={tmp_path}/s2"], [0, 1, 2])
+    assert got == {1: tmp_path / "runs" / "s1", 2: tmp_path / "s2"} and all(p.is_absolute() for p in got.values())
+    assert bl.parse_seed_work([], [0]) == {}
+    for bad, says in [("3=x", "seed 3 is not one of the run's seeds"), ("x", "SEED=DIR"), ("a=x", "SEED=DIR"),
+                      ("1=", "SEED=DIR")]:
+        with pytest.raises(SystemExit, match=says):
+            bl.parse_seed_work([bad], [0, 1, 2])
+
+
 @pytest.mark.parametrize("name", list(bl.PRESETS))
 def test_the_presets_train_grpo_as_the_demo_does_and_the_trials_keep_their_settings(name):
     """The benchmark's GRPO trains solvable-first (its presets) with configs/demo.yaml's F1 answer reward (what
