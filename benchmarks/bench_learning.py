@@ -750,10 +750,11 @@ def parse_seed_work(items: list[str], seeds: list[int]) -> dict[int, Path]:
         seed, sep, d = item.partition("=")
         if not sep or not d or not seed.strip().lstrip("-").isdigit():
             raise SystemExit(f"--seed-work {item!r}: expected SEED=DIR, e.g. 1=runs/bench-learning/main-s1")
-        if int(seed) not in seeds:
-            raise SystemExit(f"--seed-work {item!r}: seed {int(seed)} is not one of the run's seeds "
+        n = int(seed)
+        if n not in seeds:
+            raise SystemExit(f"--seed-work {item!r}: seed {n} is not one of the run's seeds "
                              f"({','.join(map(str, seeds))})")
-        out[int(seed)] = work_dir(Path(d), "")
+        out[n] = work_dir(Path(d), "")  # resolved as --work is (a step's identity holds absolute paths)
     return out
 
 

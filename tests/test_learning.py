@@ -315,7 +315,6 @@ def test_the_work_directory_is_the_same_however_it_is_written(tmp_path, monkeypa
     assert bl.work_dir(None, "quick").is_absolute() and bl.work_dir(None, "quick").name == "quick"
 
 
-
 def test_a_seeds_own_work_directory_is_absolute_and_only_for_a_seed_the_run_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = bl.parse_seed_work(["1=runs/s1", f"2={tmp_path}/s2"], [0, 1, 2])
