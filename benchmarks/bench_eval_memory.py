@@ -39,6 +39,27 @@ print(json.dumps({"peak_rss_mb": round(peak_rss_mb()), "wall_s": round(time.perf
 """
 
 
+def measure(child: str, variants: list[str], policy: Path, limit: int, repeats: int, work: Path) -> dict[str, list]:
+    """Each variant's evaluation in a fresh process running `child`, alternated `repeats` times: what each
+    printed last (a JSON object), by variant."""
+    if not (policy / "config.json").is_file():
+        raise SystemExit(f"--policy {policy}: not a checkpoint directory (no config.json)")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(repeats):
+        for variant in runs:
+            out = subprocess.run([sys.executable, "-c", child, str(ROOT / "benchmarks"), variant, str(policy),
+                                  str(limit), str(work / variant.replace(" ", "-"))], capture_output=True, text=True)
+            if out.returncode:
+                raise SystemExit(f"{variant}: the evaluation failed:\n{out.stderr[-2000:]}")
+            runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(variant, runs[variant][-1], flush=True)
+    return runs
+
+
+def median(runs: dict[str, list[dict]], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    return {v: {k: sorted(r[k] for r in rs)[len(rs) // 2] for k in keys} for v, rs in runs.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", type=Path, required=True, help="a trained checkpoint (e.g. an SFT stage's output)")
@@ -46,24 +67,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-eval-memory")
     args = ap.parse_args()
-    if not (args.policy / "config.json").is_file():
-        raise SystemExit(f"--policy {args.policy}: not a checkpoint directory (no config.json)")
-    runs: dict[str, list[dict]] = {"no trim": [], "trim": []}
-    for _ in range(args.repeats):
-        for variant in runs:
-            out = subprocess.run([sys.executable, "-c", CHILD, str(ROOT / "benchmarks"), variant, str(args.policy),
-                                  str(args.limit), str(args.work / variant.replace(" ", "-"))],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                raise SystemExit(f"{variant}: the evaluation failed:\n{out.stderr[-2000:]}")
-            runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(variant, runs[variant][-1], flush=True)
+    runs = measure(CHILD, ["no trim", "trim"], args.policy, args.limit, args.repeats, args.work)
     from mtr.rundir import git_commit
 
     result = {"date": time.strftime("%Y-%m-%d"), "commit": (git_commit() or "?")[:7], "policy": str(args.policy),
               "questions_per_benchmark": args.limit, "runs": runs,
-              "median": {v: {k: sorted(r[k] for r in rs)[len(rs) // 2] for k in ("peak_rss_mb", "wall_s")}
-                         for v, rs in runs.items()}}
+              "median": median(runs, ("peak_rss_mb", "wall_s"))}
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {OUT}")
 

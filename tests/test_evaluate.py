@@ -1,16 +1,19 @@
 import asyncio
 import json
+import time
 
 import pytest
 from typer.testing import CliRunner
 
+from mtr.backends import Completion
+from mtr.backends.batching import LocalBackend
 from mtr.cli import app
-from mtr.config import Config
+from mtr.config import Config, RoleConfig
 from mtr.data import DataError, data_dirs, load_qa, resolve_benchmark
 from mtr.rubric import slot_disagreements
 from mtr.rundir import RunDirError
 from mtr.stages.evaluate import compare, evaluate
-from mtr.jsonl import read_jsonl
+from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
 from mtr.trace import Step, ToolCall, Trace
 
 from scripted import Pool, ScriptedBackend, qa_file
@@ -195,3 +198,73 @@ def test_one_policy_with_simulated_live_and_hybrid_tools(tmp_path):
     tools = json.loads((tmp_path / "run" / "results.json").read_text())["tools"]
     assert tools["live"].startswith("live: the utility tools only") and tools["tools-off"] == "none"
     assert "ToolActor" in tools["simulated"] and "BM25" in tools["hybrid"]
+
+
+class TurnRecorder(LocalBackend):
+    """A local backend whose batches are recorded: each request's prompt is its conversation's last message."""
+
+    kind = "recorder"
+
+    def __init__(self):
+        super().__init__(RoleConfig(backend="hf", batch_size=8))
+        self.batches: list[list[str]] = []
+
+    def render(self, messages, tools=None):
+        return messages[-1]["content"]
+
+    def _run_batch(self, requests):
+        self.batches.append(sorted(r.prompt for r in requests))
+        return [Completion(text="ok") for _ in requests]
+
+
+def test_run_pool_in_lockstep_batches_a_turn_of_every_item_in_flight(tmp_path):
+    """Two at a time: A (two turns, a slow tool between), B (one turn), C (two turns, a slower tool). In
+    lockstep C's first turn, which starts when B ends, waits for A's second; the last batch holds C alone.
+    Cut as requests come, the same items take four batches. Either way no batch waits for an item that
+    ended, and the backend is left as it was."""
+    turns = {"A": [0.05, 0.0], "B": [0.0], "C": [0.15, 0.0]}
+
+    async def run(backend, lockstep):
+        async def worker(name):
+            for t, delay in enumerate(turns[name]):
+                await backend.chat([{"role": "user", "content": f"{name}{t}"}], backend.params())
+                await asyncio.to_thread(time.sleep, delay)  # the tool call after the turn
+            return {"id": name}
+
+        out = JsonlAppender(tmp_path / f"{lockstep}.jsonl", id_key="id")
+        try:
+            return await asyncio.wait_for(run_pool(list(turns), worker, out, 2, "t",
+                                                   lockstep=backend if lockstep else None), timeout=10)
+        finally:
+            out.close()
+
+    stepped = TurnRecorder()
+    assert asyncio.run(run(stepped, True)) == 3
+    assert stepped.batches == [["A0", "B0"], ["A1", "C0"], ["C1"]]
+    assert stepped._batcher.expected is None  # a later stage's batches are cut as before
+
+    cut = TurnRecorder()
+    asyncio.run(run(cut, False))
+    assert cut.batches == [["A0", "B0"], ["C0"], ["A1"], ["C1"]]
+
+
+def test_run_pool_in_lockstep_leaves_the_backend_as_it_was_when_an_item_fails(tmp_path):
+    backend = TurnRecorder()
+
+    async def worker(name):
+        if name == "bad":
+            raise ValueError("no such question")
+        await asyncio.sleep(0.05)
+        await backend.chat([{"role": "user", "content": name}], backend.params())
+        return {"id": name}
+
+    async def run():
+        out = JsonlAppender(tmp_path / "p.jsonl", id_key="id")
+        try:
+            await asyncio.wait_for(run_pool(["bad", "ok"], worker, out, 2, "t", lockstep=backend), timeout=10)
+        finally:
+            out.close()
+
+    with pytest.raises(ValueError, match="no such question"):
+        asyncio.run(run())
+    assert backend._batcher.expected is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Iterator
 
@@ -129,21 +130,33 @@ def progress_bar() -> Progress:
 
 async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[str, Any]]],
                    out: JsonlAppender, concurrency: int, description: str,
-                   status: Callable[[dict[str, Any]], str] | None = None) -> int:
+                   status: Callable[[dict[str, Any]], str] | None = None, lockstep: Any = None) -> int:
     """Run `worker` on every item, at most `concurrency` at once, appending each record as it finishes.
 
-    Local backends batch the concurrent requests; servers see `concurrency` requests in flight.
+    Local backends batch the concurrent requests; servers see `concurrency` requests in flight. With
+    `lockstep` (the backend each item's turns go to), a batch waits for a turn of every item in flight.
     Returns the number of records written. Items must already exclude the finished ones.
     """
     items = list(items)
     sem = asyncio.Semaphore(concurrency)
+    unfinished = len(items)
 
     async def one(item):
+        nonlocal unfinished
         async with sem:
-            return await worker(item)
+            try:
+                return await worker(item)
+            finally:
+                unfinished -= 1
+                notify()
 
+    # While items remain, a finished one's place is taken at once: what a batch waits for is the smaller of
+    # the pool and what is left (counting the items running would cut a batch in the moment between one
+    # ending and the next one's first turn)
+    steps = (lockstep.lockstep(lambda: min(concurrency, unfinished)) if lockstep is not None
+             else nullcontext(lambda: None))
     written = 0
-    with progress_bar() as bar:
+    with steps as notify, progress_bar() as bar:
         task = bar.add_task(description, total=len(items), status="")
         pending = [asyncio.create_task(one(it)) for it in items]
         try:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import jsonschema
 
@@ -113,6 +114,13 @@ class Backend(ABC):
     def batch_stats(self) -> dict[str, float] | None:
         """How many batches a local backend ran and their mean rows; None for a server."""
         return None
+
+    @contextmanager
+    def lockstep(self, expected: Callable[[], int]) -> Iterator[Callable[[], None]]:
+        """Within it, a local backend cuts a batch only when `expected()` requests are pending (or a full
+        batch): one batch a turn for every episode in flight, not whichever arrived first. Yields what to
+        call when the count changes. A server batches requests as they come: nothing to wait for."""
+        yield lambda: None
 
 
 def one_line(value: Any, limit: int = 200) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mtr.backends.base import Backend, BackendError, Completion, SamplingParams, attach_json
 from mtr.chat_template import render
@@ -54,17 +55,20 @@ class MicroBatcher:
         if self._wake is not None:
             self._wake.set()
 
+    def _ready(self) -> bool:
+        """Whether to cut a batch now: at once, unless lockstep waits for the requests it still expects."""
+        return self.expected is None or len(self._pending) >= min(self.batch_size, self.expected())
+
     async def _drain(self) -> None:
         while self._pending:
             # Let every runnable coroutine submit its request before the batch is cut.
             for _ in range(3):
                 await asyncio.sleep(0)
-            if self.expected is not None:
-                while self._pending and len(self._pending) < min(self.batch_size, self.expected()):
-                    self._wake.clear()
-                    await self._wake.wait()
-                if not self._pending:
-                    break
+            while self._pending and not self._ready():
+                self._wake.clear()
+                await self._wake.wait()
+            if not self._pending:
+                break
             key = self.key(self._pending[0][0])
             batch = [p for p in self._pending if self.key(p[0]) == key][: self.batch_size]
             taken = {id(p) for p in batch}
@@ -121,6 +125,16 @@ class LocalBackend(Backend):
     def batch_stats(self) -> dict[str, float] | None:
         rows = self._batcher.batch_rows
         return {"batches": len(rows), "rows": sum(rows), "mean_rows": sum(rows) / len(rows)} if rows else None
+
+    @contextmanager
+    def lockstep(self, expected: Callable[[], int]) -> Iterator[Callable[[], None]]:
+        before = self._batcher.expected
+        self._batcher.expected = expected
+        try:
+            yield self._batcher.notify
+        finally:
+            self._batcher.expected = before
+            self._batcher.notify()
 
     def batch_key(self, params: SamplingParams) -> tuple:
         """Requests with the same key can share one batch."""

@@ -68,6 +68,9 @@ class _SharedView(Backend):
     def load(self) -> None:
         self.inner.load()
 
+    def lockstep(self, expected):
+        return self.inner.lockstep(expected)
+
     def describe(self) -> str:
         return self.inner.describe()
 
