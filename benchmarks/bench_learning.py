@@ -107,7 +107,7 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     done = stage_done(d)
     # same_settings: an identity written before an option was added to mtr, which now holds its default, is
     # the same step (the identities' `grpo`, `eval`... are Config sections)
-    if done is not None and same_settings(done.get("identity"), identity):
+    if done is not None and same_settings(portable(done.get("identity")), portable(identity)):
         console.print(f"[dim]{d.name}: done earlier ({done['wall_s']:.0f} s), skipped[/dim]")
         return done
     started = d / "bench_identity.json"
@@ -132,8 +132,23 @@ def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
     questions (its `eval.limit` grown: the questions done stay, mtr.stages.evaluate adds the others)."""
     from mtr.rundir import limit_grew, same_settings
 
+    old, new = portable(old), portable(new)
     return same_settings(old, new) or limit_grew(old, new, "eval.limit")
 
+
+def portable(identity: Any) -> Any:
+    """A step's identity as it is compared: a checkpoint a step wrote (one with a stamp, `init_done` or
+    `policy_done`: when that step finished) is named by its directory's name and the stamp, not its path, so
+    a work directory moved or copied elsewhere keeps its finished steps (by their paths, every step ran
+    again, and an evaluation run afresh starts without its answers). The embedded model, which no step wrote,
+    stays named by its path."""
+    if not isinstance(identity, dict):
+        return identity
+    out = dict(identity)
+    for key in ("init", "policy"):
+        if out.get(f"{key}_done") and isinstance(out.get(key), str):
+            out[key] = Path(out[key]).name
+    return out
 
 
 def drop_checkpoints(d: Path) -> None:
@@ -203,8 +218,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
-    steps skipped, for the comparisons over seeds (a step's identity holds the paths of its checkpoints, so
-    a step copied to another directory would run again)."""
+    steps skipped, for the comparisons over seeds (without copying their checkpoints into one directory)."""
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rundir import checkpoint_stamp
@@ -719,8 +733,8 @@ def main() -> None:
 
 
 def work_dir(given: Path | None, preset_name: str) -> Path:
-    """The steps' directory, absolute: a step's identity holds the paths of the checkpoints it starts from,
-    so `runs/x` and `/repo/runs/x` must name the same steps (a relative one made every step start afresh)."""
+    """The steps' directory, absolute: `runs/x` and `/repo/runs/x` name the same steps in the paths a step's
+    identity records (when they were compared whole, a relative one made every step start afresh)."""
     return Path(given or ROOT / "runs" / "bench-learning" / preset_name).resolve()
 
 
@@ -754,7 +768,7 @@ def parse_seed_work(items: list[str], seeds: list[int]) -> dict[int, Path]:
         if n not in seeds:
             raise SystemExit(f"--seed-work {item!r}: seed {n} is not one of the run's seeds "
                              f"({','.join(map(str, seeds))})")
-        out[n] = work_dir(Path(d), "")  # resolved as --work is (a step's identity holds absolute paths)
+        out[n] = work_dir(Path(d), "")  # resolved as --work is
     return out
 
 

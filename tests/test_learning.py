@@ -398,3 +398,32 @@ def test_quick_and_another_preset_together_are_refused_in_one_line():
     out = subprocess.run([sys.executable, str(Path(bl.__file__)), "--quick", "--preset", "main"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "not allowed with argument --quick" in out.stderr.strip().splitlines()[-1]
+
+
+def test_a_work_directory_moved_elsewhere_keeps_its_finished_steps(tmp_path):
+    """A checkpoint a step wrote is known by its name and when that step finished, not by its path: a work
+    directory moved (or a seed's steps copied into another) skips them; another checkpoint, or the same one
+    trained again, runs them again. The embedded model, which no step wrote, is known by its path."""
+    calls = []
+
+    def fn(fresh):
+        calls.append(fresh)
+        return {}
+
+    old_home, new_home = tmp_path / "old" / "main-t07", tmp_path / "new" / "main-t07"
+    ident = {"eval": {"limit": 30}, "policy": str(old_home / "sft-s0"), "policy_done": "2026-12-01T10:00:00Z"}
+    d = tmp_path / "eval-sft-s0"
+    bl.run_step(d, ident, fn)
+    moved = {**ident, "policy": str(new_home / "sft-s0")}
+    bl.run_step(d, moved, fn)
+    assert calls == [False]  # skipped
+    assert bl.continues(ident, {**moved, "eval": {"limit": 100}})  # and extended, not redone, on more questions
+    bl.run_step(d, {**moved, "policy": str(new_home / "sft-s1")}, fn)
+    assert calls == [False, True]
+    bl.run_step(d, {**moved, "policy": str(new_home / "sft-s1"), "policy_done": "2026-12-02T09:00:00Z"}, fn)
+    assert calls == [False, True, True]
+    base = {"eval": {"limit": 30}, "policy": "/a/embedded", "policy_done": None}
+    assert not bl.continues(base, {**base, "policy": "/b/embedded"})
+    grpo = {"seed": 0, "init": str(old_home / "sft-s0"), "init_done": "2026-12-01T10:00:00Z"}
+    assert bl.portable(grpo) == bl.portable({**grpo, "init": str(new_home / "sft-s0")})
+    assert bl.portable(None) is None
