@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -57,7 +58,7 @@ def measure(child: str, variants: list[str], policy: Path, limit: int, repeats: 
 
 
 def median(runs: dict[str, list[dict]], keys: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    return {v: {k: sorted(r[k] for r in rs)[len(rs) // 2] for k in keys} for v, rs in runs.items()}
+    return {v: {k: round(statistics.median(r[k] for r in rs), 2) for k in keys} for v, rs in runs.items()}
 
 
 def main() -> None:

@@ -106,8 +106,8 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
 
     t0 = time.perf_counter()
     try:
-        # a batch of the policy's turns waits for every episode in flight (lockstep): cut as requests came,
-        # 16 episodes' turns ran as batches of 16, 13, 4, 11 and 2 rows, each as slow as its longest row
+        # a batch of the policy's turns waits for a turn of every episode in flight (lockstep): cut as requests
+        # came, an episode whose tool answered a moment late waited a whole batch (docs/performance.md)
         await run_pool(todo, worker, out, cfg.episodes_in_flight("eval"), "eval",
                        status=lambda r: f"EM {r['em']:.0f}", lockstep=policy)
     finally:
