@@ -10,12 +10,10 @@ and whether both variants answered every question alike. Results go to benchmark
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
-from bench_eval_memory import ROOT, measure, median
+from bench_eval_memory import ROOT, arguments, measure, median
 
 OUT = ROOT / "benchmarks" / "results" / "eval_batching.json"
 
@@ -52,12 +50,7 @@ VARIANTS = ["as requests come", "lockstep"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", type=Path, required=True, help="a trained checkpoint (e.g. an SFT stage's output)")
-    ap.add_argument("--limit", type=int, default=8, help="questions of each benchmark")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-eval-batching")
-    args = ap.parse_args()
+    args = arguments(__doc__, 2, "bench-eval-batching")
     runs = measure(CHILD, VARIANTS, args.policy, args.limit, args.repeats, args.work)
     answers = [r.pop("answers") for rs in runs.values() for r in rs]
     same = sum(all(a[k] == answers[0][k] for a in answers) for k in answers[0])

@@ -61,13 +61,18 @@ def median(runs: dict[str, list[dict]], keys: tuple[str, ...]) -> dict[str, dict
     return {v: {k: round(statistics.median(r[k] for r in rs), 2) for k in keys} for v, rs in runs.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str, repeats: int, work: str) -> argparse.Namespace:
+    """The evaluation benchmarks' command line: the policy, questions a benchmark, runs of each variant."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", type=Path, required=True, help="a trained checkpoint (e.g. an SFT stage's output)")
     ap.add_argument("--limit", type=int, default=8, help="questions of each benchmark")
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-eval-memory")
-    args = ap.parse_args()
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / work)
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = arguments(__doc__, 1, "bench-eval-memory")
     runs = measure(CHILD, ["no trim", "trim"], args.policy, args.limit, args.repeats, args.work)
     from mtr.rundir import git_commit
 
