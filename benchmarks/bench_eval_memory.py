@@ -40,18 +40,21 @@ print(json.dumps({"peak_rss_mb": round(peak_rss_mb()), "wall_s": round(time.perf
 """
 
 
-def measure(child: str, variants: list[str], policy: Path, limit: int, repeats: int, work: Path) -> dict[str, list]:
-    """Each variant's evaluation in a fresh process running `child`, alternated `repeats` times: what each
-    printed last (a JSON object), by variant."""
+def measure(child: str, variants: list[str], policy: Path, limit: int, repeats: int, work: Path,
+            *more: str) -> dict[str, list]:
+    """Each variant's run in a fresh process running `child` (its arguments: this folder, the variant, the
+    policy, the limit, its output directory, then `more`), alternated `repeats` times: what each printed last
+    (a JSON object), by variant."""
     if not (policy / "config.json").is_file():
         raise SystemExit(f"--policy {policy}: not a checkpoint directory (no config.json)")
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(repeats):
         for variant in runs:
             out = subprocess.run([sys.executable, "-c", child, str(ROOT / "benchmarks"), variant, str(policy),
-                                  str(limit), str(work / variant.replace(" ", "-"))], capture_output=True, text=True)
+                                  str(limit), str(work / variant.replace(" ", "-")), *more],
+                                 capture_output=True, text=True)
             if out.returncode:
-                raise SystemExit(f"{variant}: the evaluation failed:\n{out.stderr[-2000:]}")
+                raise SystemExit(f"{variant}: the run failed:\n{out.stderr[-2000:]}")
             runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(variant, runs[variant][-1], flush=True)
     return runs
@@ -61,9 +64,12 @@ def median(runs: dict[str, list[dict]], keys: tuple[str, ...]) -> dict[str, dict
     return {v: {k: round(statistics.median(r[k] for r in rs), 2) for k in keys} for v, rs in runs.items()}
 
 
-def arguments(doc: str, repeats: int, work: str) -> argparse.Namespace:
-    """The evaluation benchmarks' command line: the policy, questions a benchmark, runs of each variant."""
+def arguments(doc: str, repeats: int, work: str, stage: bool = False) -> argparse.Namespace:
+    """The evaluation benchmarks' command line: the policy, questions a benchmark, runs of each variant (and
+    with `stage`, which stage's turns)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if stage:
+        ap.add_argument("--stage", choices=["eval", "synth"], default="eval")
     ap.add_argument("--policy", type=Path, required=True, help="a trained checkpoint (e.g. an SFT stage's output)")
     ap.add_argument("--limit", type=int, default=8, help="questions of each benchmark")
     ap.add_argument("--repeats", type=int, default=repeats)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
-from mtr.backends import Backend, Completion, attach_json
+from mtr.backends import Backend, Completion, LocalBackend, attach_json
 from mtr.config import RoleConfig
 
 GOOD_TOOLS = {"domain": "history", "tools": [{
@@ -54,6 +55,30 @@ class ScriptedBackend(Backend):
             out.append(row)
         return out
 
+
+class ScriptedLocal(LocalBackend):
+    """The scripted answers through a local backend's batcher, without a model: a prompt is its messages as
+    JSON, and a batch takes a moment on the worker thread, as a model's would. `lockstep` records, for each
+    batch, how many requests the batcher waited for (None: cut as they came)."""
+
+    kind = "scripted-local"
+
+    def __init__(self, **scripted):
+        super().__init__(RoleConfig(batch_size=16))
+        self.scripted = ScriptedBackend(**scripted)
+        self.lockstep_seen: list[int | None] = []
+
+    def load(self):
+        pass
+
+    def render(self, messages, tools=None):
+        return json.dumps(messages)
+
+    def _run_batch(self, requests):
+        expected = self._batcher.expected
+        self.lockstep_seen.append(expected() if expected else None)
+        time.sleep(0.02)
+        return [asyncio.run(self.scripted.chat(json.loads(r.prompt), r.params))[0] for r in requests]
 
 def default_agent(msgs):
     """Search the question once, then answer 1755."""

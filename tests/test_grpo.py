@@ -17,7 +17,7 @@ from mtr.stages.grpo import draw_questions, make_rollout_func, train_grpo
 from mtr.toolmaker import utility_tools
 from mtr.trace import Check, QAExample, Step, ToolCall, Trace
 
-from scripted import GOOD_TOOLS, Pool, ScriptedBackend, qa_file, scripted_env
+from scripted import GOOD_TOOLS, Pool, ScriptedBackend, ScriptedLocal, qa_file, scripted_env
 
 
 @pytest.fixture(scope="module")
@@ -458,3 +458,19 @@ def test_draw_questions_keeps_the_order_given_without_shuffle(tmp_path):
     assert [ex.id for ex in draw_questions(env, examples, 3, 0, shuffle=False)[0]] == ["q5", "q4", "q3"]
     assert [ex.id for ex in draw_questions(env, examples, 3, 0)[0]] != ["q5", "q4", "q3"]  # seeded shuffle
     env.close()
+
+
+def test_solvable_first_runs_the_policys_turns_in_lockstep(tmp_path):
+    """As in evaluation: a batch of the initial policy's turns waits for one of every episode in flight."""
+    from mtr.data import load_qa
+    from mtr.stages.grpo import solvable_first
+
+    cfg = Config()
+    cfg.grpo.tool_mode, cfg.grpo.concurrency = "off", 3
+    backend = ScriptedLocal(agent=lambda m: "<think>I recall it.</think>\n<answer>1755</answer>")
+    env = Environment.from_config(cfg, "grpo", Pool(backend), tmp_path / "tools.jsonl")
+    ranked, n = solvable_first(cfg, env, load_qa(qa_file(tmp_path / "qa.jsonl", n=4)), tmp_path / "init",
+                               tmp_path / "solvable.jsonl", backend)
+    env.close()
+    assert n == 4 and backend.lockstep_seen == [3, 1]  # three at once, then the last alone
+    assert backend._batcher.expected is None

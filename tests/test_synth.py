@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mtr.backends import BackendError, LocalBackend
-from mtr.config import Config, RoleConfig
+from mtr.backends import BackendError
+from mtr.config import Config
 from mtr.data import DataError, load_qa
 from mtr.jsonl import JsonlAppender, read_jsonl
 from mtr.rundir import RunDirError
 from mtr.stages.filter import run_filter
 from mtr.stages.synth import synthesize
 
-from scripted import Pool, ScriptedBackend, qa_file
+from scripted import Pool, ScriptedBackend, ScriptedLocal, qa_file
 
 HERE = Path(__file__).resolve().parent
 
@@ -366,26 +366,6 @@ def test_backend_failures_are_retried_on_resume(tmp_path):
     assert b.calls["toolmaker"] == 1 and stats["kept"] == 3 and stats["episodes"] == 3
 
 
-class ScriptedLocal(LocalBackend):
-    """The scripted answers through a local backend's batcher, without a model: a prompt is its messages as
-    JSON, and a batch takes a moment on the worker thread, as a model's would."""
-
-    kind = "scripted-local"
-
-    def __init__(self):
-        super().__init__(RoleConfig(batch_size=16))
-        self.scripted = ScriptedBackend()
-
-    def load(self):
-        pass
-
-    def render(self, messages, tools=None):
-        return json.dumps(messages)
-
-    def _run_batch(self, requests):
-        time.sleep(0.02)
-        return [asyncio.run(self.scripted.chat(json.loads(r.prompt), r.params))[0] for r in requests]
-
 
 def test_stats_say_how_many_rows_each_batch_of_a_local_backend_held(tmp_path):
     data = qa_file(tmp_path / "qa.jsonl", n=4)
@@ -398,3 +378,34 @@ def test_stats_say_how_many_rows_each_batch_of_a_local_backend_held(tmp_path):
     assert name == "scripted-local:embedded"
     assert batches["rows"] == sum(b.scripted.calls.values()) == 16  # ToolMaker, 2 agent turns, ToolActor
     assert batches["mean_rows"] > 1 and batches["batches"] == len(b._batcher.batch_rows)
+
+
+def test_a_model_teachers_turns_go_in_lockstep_but_not_with_several_episodes_a_question(tmp_path):
+    """A batch waits for a request of every episode in flight (the ToolMaker's and the ToolActor's on the same
+    weights count). Two episodes of one question wait on one ToolMaker request together: in lockstep that
+    batch would wait for a second request that never comes, so synthesis cuts batches as they come."""
+    data = qa_file(tmp_path / "qa.jsonl", n=4)
+    cfg = Config()
+    cfg.synth.concurrency = 3
+    b = ScriptedLocal()
+    stats = asyncio.run(asyncio.wait_for(synthesize(cfg, data, tmp_path / "one", pool=Pool(b)), timeout=60))
+    assert stats["episodes"] == 4 and stats["failed_episodes"] == 0
+    assert b.lockstep_seen[0] == 3 and None not in b.lockstep_seen and b.lockstep_seen[-1] == 1
+    assert b._batcher.expected is None  # left as it was
+
+    cfg.synth.episodes_per_question = 2
+    b = ScriptedLocal()
+    stats = asyncio.run(asyncio.wait_for(synthesize(cfg, data, tmp_path / "two", pool=Pool(b)), timeout=60))
+    assert stats["episodes"] == 8 and stats["failed_episodes"] == 0
+    assert set(b.lockstep_seen) == {None}
+    assert b.scripted.calls["toolmaker"] == 4  # once a question
+
+
+def test_the_scripted_teacher_leaves_the_batches_as_they_come(tmp_path):
+    """With the scripted teacher the only requests are the ToolMaker's and the ToolActor's, which not every
+    episode makes: nothing to wait for."""
+    cfg = Config()
+    cfg.synth.teacher = "scripted"
+    b = ScriptedLocal()
+    asyncio.run(asyncio.wait_for(synthesize(cfg, hotpot_record(tmp_path), tmp_path / "run", pool=Pool(b)), timeout=60))
+    assert b.scripted.calls["actor"] and b.scripted.calls["agent"] == 0 and set(b.lockstep_seen) == {None}

@@ -65,7 +65,8 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
     todo = [ex for ex in examples if ex.id not in out.done]
     # a re-run that finds every answer loads no policy
     pool = None if policy is not None or not todo else BackendPool(cfg.with_policy(init))
-    agent = PolicyAgent(policy or pool.get("policy"), seed=cfg.seed) if todo else None
+    policy = policy or (pool.get("policy") if todo else None)
+    agent = PolicyAgent(policy, seed=cfg.seed) if todo else None
 
     async def worker(ex: QAExample) -> dict[str, Any]:
         trace = await env.rollout(ex, agent, ex.id, seed=cfg.seed)
@@ -75,8 +76,9 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
 
     async def answer_all() -> None:
         try:
+            # one batch a turn for every episode in flight, as in evaluation (mtr.stages.evaluate)
             await run_pool(todo, worker, out, cfg.episodes_in_flight("grpo"), "grpo: the initial policy answers",
-                           status=lambda r: f"F1 {r['f1']:.2f}")
+                           status=lambda r: f"F1 {r['f1']:.2f}", lockstep=policy)
         finally:
             out.close()
             if pool is not None:

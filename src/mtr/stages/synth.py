@@ -70,10 +70,14 @@ async def synthesize(cfg: Config, data: Path, out_dir: Path, limit: int | None =
         trace = await env.rollout(ex, agent, f"{ex.id}#{k}", seed=cfg.seed + 1000 * k, meta=meta)
         return trace.model_dump(mode="json", exclude_none=True)
 
+    # A model teacher's turns go in lockstep, as the policy's do in evaluation: a batch waits for a request of
+    # every episode in flight (a ToolMaker's or ToolActor's on the same weights counts). Not with several
+    # episodes a question: they wait on one ToolMaker request together, and the batch would wait for them all.
+    lockstep = pool.get("autoagent") if s.teacher == "model" and s.episodes_per_question == 1 else None
     t0 = time.perf_counter()
     try:
         written = await run_pool(todo, worker, out, cfg.episodes_in_flight("synth"), "synth",
-                                 lambda rec: "ok" if rec.get("error") is None else "failed")
+                                 lambda rec: "ok" if rec.get("error") is None else "failed", lockstep=lockstep)
     finally:
         out.close()
         env.close()
