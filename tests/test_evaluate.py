@@ -198,6 +198,10 @@ def test_one_policy_with_simulated_live_and_hybrid_tools(tmp_path):
     tools = json.loads((tmp_path / "run" / "results.json").read_text())["tools"]
     assert tools["live"].startswith("live: the utility tools only") and tools["tools-off"] == "none"
     assert "ToolActor" in tools["simulated"] and "BM25" in tools["hybrid"]
+    # the simulated and hybrid episodes of a question play the same tools, made once
+    n = len({p["id"] for p in preds.values()})
+    assert b.calls["toolmaker"] == n and len(read_jsonl(tmp_path / "run" / "tools" / "qa.jsonl")) == n
+    assert preds[("simulated", "q0")]["trace"]["tools"] == preds[("hybrid", "q0")]["trace"]["tools"]
 
 
 class TurnRecorder(LocalBackend):

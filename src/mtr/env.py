@@ -92,10 +92,11 @@ class Environment:
 
     @classmethod
     def from_config(cls, cfg: Any, stage: str, pool: Any, tools_path: Path | None = None,
-                    tools_on: bool = True, mode: str | None = None) -> "Environment":
+                    tools_on: bool = True, mode: str | None = None, store: ToolStore | None = None) -> "Environment":
         """The environment of `stage` (synth, grpo or eval): its tool mode, call budget and ToolActor settings,
-        the `tools` section's ToolMaker, the tools already made in `tools_path` (new ones are added there),
-        and the retriever where its episodes use one."""
+        the `tools` section's ToolMaker, the tools already made in `tools_path` (new ones are added there) or
+        the `store` given (environments that share one play the same tools of a question, made once), and
+        the retriever where its episodes use one."""
         section = getattr(cfg, stage)
         mode = mode or section.tool_mode
         if not tools_on or mode == "off":
@@ -108,7 +109,8 @@ class Environment:
                              retriever=retriever, max_chars=r.max_chars)
 
         live = live_players(retriever, r.top_k, r.max_chars) if retriever is not None else {}
-        return cls(ToolStore.from_config(cfg, pool, tools_path), actor(section.grounding), section.max_tool_calls,
+        store = store or ToolStore.from_config(cfg, pool, tools_path)
+        return cls(store, actor(section.grounding), section.max_tool_calls,
                    evaluation=stage == "eval", mode=mode, live=live,
                    live_share=section.live_share if mode == "simulated" else 0.0,
                    hybrid_actor=actor("retrieval") if retriever is not None else None, precheck=section.precheck)

@@ -31,6 +31,7 @@ from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
 from mtr.metrics import cover_em, exact_match, f1_score
 from mtr.rubric import episode_counts, health
 from mtr.rundir import start_fresh, write_manifest
+from mtr.toolmaker import ToolStore
 from mtr.trace import QAExample, Trace
 
 console = Console()
@@ -94,7 +95,11 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
     pool = pool or BackendPool(cfg)
     policy = pool.get("policy")
     agent = PolicyAgent(policy, seed=cfg.seed)
-    envs = {(b, m): Environment.from_config(cfg, "eval", pool, tools_dir / f"{b}.jsonl", mode=e.mode_of(m))
+    # one ToolStore a benchmark: its modes' episodes of a question play the same tools, made once (a store each
+    # made them again for every mode, and sampled them anew)
+    tools_on = any(e.mode_of(m) != "off" for m in e.modes)
+    stores = {b: ToolStore.from_config(cfg, pool, tools_dir / f"{b}.jsonl") for b in examples if tools_on}
+    envs = {(b, m): Environment.from_config(cfg, "eval", pool, mode=e.mode_of(m), store=stores.get(b))
             for b in examples for m in e.modes}
     todo = [(b, m, ex) for b in examples for m in e.modes for ex in examples[b] if f"{b}|{m}|{ex.id}" not in out.done]
 
