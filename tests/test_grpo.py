@@ -474,3 +474,19 @@ def test_solvable_first_runs_the_policys_turns_in_lockstep(tmp_path):
     env.close()
     assert n == 4 and backend.lockstep_seen == [3, 1]  # three at once, then the last alone
     assert backend._batcher.expected is None
+
+
+def test_a_batch_in_lockstep_runs_after_stall_s_with_what_is_pending():
+    """An episode that waits on something the batch would bring never sends its request: after `stall_s` the
+    batch runs with the one pending, with a warning, instead of hanging."""
+    batches = []
+    batcher = MicroBatcher(lambda items: batches.append(items) or items, 8, expected=lambda: 2, describe="hf:x")
+    batcher.stall_s = 0.2
+
+    async def main():
+        return await asyncio.wait_for(batcher.submit("a"), timeout=10)
+
+    with pytest.warns(RuntimeWarning, match=r"hf:x: a batch in lockstep waited 0.2 s for 2 requests and ran with "
+                                            r"the 1 pending"):
+        assert asyncio.run(main()) == "a"
+    assert batches == [["a"]] and batcher.stalls == 1

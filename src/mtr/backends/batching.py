@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from abc import abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -31,6 +32,12 @@ class MicroBatcher:
         # rollout). With it the batch is cut only when all of them are pending (lockstep): on a CPU the
         # ToolActor and the policy share the cores, so a batch of 8 costs about what a batch of 1 does.
         self.expected = expected
+        # ... but at most `stall_s` seconds: then the batch runs with what is pending. An episode that waits on
+        # a result another episode's request in this batch would bring (one question's tools for several
+        # episodes) then costs a late, smaller batch and a warning, not a run that hangs. Longer than a role's
+        # request timeout (120 s by default), so a slow server alone does not cut a batch
+        self.stall_s = 300.0
+        self.stalls = 0
         self.batch_rows: list[int] = []  # rows of each batch run, for the stats of a stage
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
@@ -66,7 +73,16 @@ class MicroBatcher:
                 await asyncio.sleep(0)
             while self._pending and not self._ready():
                 self._wake.clear()
-                await self._wake.wait()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.stall_s)
+                except asyncio.TimeoutError:
+                    self.stalls += 1
+                    if self.stalls == 1:
+                        warnings.warn(f"{self.describe}: a batch in lockstep waited {self.stall_s:g} s for "
+                                      f"{min(self.batch_size, self.expected())} requests and ran with the "
+                                      f"{len(self._pending)} pending (an episode waits on something else)",
+                                      RuntimeWarning, stacklevel=1)
+                    break
             if not self._pending:
                 break
             key = self.key(self._pending[0][0])
