@@ -70,10 +70,17 @@ def main() -> None:
     runs = measure(CHILD, VARIANTS, args.policy, args.limit, args.repeats, args.work / args.stage, args.stage)
     answers = [r.pop("answers") for rs in runs.values() for r in rs]
     same = sum(all(a[k] == answers[0][k] for a in answers) for k in answers[0])
+    import subprocess
+
     from mtr.rundir import git_commit
 
+    commit = (git_commit() or "?")[:7]
+    # what ran is that commit only if src/ is as committed there
+    if subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
+                      cwd=ROOT).stdout.strip():
+        commit += "+uncommitted src"
     med = median(runs, ("wall_s", "batches", "mean_rows"))
-    result = {"date": time.strftime("%Y-%m-%d"), "commit": (git_commit() or "?")[:7], "stage": args.stage,
+    result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "stage": args.stage,
               "policy": str(args.policy), "questions_per_benchmark": args.limit, "runs": runs, "median": med,
               "saved_pct": round(100 * (1 - med["lockstep"]["wall_s"] / med["as requests come"]["wall_s"]), 1),
               "same_answers": same, "episodes": len(answers[0])}

@@ -16,7 +16,7 @@ from mtr.stages.evaluate import compare, evaluate
 from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
 from mtr.trace import Step, ToolCall, Trace
 
-from scripted import Pool, ScriptedBackend, qa_file
+from scripted import Pool, ScriptedBackend, ScriptedLocal, qa_file
 
 
 def hermes_policy(msgs):
@@ -272,3 +272,17 @@ def test_run_pool_in_lockstep_leaves_the_backend_as_it_was_when_an_item_fails(tm
     with pytest.raises(ValueError, match="no such question"):
         asyncio.run(run())
     assert backend._batcher.expected is None
+
+
+def test_two_modes_tools_are_made_before_the_episodes_so_no_batch_waits_for_them(tmp_path):
+    """The ToolMaker on the policy's own weights (one batcher), two modes playing its tools: were they made
+    inside the episodes, both modes' episodes of a question would wait on one ToolMaker request, and a batch of
+    the policy's turns in lockstep would wait `stall_s` for the second."""
+    cfg = cfg_for(tmp_path, modes=("tools-on", "simulated"))  # tools-on: the eval section's mode, simulated
+    b = ScriptedLocal(agent=hermes_policy)
+    b._batcher.stall_s = 5.0
+    t0 = time.perf_counter()
+    res = asyncio.run(asyncio.wait_for(evaluate(cfg, tmp_path / "run", pool=Pool(b)), timeout=60))
+    assert {r["mode"]: r["em"] for r in res["rows"]} == {"tools-on": 100.0, "simulated": 100.0}
+    assert b._batcher.stalls == 0 and time.perf_counter() - t0 < 5.0
+    assert b.scripted.calls["toolmaker"] == 2 and set(b.lockstep_seen[1:]) != {None}  # then lockstep

@@ -477,16 +477,17 @@ def test_solvable_first_runs_the_policys_turns_in_lockstep(tmp_path):
 
 
 def test_a_batch_in_lockstep_runs_after_stall_s_with_what_is_pending():
-    """An episode that waits on something the batch would bring never sends its request: after `stall_s` the
-    batch runs with the one pending, with a warning, instead of hanging."""
+    """An episode that waits on something the batch would bring never sends its request: after `stall_s` what
+    is pending runs, a batch per key (the second without a second wait), with a warning, instead of hanging."""
     batches = []
-    batcher = MicroBatcher(lambda items: batches.append(items) or items, 8, expected=lambda: 2, describe="hf:x")
+    batcher = MicroBatcher(lambda items: batches.append(items) or items, 8, key=lambda item: item[0],
+                           expected=lambda: 3, describe="hf:x")
     batcher.stall_s = 0.2
 
     async def main():
-        return await asyncio.wait_for(batcher.submit("a"), timeout=10)
+        return await asyncio.wait_for(asyncio.gather(batcher.submit("a1"), batcher.submit("b1")), timeout=10)
 
-    with pytest.warns(RuntimeWarning, match=r"hf:x: a batch in lockstep waited 0.2 s for 2 requests and ran with "
-                                            r"the 1 pending"):
-        assert asyncio.run(main()) == "a"
-    assert batches == [["a"]] and batcher.stalls == 1
+    with pytest.warns(RuntimeWarning, match=r"hf:x: a batch in lockstep waited 0.2 s for 3 requests and ran with "
+                                            r"the 2 pending"):
+        assert asyncio.run(main()) == ["a1", "b1"]
+    assert batches == [["a1"], ["b1"]] and batcher.stalls == 1 and not batcher._overdue

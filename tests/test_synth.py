@@ -391,6 +391,8 @@ def test_a_model_teachers_turns_go_in_lockstep_but_not_with_several_episodes_a_q
     stats = asyncio.run(asyncio.wait_for(synthesize(cfg, data, tmp_path / "one", pool=Pool(b)), timeout=60))
     assert stats["episodes"] == 4 and stats["failed_episodes"] == 0
     assert b.lockstep_seen[0] == 3 and None not in b.lockstep_seen and b.lockstep_seen[-1] == 1
+    # ToolMaker, teacher, ToolActor, teacher: each a batch of the three in flight, then of the last episode
+    assert b._batcher.batch_rows == [3, 3, 3, 3, 1, 1, 1, 1]
     assert b._batcher.expected is None  # left as it was
 
     cfg.synth.episodes_per_question = 2

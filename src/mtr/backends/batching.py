@@ -32,12 +32,13 @@ class MicroBatcher:
         # rollout). With it the batch is cut only when all of them are pending (lockstep): on a CPU the
         # ToolActor and the policy share the cores, so a batch of 8 costs about what a batch of 1 does.
         self.expected = expected
-        # ... but at most `stall_s` seconds: then the batch runs with what is pending. An episode that waits on
-        # a result another episode's request in this batch would bring (one question's tools for several
-        # episodes) then costs a late, smaller batch and a warning, not a run that hangs. Longer than a role's
-        # request timeout (120 s by default), so a slow server alone does not cut a batch
+        # ... but at most `stall_s` seconds from its first request: then what is pending runs (in a batch per
+        # key). An episode that waits on a result another episode's request would bring (one question's tools
+        # for several episodes) then costs a late, smaller batch and a warning, not a run that hangs. Longer than
+        # a role's request timeout (120 s by default), so a slow server alone does not cut a batch
         self.stall_s = 300.0
         self.stalls = 0
+        self._overdue: set[asyncio.Future] = set()  # what was pending when a wait ran out: not to wait again
         self.batch_rows: list[int] = []  # rows of each batch run, for the stats of a stage
         self._pending: list[tuple[Any, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
@@ -47,7 +48,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         if self._drainer is not None and self._drainer.get_loop() is not loop:
             # A new event loop (each asyncio.run): whatever the old one left pending died with it.
-            self._pending, self._drainer = [], None
+            self._pending, self._drainer, self._overdue = [], None, set()
         if self._wake is None or self._drainer is None:
             self._wake = asyncio.Event()
         fut = loop.create_future()
@@ -64,17 +65,19 @@ class MicroBatcher:
 
     def _ready(self) -> bool:
         """Whether to cut a batch now: at once, unless lockstep waits for the requests it still expects."""
-        return self.expected is None or len(self._pending) >= min(self.batch_size, self.expected())
+        return (self.expected is None or len(self._pending) >= min(self.batch_size, self.expected())
+                or any(fut in self._overdue for _, fut in self._pending))
 
     async def _drain(self) -> None:
         while self._pending:
             # Let every runnable coroutine submit its request before the batch is cut.
             for _ in range(3):
                 await asyncio.sleep(0)
+            deadline = asyncio.get_running_loop().time() + self.stall_s
             while self._pending and not self._ready():
                 self._wake.clear()
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.stall_s)
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - asyncio.get_running_loop().time()))
                 except asyncio.TimeoutError:
                     self.stalls += 1
                     if self.stalls == 1:
@@ -82,13 +85,14 @@ class MicroBatcher:
                                       f"{min(self.batch_size, self.expected())} requests and ran with the "
                                       f"{len(self._pending)} pending (an episode waits on something else)",
                                       RuntimeWarning, stacklevel=1)
-                    break
+                    self._overdue = {fut for _, fut in self._pending}
             if not self._pending:
                 break
             key = self.key(self._pending[0][0])
             batch = [p for p in self._pending if self.key(p[0]) == key][: self.batch_size]
             taken = {id(p) for p in batch}
             self._pending = [p for p in self._pending if id(p) not in taken]
+            self._overdue.difference_update(fut for _, fut in batch)
             self.batch_rows.append(len(batch))
             try:
                 outs = await asyncio.to_thread(self.run, [item for item, _ in batch])

@@ -11,6 +11,7 @@ Outputs: `predictions.jsonl` (one record per benchmark, mode and question, with 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
@@ -109,8 +110,25 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
         meta = {"policy": policy.describe(), "grounding": e.grounding if env.tools_on else None}
         return score_record(await env.rollout(ex, agent, ex.id, seed=cfg.seed, meta=meta), bench, mode, ex)
 
+    # The ToolMaker's tools of each question a mode plays them in, made before the episodes: two modes'
+    # episodes of a question would wait on one ToolMaker request together, and a batch of the policy's turns
+    # in lockstep, on the same weights, would wait for both
+    needed = {(b, ex.id): (stores[b], ex) for b, m, ex in todo
+              if e.mode_of(m) in ("simulated", "hybrid") and ex.id not in stores[b].made}
+
+    async def make_tools() -> None:
+        slots = asyncio.Semaphore(cfg.episodes_in_flight("eval"))
+
+        async def one(store: ToolStore, ex: QAExample) -> None:
+            async with slots:
+                await store.get(ex)
+
+        with console.status(f"ToolMaker: tools for {len(needed)} questions"):
+            await asyncio.gather(*(one(store, ex) for store, ex in needed.values()))
+
     t0 = time.perf_counter()
     try:
+        await make_tools()
         # a batch of the policy's turns waits for a turn of every episode in flight (lockstep): cut as requests
         # came, an episode whose tool answered a moment late waited a whole batch (docs/performance.md)
         await run_pool(todo, worker, out, cfg.episodes_in_flight("eval"), "eval",
