@@ -37,9 +37,11 @@ import math
 import platform
 import re
 import statistics
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from rich.console import Console
 
@@ -117,14 +119,49 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     d.mkdir(parents=True, exist_ok=True)
     write_text_atomic(started, json.dumps(identity, indent=2))
     reset_peak()
-    t0 = time.perf_counter()
-    extra = fn(fresh)
+    clock = d / "bench_elapsed.json"  # the time of the attempts that stopped before the step finished
+    carried = 0.0 if fresh or not clock.is_file() else json.loads(clock.read_text()).get("wall_s", 0.0)
+    with step_clock(clock, carried) as elapsed:
+        extra = fn(fresh)
+        spent = elapsed()
     # a step done before and now extended (more questions) took both runs' time
     extended = done is not None and not fresh and continues(done.get("identity") or {}, identity)
     before = done["wall_s"] if extended else 0.0
-    mark_done(d, before + time.perf_counter() - t0, peak_rss_mb=round(peak_rss_mb()), identity=identity, **extra)
+    mark_done(d, before + spent, peak_rss_mb=round(peak_rss_mb()), identity=identity, **extra)
+    clock.unlink(missing_ok=True)
     release_memory()
     return stage_done(d)
+
+
+@contextmanager
+def step_clock(path: Path, carried: float, every_s: float = 30.0) -> Iterator[Callable[[], float]]:
+    """The time a step has taken over all its attempts: `carried` (the earlier ones') and this one's, written
+    to `path` every `every_s` seconds and on the way out, so that an attempt killed loses at most `every_s`
+    of it. Timed from its last attempt alone, a step resumed over three sittings said it took a third of its
+    time, and the full preset runs over several."""
+    from mtr.jsonl import write_text_atomic
+
+    t0 = time.perf_counter()
+    stop = threading.Event()
+
+    def total() -> float:
+        return carried + time.perf_counter() - t0
+
+    def write() -> None:
+        write_text_atomic(path, json.dumps({"wall_s": round(total(), 1)}))
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            write()
+
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
+    try:
+        yield total
+    finally:
+        stop.set()
+        beating.join()
+        write()
 
 
 def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:

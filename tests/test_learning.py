@@ -427,3 +427,41 @@ def test_a_work_directory_moved_elsewhere_keeps_its_finished_steps(tmp_path):
     grpo = {"seed": 0, "init": str(old_home / "sft-s0"), "init_done": "2026-12-01T10:00:00Z"}
     assert bl.portable(grpo) == bl.portable({**grpo, "init": str(new_home / "sft-s0")})
     assert bl.portable(None) is None
+
+
+def test_a_step_resumed_after_a_crash_counts_the_time_of_every_attempt(tmp_path):
+    """A step stopped before it finished and then resumed took both attempts' time; one restarted afresh
+    (its settings changed) only its own."""
+    import time
+
+    def crash(fresh):
+        time.sleep(0.3)
+        raise KeyboardInterrupt  # killed mid-step
+
+    def finish(fresh):
+        time.sleep(0.3)
+        return {}
+
+    d = tmp_path / "step"
+    with pytest.raises(KeyboardInterrupt):
+        bl.run_step(d, {"a": 1}, crash)
+    assert json.loads((d / "bench_elapsed.json").read_text())["wall_s"] >= 0.3
+    bl.run_step(d, {"a": 1}, finish)
+    assert json.loads((d / "stage_done.json").read_text())["wall_s"] >= 0.6
+    assert not (d / "bench_elapsed.json").exists()
+
+    (d / "stage_done.json").unlink()
+    with pytest.raises(KeyboardInterrupt):
+        bl.run_step(d, {"a": 1}, lambda fresh: time.sleep(2.0) or crash(fresh))
+    bl.run_step(d, {"a": 2}, lambda fresh: {})  # another identity: afresh, the 2.3 s before not its own
+    assert json.loads((d / "stage_done.json").read_text())["wall_s"] < 2.0
+
+
+def test_the_step_clock_writes_while_the_step_runs(tmp_path):
+    import time
+
+    with bl.step_clock(tmp_path / "c.json", 5.0, every_s=0.05) as elapsed:
+        time.sleep(0.3)
+        during = json.loads((tmp_path / "c.json").read_text())["wall_s"]
+        assert 5.0 < during <= elapsed()
+    assert json.loads((tmp_path / "c.json").read_text())["wall_s"] >= 5.3
