@@ -65,20 +65,27 @@ print(json.dumps({"wall_s": round(wall, 1), "batches": stats["batches"], "mean_r
 VARIANTS = ["as requests come", "lockstep"]
 
 
-def main() -> None:
-    args = arguments(__doc__, 2, "bench-batching", stage=True)
-    runs = measure(CHILD, VARIANTS, args.policy, args.limit, args.repeats, args.work / args.stage, args.stage)
-    answers = [r.pop("answers") for rs in runs.values() for r in rs]
-    same = sum(all(a[k] == answers[0][k] for a in answers) for k in answers[0])
+def source_commit() -> str:
+    """The commit that ran: HEAD, marked when src/ differs from it (what ran is then not that commit)."""
     import subprocess
 
     from mtr.rundir import git_commit
 
     commit = (git_commit() or "?")[:7]
-    # what ran is that commit only if src/ is as committed there
-    if subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
-                      cwd=ROOT).stdout.strip():
-        commit += "+uncommitted src"
+    try:
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"],
+                                 capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    except OSError:
+        return commit
+    return commit + ("+uncommitted src" if changed else "")
+
+
+def main() -> None:
+    args = arguments(__doc__, 2, "bench-batching", stage=True)
+    commit = source_commit()
+    runs = measure(CHILD, VARIANTS, args.policy, args.limit, args.repeats, args.work / args.stage, args.stage)
+    answers = [r.pop("answers") for rs in runs.values() for r in rs]
+    same = sum(all(a[k] == answers[0][k] for a in answers) for k in answers[0])
     med = median(runs, ("wall_s", "batches", "mean_rows"))
     result = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "stage": args.stage,
               "policy": str(args.policy), "questions_per_benchmark": args.limit, "runs": runs, "median": med,

@@ -120,7 +120,10 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     write_text_atomic(started, json.dumps(identity, indent=2))
     reset_peak()
     clock = d / "bench_elapsed.json"  # the time of the attempts that stopped before the step finished
-    carried = 0.0 if fresh or not clock.is_file() else json.loads(clock.read_text()).get("wall_s", 0.0)
+    if fresh or (done is not None and clock.is_file()
+                 and clock.stat().st_mtime <= (d / "stage_done.json").stat().st_mtime):
+        clock.unlink(missing_ok=True)  # another step's time, or (stopped before its removal) counted in `done`
+    carried = json.loads(clock.read_text()).get("wall_s", 0.0) if clock.is_file() else 0.0
     with step_clock(clock, carried) as elapsed:
         extra = fn(fresh)
         spent = elapsed()

@@ -286,3 +286,11 @@ def test_two_modes_tools_are_made_before_the_episodes_so_no_batch_waits_for_them
     assert {r["mode"]: r["em"] for r in res["rows"]} == {"tools-on": 100.0, "simulated": 100.0}
     assert b._batcher.stalls == 0 and time.perf_counter() - t0 < 5.0
     assert b.scripted.calls["toolmaker"] == 2 and set(b.lockstep_seen[1:]) != {None}  # then lockstep
+
+
+def test_no_tools_are_made_for_a_mode_that_makes_no_calls(tmp_path):
+    cfg = cfg_for(tmp_path, modes=("simulated",))
+    cfg.eval.max_tool_calls = 0
+    b = ScriptedBackend(agent=hermes_policy)
+    asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
+    assert b.calls["toolmaker"] == 0 and b.calls["agent"] == 2

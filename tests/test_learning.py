@@ -465,3 +465,25 @@ def test_the_step_clock_writes_while_the_step_runs(tmp_path):
         during = json.loads((tmp_path / "c.json").read_text())["wall_s"]
         assert 5.0 < during <= elapsed()
     assert json.loads((tmp_path / "c.json").read_text())["wall_s"] >= 5.3
+
+
+def test_the_step_clock_never_carries_another_steps_time(tmp_path):
+    """A step started afresh drops the clock of the one before at once (a kill within 30 s would otherwise
+    resume with it); a step finished, then extended, ignores a clock its finish already counted."""
+    import os
+
+    d = tmp_path / "step"
+    with pytest.raises(KeyboardInterrupt):
+        bl.run_step(d, {"eval": {"limit": 30}}, lambda fresh: (_ for _ in ()).throw(KeyboardInterrupt))
+    (d / "bench_elapsed.json").write_text(json.dumps({"wall_s": 1000.0}))
+    seen = []
+    bl.run_step(d, {"eval": {"limit": 30}, "policy": "other"}, lambda fresh: seen.append(
+        (fresh, (d / "bench_elapsed.json").exists())) or {})
+    assert seen == [(True, False)]
+
+    (d / "bench_elapsed.json").write_text(json.dumps({"wall_s": 1000.0}))  # left by a stop after the finish
+    done = json.loads((d / "stage_done.json").read_text())
+    os.utime(d / "bench_elapsed.json", (1, 1))
+    (d / "stage_done.json").write_text(json.dumps({**done, "wall_s": 5.0}))
+    bl.run_step(d, {"eval": {"limit": 100}, "policy": "other"}, lambda fresh: {})  # extended
+    assert 5.0 <= json.loads((d / "stage_done.json").read_text())["wall_s"] < 100.0

@@ -32,7 +32,7 @@ class MicroBatcher:
         # rollout). With it the batch is cut only when all of them are pending (lockstep): on a CPU the
         # ToolActor and the policy share the cores, so a batch of 8 costs about what a batch of 1 does.
         self.expected = expected
-        # ... but at most `stall_s` seconds from its first request: then what is pending runs (in a batch per
+        # ... but at most `stall_s` seconds from when it begins to wait: then what is pending runs (a batch per
         # key). An episode that waits on a result another episode's request would bring (one question's tools
         # for several episodes) then costs a late, smaller batch and a warning, not a run that hangs. Longer than
         # a role's request timeout (120 s by default), so a slow server alone does not cut a batch

@@ -114,7 +114,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
     # episodes of a question would wait on one ToolMaker request together, and a batch of the policy's turns
     # in lockstep, on the same weights, would wait for both
     needed = {(b, ex.id): (stores[b], ex) for b, m, ex in todo
-              if e.mode_of(m) in ("simulated", "hybrid") and ex.id not in stores[b].made}
+              if envs[(b, m)].tools_on and e.mode_of(m) in ("simulated", "hybrid") and ex.id not in stores[b].made}
 
     async def make_tools() -> None:
         slots = asyncio.Semaphore(cfg.episodes_in_flight("eval"))
@@ -123,8 +123,13 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
             async with slots:
                 await store.get(ex)
 
-        with console.status(f"ToolMaker: tools for {len(needed)} questions"):
-            await asyncio.gather(*(one(store, ex) for store, ex in needed.values()))
+        tasks = [asyncio.create_task(one(store, ex)) for store, ex in needed.values()]
+        try:
+            with console.status(f"ToolMaker: tools for {len(needed)} questions"):
+                await asyncio.gather(*tasks)
+        finally:  # one failed: the others stop before the stores and the pool close
+            for task in tasks:
+                task.cancel()
 
     t0 = time.perf_counter()
     try:
