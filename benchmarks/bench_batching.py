@@ -65,24 +65,11 @@ print(json.dumps({"wall_s": round(wall, 1), "batches": stats["batches"], "mean_r
 VARIANTS = ["as requests come", "lockstep"]
 
 
-def source_commit() -> str:
-    """The commit that ran: HEAD, marked when src/ differs from it (what ran is then not that commit)."""
-    import subprocess
-
-    from mtr.rundir import git_commit
-
-    commit = (git_commit() or "?")[:7]
-    try:
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"],
-                                 capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    except OSError:
-        return commit
-    return commit + ("+uncommitted src" if changed else "")
-
-
 def main() -> None:
     args = arguments(__doc__, 2, "bench-batching", stage=True)
-    commit = source_commit()
+    from mtr.rundir import source_commit
+
+    commit = source_commit(ROOT)
     runs = measure(CHILD, VARIANTS, args.policy, args.limit, args.repeats, args.work / args.stage, args.stage)
     answers = [r.pop("answers") for rs in runs.values() for r in rs]
     same = sum(all(a[k] == answers[0][k] for a in answers) for k in answers[0])

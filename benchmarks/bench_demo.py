@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from mtr.llamacpp_build import cpu_info
+from mtr.rundir import source_commit
 
 STAGES = ("tools", "synth", "filter", "sft", "grpo", "eval")
 DEMO = Path(__file__).resolve().parents[1] / "src" / "mtr" / "configs" / "demo.yaml"
@@ -63,10 +64,7 @@ def main() -> None:
     ap.add_argument("--wall-s", type=float, help="with --from-run: the run's measured wall time")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/demo.json"))
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # what ran is HEAD only if src/ is as committed
-    if subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip():
-        commit += "+uncommitted src"
+    commit = source_commit(Path(__file__).resolve().parents[1])
     runs = []
     for i in range(1 if args.from_run else args.runs):
         runs.append(read_run(args.from_run, args.wall_s) if args.from_run else one_run(args.config))

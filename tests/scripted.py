@@ -58,7 +58,7 @@ class ScriptedBackend(Backend):
 
 class ScriptedLocal(LocalBackend):
     """The scripted answers through a local backend's batcher, without a model: a prompt is its messages as
-    JSON, and a batch takes a moment on the worker thread, as a model's would. `lockstep` records, for each
+    JSON, and a batch takes a moment on the worker thread, as a model's would. `lockstep_seen` records, for each
     batch, how many requests the batcher waited for (None: cut as they came)."""
 
     kind = "scripted-local"
@@ -79,6 +79,7 @@ class ScriptedLocal(LocalBackend):
         self.lockstep_seen.append(expected() if expected else None)
         time.sleep(0.02)
         return [asyncio.run(self.scripted.chat(json.loads(r.prompt), r.params))[0] for r in requests]
+
 
 def default_agent(msgs):
     """Search the question once, then answer 1755."""

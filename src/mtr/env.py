@@ -115,6 +115,12 @@ class Environment:
                    live_share=section.live_share if mode == "simulated" else 0.0,
                    hybrid_actor=actor("retrieval") if retriever is not None else None, precheck=section.precheck)
 
+    @property
+    def plays_made_tools(self) -> bool:
+        """Whether its episodes play the ToolMaker's tools (from the store): live episodes get the utility
+        tools a real backend plays, and need no ToolMaker (`rollout`)."""
+        return self.tools_on and self.mode != "live"
+
     def close(self) -> None:
         if self.store is not None:
             self.store.close()

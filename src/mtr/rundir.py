@@ -59,6 +59,18 @@ def git_commit() -> str | None:
         return None
 
 
+def source_commit(root: Path) -> str:
+    """HEAD's short hash for a benchmark's results, marked `+uncommitted src` when `root`'s src/ differs from it
+    (what ran is then not that commit)."""
+    commit = (git_commit() or "?")[:7]
+    try:
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src"],
+                                 capture_output=True, text=True, timeout=5, cwd=root).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return commit
+    return commit + ("+uncommitted src" if changed else "")
+
+
 def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: dict[str, Path],
                    extra: dict[str, Any] | None = None, overwrite: bool = False, inputs_may_grow: bool = False,
                    limits: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -114,7 +114,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
     # episodes of a question would wait on one ToolMaker request together, and a batch of the policy's turns
     # in lockstep, on the same weights, would wait for both
     needed = {(b, ex.id): (stores[b], ex) for b, m, ex in todo
-              if envs[(b, m)].tools_on and e.mode_of(m) in ("simulated", "hybrid") and ex.id not in stores[b].made}
+              if envs[(b, m)].plays_made_tools and ex.id not in stores[b].made}
 
     async def make_tools() -> None:
         slots = asyncio.Semaphore(cfg.episodes_in_flight("eval"))
