@@ -135,3 +135,30 @@ def test_a_lora_policy_generates_the_same_through_the_cache():
     second = generate_with_prefix_cache(lora, rows2, cache, PAD, {EOS}, **GREEDY).tolist()
     assert first == plain(lora, rows, **GREEDY) and second == plain(lora, rows2, **GREEDY)
     assert cache.reused_tokens > 0
+
+
+def test_a_buffered_layer_that_outgrows_its_reserve_holds_what_concatenation_does():
+    from mtr.backends.kvcache import _buffered_layer_class
+
+    layer = _buffered_layer_class()(capacity=2)
+    parts = [torch.randn(3, 2, n, 4, dtype=torch.float64) for n in (3, 1, 1)]
+    for part in parts:
+        keys, values = layer.update(part, -part)
+    whole = torch.cat(parts, dim=-2)
+    assert torch.equal(keys, whole) and torch.equal(values, -whole)
+    assert layer.get_seq_length() == 5
+
+
+@pytest.mark.parametrize("buffered,alone", [(False, False), (True, False), (False, True)])
+def test_each_layout_of_the_batch_generates_the_same(model, monkeypatch, buffered, alone):
+    import mtr.backends.kvcache as kv
+
+    monkeypatch.setattr(kv, "BUFFERED", buffered)
+    monkeypatch.setattr(kv, "READ_ROWS_ALONE", alone)
+    cache = PrefixCache(min_reuse=4)
+    system = tokens(40, 11)
+    rows = [system + tokens(3, 12), system + tokens(17, 13), tokens(9, 14)]
+    first = generate_with_prefix_cache(model, rows, cache, PAD, {EOS}, **GREEDY).tolist()
+    rows2 = [r + t + tokens(4 + 6 * i, 15 + i) for i, (r, t) in enumerate(zip(rows, first))]
+    second = generate_with_prefix_cache(model, rows2, cache, PAD, {EOS}, **GREEDY).tolist()
+    assert (first, second) == (plain(model, rows, **GREEDY), plain(model, rows2, **GREEDY))

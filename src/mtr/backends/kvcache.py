@@ -18,6 +18,7 @@ The cache belongs to one set of weights: make a new one after an update.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,12 @@ from mtr.peak_memory import trim_heap
 
 if TYPE_CHECKING:
     import torch
+
+# How a batch is laid out (docs/performance.md, `bench_kv_layout.py` turns them off to measure what they save):
+# keys and values written in place in a buffer reserved for the whole generation, not grown by concatenation
+BUFFERED = True
+# each row's new tokens read on their own before the batch, not padded to the longest row's in it
+READ_ROWS_ALONE = True
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -80,17 +87,79 @@ class PrefixCache:
             self.entries.append(entry)
 
 
-def _prefill(model: Any, ids: list[int]) -> _Entry:
-    """Read `ids` once (batch 1) and keep their keys and values."""
+@functools.cache
+def _buffered_layer_class() -> type:
+    """transformers' DynamicLayer writing into a buffer sized for the whole generation.
+
+    DynamicLayer grows by concatenation: each decoding step copies every row's keys and values to add one
+    token. On a CPU with 16 rows of ~1,000 tokens that copy (~0.8 GB a step) took about half of a decoding step
+    (docs/performance.md); here a step writes its token in place and attention reads a view of what is filled.
+    Hand-written because transformers' StaticCache, which also writes in place, makes attention read the whole
+    buffer, unfilled part included, at every step."""
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferedLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+            self.key_buffer: torch.Tensor | None = None
+            self.value_buffer: torch.Tensor | None = None
+
+        def seed(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            """Take buffers whose first `length` positions already hold the reused keys and values."""
+            self.lazy_initialization(keys, values)
+            self.key_buffer, self.value_buffer, self.length = keys, values, length
+            self.keys, self.values = keys[..., :length, :], values[..., :length, :]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.length + key_states.shape[-2]
+            if self.key_buffer is None or end > self.key_buffer.shape[-2]:  # more than was reserved: grow
+                size = max(self.capacity, 2 * end)
+                keys = key_states.new_zeros((*key_states.shape[:-2], size, key_states.shape[-1]))
+                values = value_states.new_zeros((*value_states.shape[:-2], size, value_states.shape[-1]))
+                if self.length:
+                    keys[..., :self.length, :] = self.keys
+                    values[..., :self.length, :] = self.values
+                self.key_buffer, self.value_buffer = keys, values
+            self.key_buffer[..., self.length:end, :] = key_states
+            self.value_buffer[..., self.length:end, :] = value_states
+            self.length = end
+            self.keys, self.values = self.key_buffer[..., :end, :], self.value_buffer[..., :end, :]
+            return self.keys, self.values
+
+    return BufferedLayer
+
+
+def _generation_cache(model: Any, capacity: int) -> Any:
+    """A DynamicCache for `model` whose full-attention layers are buffered (`_buffered_layer_class`); layers
+    of other kinds (a sliding window) stay transformers' own."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if BUFFERED:
+        buffered = _buffered_layer_class()
+        cache.layers = [buffered(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def _prefill(model: Any, ids: list[int], entry: _Entry | None = None, reused: int = 0) -> _Entry:
+    """Read `ids` at batch 1 and keep their keys and values; with `entry`, its first `reused` tokens (a prefix
+    of `ids`) are taken from it and only the rest is read."""
     import torch
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     cache = DynamicCache(config=model.config)
+    if entry is not None and reused:
+        for layer, (keys, values) in zip(cache.layers, entry.layers):
+            layer.update(keys[None, :, :reused], values[None, :, :reused])
     with torch.inference_mode():
         # only the keys and values are kept: no logits over the vocabulary for every prompt token (a 1,500-token
         # prompt's would be 300 MB in fp32)
-        model(input_ids=torch.tensor([ids], device=device), cache=cache, use_cache=True, logits_to_keep=1)
+        model(input_ids=torch.tensor([ids[reused:]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
     return _Entry(list(ids), [(layer.keys[0], layer.values[0]) for layer in cache.layers])
 
 
@@ -98,11 +167,10 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
                                eos_ids: set[int], **generate_kwargs: Any) -> torch.Tensor:
     """`model.generate` on the token rows (left-padded into one batch), reading only what `cache` does not
     already hold, then keeping each row's keys and values (prompt and generated turn, up to its end) for
-    the next call. With no cache, plain batched `generate`.
+    the next call. With no cache, batched `generate` reading every row whole.
 
     Returns the new tokens, [rows, new], rows that ended early padded with `pad_id` as `generate` does."""
     import torch
-    from transformers import DynamicCache
 
     device = next(model.parameters()).device
     reuse: list[tuple[int, _Entry | None]] = [(0, None)] * len(rows)
@@ -124,6 +192,13 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
                 cache.touch(e)
         cache.reused_tokens += sum(n for n, _ in reuse)
         cache.read_tokens += sum(len(ids) - n for ids, (n, _) in zip(rows, reuse))
+        # Each row's new tokens but its last are read on their own, at batch 1: read in the batch, every row
+        # would be padded to the longest new part (an episode's observation beside another's one-line nudge),
+        # and on a CPU the padding costs what real tokens do (1.4-1.8x the tokens read, docs/performance.md)
+        # while batch 1 reads a prompt as fast a token as a batch does. The batch then starts at the last token.
+        if READ_ROWS_ALONE:
+            reuse = [(len(ids) - 1, _prefill(model, ids[:-1], e, n)) if len(ids) - 1 > n else (n, e)
+                     for ids, (n, e) in zip(rows, reuse)]
 
     width_cached = max(n for n, _ in reuse)
     width_new = max(len(ids) - n for ids, (n, _) in zip(rows, reuse))
@@ -133,18 +208,24 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
         input_ids.append([pad_id] * gap_c + ids[:n] + [pad_id] * gap_n + ids[n:])
         mask.append([0] * gap_c + [1] * n + [0] * gap_n + [1] * (len(ids) - n))
     kwargs = dict(generate_kwargs)
-    layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    width = width_cached + width_new
+    capacity = width + int(kwargs.get("max_new_tokens") or 0)
+    generation = _generation_cache(model, capacity)
     if width_cached:
-        for li, (k0, v0) in enumerate(next(e for _, e in reuse if e is not None).layers):
-            keys = k0.new_zeros((len(rows), k0.shape[0], width_cached, k0.shape[2]))
-            values = v0.new_zeros((len(rows), v0.shape[0], width_cached, v0.shape[2]))
+        source = next(e for _, e in reuse if e is not None).layers
+        for li, layer in enumerate(generation.layers):
+            k0, v0 = source[li]
+            keys = k0.new_zeros((len(rows), k0.shape[0], capacity, k0.shape[2]))
+            values = v0.new_zeros(keys.shape)
             for i, (n, e) in enumerate(reuse):
                 if n:
-                    keys[i, :, width_cached - n:] = e.layers[li][0][:, :n]
-                    values[i, :, width_cached - n:] = e.layers[li][1][:, :n]
-            layers.append((keys, values))
-        kwargs["cache"] = DynamicCache(ddp_cache_data=layers, config=model.config)
-    width = width_cached + width_new
+                    keys[i, :, width_cached - n:width_cached] = e.layers[li][0][:, :n]
+                    values[i, :, width_cached - n:width_cached] = e.layers[li][1][:, :n]
+            if hasattr(layer, "seed"):
+                layer.seed(keys, values, width_cached)
+            else:
+                layer.update(keys[..., :width_cached, :], values[..., :width_cached, :])
+    kwargs["cache"] = generation
     with torch.inference_mode():
         out = model.generate(input_ids=torch.tensor(input_ids, device=device),
                              attention_mask=torch.tensor(mask, device=device), pad_token_id=pad_id,
@@ -161,6 +242,6 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
             cache.add(_Entry(ids + row[:kept], [(layer.keys[i].index_select(1, index),
                                                  layer.values[i].index_select(1, index))
                                                 for layer in out.cache.layers]))
-    del out, kwargs, layers  # the batch's keys and values, freed before the trim
+    del out, kwargs, generation  # the batch's keys and values, freed before the trim
     trim_heap()
     return new
