@@ -163,6 +163,24 @@ def _prefill(model: Any, ids: list[int], entry: _Entry | None = None, reused: in
     return _Entry(list(ids), [(layer.keys[0], layer.values[0]) for layer in cache.layers])
 
 
+def _seed(generation: Any, reuse: list[tuple[int, _Entry | None]], width: int, capacity: int) -> None:
+    """Lay each row's reused keys and values into the batch's cache, right-aligned at column `width` (the holes
+    before a shorter row stay zero and are masked)."""
+    source = next(e for _, e in reuse if e is not None).layers
+    for li, layer in enumerate(generation.layers):
+        k0, v0 = source[li]
+        keys = k0.new_zeros((len(reuse), k0.shape[0], capacity, k0.shape[2]))
+        values = v0.new_zeros(keys.shape)
+        for i, (n, e) in enumerate(reuse):
+            if n:
+                keys[i, :, width - n:width] = e.layers[li][0][:, :n]
+                values[i, :, width - n:width] = e.layers[li][1][:, :n]
+        if hasattr(layer, "seed"):
+            layer.seed(keys, values, width)
+        else:
+            layer.update(keys[..., :width, :], values[..., :width, :])
+
+
 def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixCache | None, pad_id: int,
                                eos_ids: set[int], **generate_kwargs: Any) -> torch.Tensor:
     """`model.generate` on the token rows (left-padded into one batch), reading only what `cache` does not
@@ -212,20 +230,10 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
     capacity = width + int(kwargs.get("max_new_tokens") or 0)
     generation = _generation_cache(model, capacity)
     if width_cached:
-        source = next(e for _, e in reuse if e is not None).layers
-        for li, layer in enumerate(generation.layers):
-            k0, v0 = source[li]
-            keys = k0.new_zeros((len(rows), k0.shape[0], capacity, k0.shape[2]))
-            values = v0.new_zeros(keys.shape)
-            for i, (n, e) in enumerate(reuse):
-                if n:
-                    keys[i, :, width_cached - n:width_cached] = e.layers[li][0][:, :n]
-                    values[i, :, width_cached - n:width_cached] = e.layers[li][1][:, :n]
-            if hasattr(layer, "seed"):
-                layer.seed(keys, values, width_cached)
-            else:
-                layer.update(keys[..., :width_cached, :], values[..., :width_cached, :])
+        _seed(generation, reuse, width_cached, capacity)
     kwargs["cache"] = generation
+    # the rows' own entries (read alone above) are in the batch now: not held beside it while it decodes
+    del reuse
     with torch.inference_mode():
         out = model.generate(input_ids=torch.tensor(input_ids, device=device),
                              attention_mask=torch.tensor(mask, device=device), pad_token_id=pad_id,
