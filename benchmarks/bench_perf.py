@@ -185,7 +185,10 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     - lora-unmerged / lora-merged: lockstep with a LoRA adapter on the policy, as `grpo.lora` trains it,
                   sampled through the adapter (what mtr did) or with it merged into the weights (tried:
                   no faster end to end here, docs/performance.md);
-    - lora-cached: lora-unmerged with the prefix cache (what mtr does with `grpo.lora`).
+    - lora-cached: lora-unmerged with the prefix cache (what mtr does with `grpo.lora`);
+    - cached-concatenated: cached, the batch's keys and values grown by concatenation and each row's new
+                  tokens padded in the batch (`kvcache.BUFFERED` and `READ_ROWS_ALONE` off: mtr's rollout
+                  before commit 221ee45).
     """
     import asyncio
     from types import SimpleNamespace
@@ -202,6 +205,9 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     from mtr.env import Environment
     from mtr.rollout import ModelSampler, RolloutAgent, policy_for_generation
 
+    import mtr.backends.kvcache as kv
+
+    kv.BUFFERED = kv.READ_ROWS_ALONE = variant != "cached-concatenated"
     torch.manual_seed(seed)
     cfg = load_config(ROOT / "src" / "mtr" / "configs" / "grpo-cpu.yaml")
     g, t = cfg.grpo, cfg.grpo.trl
@@ -230,7 +236,7 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
         # near-greedy, so that every variant writes the same turns and so does the same work (sampled turns
         # differ in length from run to run, and one run's longer episodes read as a slower variant)
         sampler = ModelSampler(model, tok, 1e-3, batch_size, timing, episodes=len(batch) if lockstep else None,
-                               prefix_cache=variant in ("cached", "lora-cached"))
+                               prefix_cache=variant in ("cached", "lora-cached", "cached-concatenated"))
         return RolloutAgent(sampler, tok, g.max_turn_tokens, t["max_completion_length"])
 
     async def rollout() -> list:
@@ -242,12 +248,12 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
 
     trainer = SimpleNamespace(model_wrapped=model, accelerator=Accelerator(cpu=True),
                               args=SimpleNamespace(ds3_gather_for_generation=True))
-    t = time.perf_counter()
+    t0 = time.perf_counter()  # not `t`: agent_for reads the TRL settings by that name when the rollout runs
     with policy_for_generation(trainer) as policy:
         if variant == "lora-merged":
             policy.base_model.merge_adapter()
         traces = asyncio.run(rollout())
-    wall = time.perf_counter() - t
+    wall = time.perf_counter() - t0
     asyncio.run(pool.aclose())
     gen = timing["generated_tokens"]
     return {"wall_s": wall, "episodes": len(traces), "generated_tokens": gen, "generate_s": timing["generate_s"],

@@ -92,8 +92,8 @@ def _buffered_layer_class() -> type:
     """transformers' DynamicLayer writing into a buffer sized for the whole generation.
 
     DynamicLayer grows by concatenation: each decoding step copies every row's keys and values to add one
-    token. On a CPU with 16 rows of ~1,000 tokens that copy (~0.8 GB a step) took about half of a decoding step
-    (docs/performance.md); here a step writes its token in place and attention reads a view of what is filled.
+    token (~0.7 GB a step at 16 rows of ~1,000 tokens in fp32, more time on a CPU than attention itself,
+    docs/performance.md); here a step writes its token in place and attention reads a view of what is filled.
     Hand-written because transformers' StaticCache, which also writes in place, makes attention read the whole
     buffer, unfilled part included, at every step."""
     from transformers.cache_utils import DynamicLayer
