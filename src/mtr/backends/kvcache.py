@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # How a batch is laid out (docs/performance.md, `bench_kv_layout.py` turns them off to measure what they save):
 # keys and values written in place in a buffer reserved for the whole generation, not grown by concatenation
 BUFFERED = True
-# each row's new tokens read on their own before the batch, not padded to the longest row's in it
+# on a CPU, each row's new tokens read on their own before the batch, not padded to the longest row's in it
 READ_ROWS_ALONE = True
 
 
@@ -212,9 +212,11 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
         cache.read_tokens += sum(len(ids) - n for ids, (n, _) in zip(rows, reuse))
         # Each row's new tokens but its last are read on their own, at batch 1: read in the batch, every row
         # would be padded to the longest new part (an episode's observation beside another's one-line nudge),
-        # and on a CPU the padding costs what real tokens do (1.4-1.8x the tokens read, docs/performance.md)
-        # while batch 1 reads a prompt as fast a token as a batch does. The batch then starts at the last token.
-        if READ_ROWS_ALONE:
+        # and on a CPU the padding costs what real tokens do while batch 1 reads a prompt about as fast a token
+        # as a batch does (docs/performance.md). The batch then starts at each row's last token. A GPU reads a
+        # padded batch in about the time of its longest row, and rows one by one would each cost that: there
+        # the batch reads them.
+        if READ_ROWS_ALONE and device.type == "cpu":
             reuse = [(len(ids) - 1, _prefill(model, ids[:-1], e, n)) if len(ids) - 1 > n else (n, e)
                      for ids, (n, e) in zip(rows, reuse)]
 
