@@ -147,6 +147,9 @@ def test_a_buffered_layer_that_outgrows_its_reserve_holds_what_concatenation_doe
     whole = torch.cat(parts, dim=-2)
     assert torch.equal(keys, whole) and torch.equal(values, -whole)
     assert layer.get_seq_length() == 5
+    reserved = _buffered_layer_class()(capacity=8)
+    reserved.update(parts[0], parts[0])
+    assert reserved.key_buffer.shape[-2] == 8  # what fits its reserve takes no more
 
 
 @pytest.mark.parametrize("buffered,alone", [(False, False), (True, False), (False, True)])

@@ -116,7 +116,7 @@ def _buffered_layer_class() -> type:
                 self.lazy_initialization(key_states, value_states)
             end = self.length + key_states.shape[-2]
             if self.key_buffer is None or end > self.key_buffer.shape[-2]:  # more than was reserved: grow
-                size = max(self.capacity, 2 * end)
+                size = self.capacity if end <= self.capacity else 2 * end
                 keys = key_states.new_zeros((*key_states.shape[:-2], size, key_states.shape[-1]))
                 values = value_states.new_zeros((*value_states.shape[:-2], size, value_states.shape[-1]))
                 if self.length:
