@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "eval_memory.json"
@@ -64,10 +65,13 @@ def median(runs: dict[str, list[dict]], keys: tuple[str, ...]) -> dict[str, dict
     return {v: {k: round(statistics.median(r[k] for r in rs), 2) for k in keys} for v, rs in runs.items()}
 
 
-def arguments(doc: str, repeats: int, work: str, stage: bool = False) -> argparse.Namespace:
+def arguments(doc: str, repeats: int, work: str, stage: bool = False,
+              more: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
     """The evaluation benchmarks' command line: the policy, questions a benchmark, runs of each variant (and
-    with `stage`, which stage's turns)."""
+    with `stage`, which stage's turns; `more` adds a benchmark's own options)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if more is not None:
+        more(ap)
     if stage:
         ap.add_argument("--stage", choices=["eval", "synth"], default="eval")
     ap.add_argument("--policy", type=Path, required=True, help="a trained checkpoint (e.g. an SFT stage's output)")
