@@ -169,16 +169,17 @@ def _seed(generation: Any, reuse: list[tuple[int, _Entry | None]], width: int, c
     source = next(e for _, e in reuse if e is not None).layers
     for li, layer in enumerate(generation.layers):
         k0, v0 = source[li]
-        keys = k0.new_zeros((len(reuse), k0.shape[0], capacity, k0.shape[2]))
+        buffered = hasattr(layer, "seed")  # else transformers' own layer, which copies what it is given
+        keys = k0.new_zeros((len(reuse), k0.shape[0], capacity if buffered else width, k0.shape[2]))
         values = v0.new_zeros(keys.shape)
         for i, (n, e) in enumerate(reuse):
             if n:
                 keys[i, :, width - n:width] = e.layers[li][0][:, :n]
                 values[i, :, width - n:width] = e.layers[li][1][:, :n]
-        if hasattr(layer, "seed"):
+        if buffered:
             layer.seed(keys, values, width)
         else:
-            layer.update(keys[..., :width, :], values[..., :width, :])
+            layer.update(keys, values)
 
 
 def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixCache | None, pad_id: int,
