@@ -169,11 +169,12 @@ def step_clock(path: Path, carried: float, every_s: float = 30.0) -> Iterator[Ca
 
 def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """Whether a step begun on identity `old` goes on as `new`: the same step, or the same evaluation on more
-    questions (its `eval.limit` grown: the questions done stay, mtr.stages.evaluate adds the others)."""
+    questions or in more modes (its `eval.limit` or `eval.modes` grown: the episodes done stay,
+    mtr.stages.evaluate adds the others)."""
     from mtr.rundir import limit_grew, same_settings
 
     old, new = portable(old), portable(new)
-    return same_settings(old, new) or limit_grew(old, new, "eval.limit")
+    return same_settings(old, new) or limit_grew(old, new, "eval.limit", "eval.modes")
 
 
 def portable(identity: Any) -> Any:
@@ -254,7 +255,8 @@ def check_disjoint(train: Path, cfg: Any) -> None:
 
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
-             every_seed: bool = False, seed_work: dict[int, Path] | None = None) -> dict[str, Any]:
+             every_seed: bool = False, seed_work: dict[int, Path] | None = None,
+             simulated_eval: list[str] | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
@@ -281,6 +283,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
     if eval_limit:  # more held-out questions (a finished evaluation of fewer is extended, not redone)
         preset["eval_limit"] = eval_limit
+    if simulated_eval is not None:  # these arms with simulated tools too (a live evaluation is extended, not redone)
+        preset["simulated_eval"] = simulated_eval
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
@@ -357,6 +361,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["filter"] = {k: stages["filter"].get(k) for k in ("episodes", "kept", "rejected")}
     results["sft_steps"] = sft_steps
     results["comparisons"] = comparisons(eval_dirs, preset)
+    results["sim_vs_live"] = sim_vs_live(eval_dirs)
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
@@ -426,6 +431,17 @@ def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict
             tag = "+".join(both)
             out.append(paired_row(f"{a}@{tag}", f"{b}@{tag}", seed_mean([scores[f"{a}@{t}"] for t in both]),
                                   seed_mean([scores[f"{b}@{t}"] for t in both])))
+    return out
+
+
+def sim_vs_live(eval_dirs: dict[str, Path]) -> list[dict[str, Any]]:
+    """Each arm evaluated with both tools: its score with simulated tools minus with live ones, paired on the
+    same questions. What a user who has no live tools would misread by evaluating in the simulated world."""
+    out = []
+    for name, d in eval_dirs.items():
+        by_mode = question_scores(d)
+        if "live" in by_mode and "simulated" in by_mode:
+            out.append(paired_row(name, f"{name} (simulated)", by_mode["live"], by_mode["simulated"]))
     return out
 
 
@@ -607,6 +623,12 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                       "| A | B | n | EM | F1 | answered |", "|---|---|---:|---:|---:|---:|"]
             lines += [f"| {c['a']} | {c['b']} | {c['n']} | {fmt_ci(c['em'])} | {fmt_ci(c['f1'])} | "
                       f"{fmt_ci(c['answered'])} |" for c in res["comparisons"]]
+        if res.get("sim_vs_live"):
+            lines += ["", "The same policy with simulated tools (the ToolActor, grounded in retrieval) minus with live "
+                      "ones, on the same questions:", "",
+                      "| arm | n | EM | F1 | answered |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {c['a']} | {c['n']} | {fmt_ci(c['em'])} | {fmt_ci(c['f1'])} | {fmt_ci(c['answered'])} |"
+                      for c in res["sim_vs_live"]]
         curves = {k: v for k, v in res["curves"].items() if v.get("quarters")}
         if curves:
             lines += ["", "GRPO total reward per step, first and last quarter of the steps (mean ± standard error "
@@ -715,6 +737,10 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, metavar="N",
                     help="evaluate on the first N held-out questions of each benchmark instead of the preset's "
                     "(evaluations of fewer are extended)")
+    ap.add_argument("--simulated-eval", metavar="ARMS",
+                    help="comma-separated arms to evaluate with simulated tools too (the ToolActor, grounded in "
+                    "retrieval), beside live ones, instead of the preset's (full: base, sft, sft+grpo); "
+                    "a finished live evaluation is extended, not redone")
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
     ap.add_argument("--merge", type=Path, metavar="FILE",
                     help="only copy the run --label from the results file FILE (a worktree's: a long run there "
@@ -758,9 +784,13 @@ def main() -> None:
         raise SystemExit(f"--arms: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     if args.eval_limit is not None and args.eval_limit < 1:
         raise SystemExit(f"--eval-limit {args.eval_limit}: expected a number of questions, at least 1")
+    simulated = [a for a in args.simulated_eval.split(",") if a] if args.simulated_eval is not None else None
+    unknown = sorted(set(simulated or []) - set(ARMS))
+    if unknown:
+        raise SystemExit(f"--simulated-eval: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     res = run_arms(name, work, arms, seeds, parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed,
-                   parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]))
+                   parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated)
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

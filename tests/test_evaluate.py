@@ -83,6 +83,20 @@ def test_a_larger_limit_adds_questions_and_a_smaller_one_is_refused(tmp_path):
         asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
 
 
+def test_a_mode_added_runs_only_its_episodes_and_a_mode_dropped_is_refused(tmp_path):
+    cfg = cfg_for(tmp_path, n=2, modes=("tools-off",))
+    asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
+    cfg.eval.modes = ["tools-off", "tools-on"]
+    b = ScriptedBackend(agent=hermes_policy)
+    res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
+    # tools-on's two episodes ran (a search, then the answer: two turns each); tools-off's were kept
+    assert b.calls["agent"] == 4 and {r["mode"]: r["n"] for r in res["rows"]} == {"tools-off": 2, "tools-on": 2}
+    assert all("from your own knowledge" not in p[0]["content"] for p in b.prompts)
+    cfg.eval.modes = ["tools-on"]
+    with pytest.raises(RunDirError, match="a smaller eval.modes"):  # tools-off's records would stay
+        asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=hermes_policy))))
+
+
 def test_malformed_policy_output_is_counted(tmp_path):
     cfg = cfg_for(tmp_path, n=2, modes=("tools-on",))
     res = asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(ScriptedBackend(agent=lambda m: "I dunno!!"))))

@@ -91,6 +91,11 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
     bl.run_step(d, {"eval": {"limit": 100, "modes": ["live"]}, "policy": "q"}, fn)  # another policy: afresh
     assert calls[-1] is True and bl.continues(ident, {**grown, "eval": {"limit": None, "modes": ["live"]}})
     assert not bl.continues(ident, {"eval": {"limit": 100, "modes": ["simulated"]}, "policy": "p"})
+    # a mode added (simulated tools beside live ones), with more questions or not: continued
+    assert bl.continues(ident, {"eval": {"limit": 30, "modes": ["live", "simulated"]}, "policy": "p"})
+    assert bl.continues(ident, {"eval": {"limit": 100, "modes": ["live", "simulated"]}, "policy": "p"})
+    assert not bl.continues({"eval": {"limit": 30, "modes": ["live", "simulated"]}, "policy": "p"}, ident)
+    assert not bl.continues(ident, {"eval": {"limit": 100, "modes": ["live", "simulated"]}, "policy": "q"})
 
 
 def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_path):
@@ -177,6 +182,21 @@ def test_summaries_and_comparisons_from_predictions(tmp_path):
     assert s["live"]["all"]["em"][0] == pytest.approx(100 * 11 / 20)
     rows = bl.comparisons({"sft@s0": a, "sft+grpo@s0": b}, {"seeds": [0]})
     assert len(rows) == 1 and rows[0]["n"] == 20 and rows[0]["answered"][0] == pytest.approx(95.0)
+
+
+def test_an_arm_evaluated_with_both_tools_is_compared_with_itself(tmp_path):
+    both, live_only = tmp_path / "eval-sft", tmp_path / "eval-base"
+    for d in (both, live_only):
+        d.mkdir()
+    rows = [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 1) for i, f1 in enumerate([0.2, 0.4, 0.0])]
+    rows += [_prediction("hotpotqa", f"q{i}", 0.0, f1, 1, 2, mode="simulated") for i, f1 in enumerate([0.6, 0.4])]
+    (both / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (live_only / "predictions.jsonl").write_text(json.dumps(_prediction("hotpotqa", "q0", 0.0, 0.0, 0, 0)) + "\n")
+    [row] = bl.sim_vs_live({"base": live_only, "sft@s0": both})
+    # simulated minus live on the questions both scored (q0: +0.4, q1: 0)
+    assert (row["a"], row["b"], row["n"]) == ("sft@s0", "sft@s0 (simulated)", 2)
+    assert row["f1"][0] == pytest.approx(20.0)
+    assert bl.summarise_eval(both)["simulated"]["all"]["n"] == 2
 
 
 def test_two_seeds_are_also_compared_on_each_questions_mean_over_the_seeds(tmp_path):
@@ -398,6 +418,16 @@ def test_quick_and_another_preset_together_are_refused_in_one_line():
     out = subprocess.run([sys.executable, str(Path(bl.__file__)), "--quick", "--preset", "main"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "not allowed with argument --quick" in out.stderr.strip().splitlines()[-1]
+
+
+def test_an_unknown_arm_to_evaluate_with_simulated_tools_is_refused_in_one_line(tmp_path):
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(Path(bl.__file__)), "--preset", "main", "--work", str(tmp_path),
+                          "--simulated-eval", "sft,nope"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
+        "--simulated-eval: unknown arm(s) ['nope']")
+    assert not any(tmp_path.iterdir())  # refused before any step ran
 
 
 def test_a_work_directory_moved_elsewhere_keeps_its_finished_steps(tmp_path):

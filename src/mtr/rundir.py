@@ -77,8 +77,9 @@ def write_manifest(out_dir: Path, stage: str, config: dict[str, Any], inputs: di
     """Write `manifest.json`; `config` is what the stage reads (`Config.stage_config`). A directory already
     holding a run of another config or data is refused unless `overwrite`; with `inputs_may_grow` (a stage
     that adds records for new inputs beside the old ones) only another config is refused. `limits` names
-    config values ("section.key") that take the first N inputs: one may grow on a resume (the records done
-    stay, the new inputs are added), never shrink (the records beyond it would stay in the output)."""
+    config values ("section.key") that say which inputs a stage takes: the first N (a number), or each of a
+    list (e.g. evaluation's modes). One may grow on a resume (the records done stay, the new inputs are
+    added), never shrink (the records beyond it would stay in the output)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"stage": stage, "config": config,
                 "inputs": {k: {"path": str(p), "sha256": file_sha256(p)} for k, p in inputs.items()},
@@ -108,22 +109,32 @@ def _check_limits(out_dir: Path, old: dict[str, Any], new: dict[str, Any], limit
             continue
         if not _larger(after, before):
             raise RunDirError(f"{out_dir} holds a run with {path}={before}: a smaller {path} ({after}) would "
-                              "keep its records beyond the limit; use another --out, or --overwrite to start afresh")
+                              "keep its records beyond it; use another --out, or --overwrite to start afresh")
         old = _replaced(old, path, after)
     return old
 
 
-def limit_grew(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
-    """Whether `new` is `old` with the first-N limit at `path` ("section.key", None: no limit) raised: a stage
-    that takes the first N inputs and skips those done then goes on from `old`'s output."""
-    before, after = _lookup(old, path), _lookup(new, path)
-    return before is not _MISSING and _larger(after, before) and same_settings(_replaced(old, path, after), new)
+def limit_grew(old: dict[str, Any], new: dict[str, Any], *paths: str) -> bool:
+    """Whether `new` is `old` with some of the limits at `paths` ("section.key": a first-N limit, None: no limit,
+    or a list of inputs) grown and nothing else changed: a stage that takes those inputs and skips those done
+    then goes on from `old`'s output."""
+    grown = False
+    for path in paths:
+        before, after = _lookup(old, path), _lookup(new, path)
+        if before is _MISSING or after is _MISSING or before == after:
+            continue
+        if not _larger(after, before):
+            return False
+        old, grown = _replaced(old, path, after), True
+    return grown and same_settings(old, new)
 
 
 _MISSING = object()
 
 
 def _larger(after: Any, before: Any) -> bool:
+    if isinstance(before, list):  # a list of inputs (modes...): grown when it keeps every one and adds some
+        return isinstance(after, list) and set(before) < set(after)
     return before is not None and (after is None or (after is not _MISSING and after > before))
 
 

@@ -90,7 +90,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
         if own_tools:
             shutil.rmtree(tools_dir, ignore_errors=True)
     write_manifest(out_dir, "eval", stage_config(cfg),
-                   {f"benchmark:{k}": v for k, v in benches.items()}, overwrite=overwrite, limits=("eval.limit",))
+                   {f"benchmark:{k}": v for k, v in benches.items()}, overwrite=overwrite, limits=("eval.limit", "eval.modes"))
     out = JsonlAppender(out_dir / "predictions.jsonl", id_key="key")
     own_pool = pool is None
     pool = pool or BackendPool(cfg)
