@@ -286,6 +286,28 @@ def test_the_final_turn_shows_the_nudge_the_agent_saw_in_traces_and_sft_data(tmp
     assert not any(s["nudged"] for s in read_jsonl(tmp_path / "run3" / "traces.jsonl")[0]["steps"])
 
 
+def test_the_same_traces_in_another_order_make_the_same_sft_file(tmp_path):
+    """Synthesis appends episodes as they finish and draws each call's id at random, so two runs of the same
+    questions write their traces in different orders with different ids; SFT shuffles its rows with a seed,
+    and would train on other batches. The filter writes them sorted, their calls numbered: the same bytes."""
+    data = qa_file(tmp_path / "qa.jsonl", n=4)
+    run(Config(), data, tmp_path / "a", ScriptedBackend())
+    run(Config(), data, tmp_path / "b", ScriptedBackend())
+    lines = (tmp_path / "b" / "traces.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "b" / "traces.jsonl").write_text("".join(reversed(lines)))
+    assert (tmp_path / "a" / "traces.jsonl").read_bytes() != (tmp_path / "b" / "traces.jsonl").read_bytes()
+    run_filter(Config(), tmp_path / "b" / "traces.jsonl")
+    sft = (tmp_path / "a" / "sft.jsonl").read_bytes()
+    assert sft == (tmp_path / "b" / "sft.jsonl").read_bytes()
+    rows = read_jsonl(tmp_path / "a" / "sft.jsonl")
+    assert [r["id"] for r in rows] == ["q0#0", "q1#0", "q2#0", "q3#0"]
+    # each call still paired with its observation
+    msgs = rows[0]["messages"]
+    calls = [c["id"] for m in msgs for c in m.get("tool_calls") or ()]
+    assert calls == ["call_0"] and [m["tool_call_id"] for m in msgs if m["role"] == "tool"] == calls
+    assert [r["id"] for r in read_jsonl(tmp_path / "b" / "verdicts.jsonl")] == ["q0#0", "q1#0", "q2#0", "q3#0"]
+
+
 def test_scripted_teacher_searches_on_then_gives_up_and_the_filter_rejects(tmp_path):
     cfg = Config()
     cfg.synth.teacher, cfg.synth.max_tool_calls = "scripted", 4

@@ -72,6 +72,19 @@ def filter_traces(traces: list[Trace], cfg: FilterConfig,
     return kept, rejected, verdicts
 
 
+def numbered_calls(conversation: dict[str, Any]) -> dict[str, Any]:
+    """The conversation with its call ids numbered in order (`call_0`, `call_1`, ...). A call's id only pairs
+    it with its observation, and the chat template renders neither; the random ids synthesis draws would
+    make every run's sft.jsonl differ from the last for the same traces."""
+    ids: dict[str, str] = {}
+    for m in conversation["messages"]:
+        for c in m.get("tool_calls") or ():
+            c["id"] = ids.setdefault(c["id"], f"call_{len(ids)}")
+        if m.get("tool_call_id") is not None:
+            m["tool_call_id"] = ids.setdefault(m["tool_call_id"], f"call_{len(ids)}")
+    return conversation
+
+
 def policy_token_counter(cfg: Config) -> Callable[[Trace], int]:
     """Count a trace's tokens as the policy will see them in SFT (its tokenizer and chat template)."""
     policy = cfg.role("policy")
@@ -92,14 +105,17 @@ def run_filter(cfg: Config, traces_path: Path, out_dir: Path | None = None) -> d
     if not traces_path.is_file():
         raise FileNotFoundError(f"{traces_path}: no traces to filter (run the synth stage first)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    traces = [Trace.model_validate(r) for r in read_jsonl(traces_path, latest_by="id")]
+    # synthesis appends episodes as they finish, which concurrency orders differently in every run, and
+    # SFT's seeded shuffle of differently ordered rows makes different batches: sorted by episode id, the
+    # same traces make the same sft.jsonl, byte for byte (its hash in SFT's manifest then says so)
+    traces = sorted((Trace.model_validate(r) for r in read_jsonl(traces_path, latest_by="id")), key=lambda t: t.id)
     kept, rejected, verdicts = filter_traces(traces, cfg.filter, policy_token_counter(cfg))
     write_text_atomic(out_dir / "verdicts.jsonl",
                       "".join(json.dumps({"id": i, "rejected": r}) + "\n" for i, r in verdicts.items()))
     # each row says which episode and which teacher it came from (SFT reads only messages and tools)
     write_text_atomic(out_dir / "sft.jsonl", "".join(json.dumps(
-        {**t.to_conversation(for_storage=True), "id": t.id, "teacher": t.meta.get("teacher", "unknown")},
-        ensure_ascii=False) + "\n" for t in kept))
+        {**numbered_calls(t.to_conversation(for_storage=True)), "id": t.id,
+         "teacher": t.meta.get("teacher", "unknown")}, ensure_ascii=False) + "\n" for t in kept))
     result = {"episodes": len(traces), "kept": len(kept),
               "kept_pct": 100.0 * len(kept) / len(traces) if traces else 0.0,
               "teachers": dict(Counter(t.meta.get("teacher", "unknown") for t in kept)),
