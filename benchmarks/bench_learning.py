@@ -566,9 +566,10 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
         k = f"grpo-{arm}-{first}" if f"grpo-{arm}-{first}" in stages else f"grpo-sft+grpo-{first}"
         return stages[k]["wall_s"] / mp["grpo_steps"]
 
-    def eval_rate(arm: str) -> float:
-        k = f"eval-{arm}-{first}" if f"eval-{arm}-{first}" in stages else f"eval-sft-{first}"
-        return stages[k]["wall_s"] / measured_q
+    def eval_rate(arm: str) -> float:  # seconds an episode: an arm evaluated in both modes ran twice as many
+        used = arm if f"eval-{arm}-{first}" in stages else "sft"
+        modes = 2 if used in mp.get("simulated_eval", ()) else 1  # older runs: live only
+        return stages[f"eval-{used}-{first}"]["wall_s"] / (measured_q * modes)
 
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
     for seed in p["seeds"]:

@@ -289,6 +289,11 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 2) for a in bl.SEEDED]
     want = sum((1.0 if a == "base" else 2.0) * questions * modes for a, modes in evals)
     assert est["eval_s"] == round(want) and est["total_s"] == est["sft_s"] + est["grpo_s"] + est["eval_s"]
+    # a run that evaluated SFT with simulated tools too: its evaluation's time holds twice the episodes
+    measured["preset"]["simulated_eval"] = ["sft"]
+    halved = bl.estimate("full", measured)
+    want = sum(1.0 * questions * modes for _, modes in evals)  # SFT's 40 s over 20 questions twice: base's rate
+    assert halved["eval_s"] == round(want) and halved["sft_s"] == est["sft_s"] and halved["grpo_s"] == est["grpo_s"]
     del measured["stages"]["grpo-sft+grpo-s0"]  # a run of base and SFT only: no GRPO rate to go by
     with pytest.raises(ValueError, match=r"measured no grpo-sft\+grpo-s0 \(its steps: sft-s0, eval-sft-s0"):
         bl.estimate("full", measured)
