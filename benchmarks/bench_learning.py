@@ -253,6 +253,36 @@ def check_disjoint(train: Path, cfg: Any) -> None:
             raise SystemExit(f"training and evaluation share {len(shared)} {b} question(s): the split is broken")
 
 
+def groups_per_step(preset: dict[str, Any]) -> int:
+    """How many questions (groups of episodes) one GRPO step of the preset's settings trains on."""
+    t = base_config(preset, preset["seeds"][0]).grpo.trl
+    return t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"]
+
+
+def preset_settings(preset_name: str, arms: list[str] | None = None, seeds: list[int] | None = None,
+                    grpo: dict[str, Any] | None = None, eval_limit: int | None = None, every_seed: bool = False,
+                    simulated_eval: list[str] | None = None) -> dict[str, Any]:
+    """The preset's settings with the command line's over them (what a run's results record as `preset`)."""
+    preset = dict(PRESETS[preset_name])
+    if arms:  # the preset's settings with other arms (finished steps are shared: a directory per step)
+        preset["arms"] = [a for a in ARMS if a in arms or a == "base" or a == "sft"]
+    if seeds:  # the main comparison (SFT only, SFT + GRPO) in these seeds; the ablations in the first
+        preset["seeds"] = seeds
+    if every_seed:  # the ablations too, in every seed
+        preset["every_seed"] = True
+    if grpo:  # GRPO settings of every GRPO arm, over the preset's and the configuration's
+        groups = groups_per_step(preset)
+        preset["grpo"] = {**preset.get("grpo", {}), **grpo}
+        preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
+        # more groups a step draw as many times more questions: a quarter of the steps stays an epoch
+        preset["grpo_questions"] = preset["grpo_questions"] * groups_per_step(preset) // groups
+    if eval_limit:  # more held-out questions (a finished evaluation of fewer is extended, not redone)
+        preset["eval_limit"] = eval_limit
+    if simulated_eval is not None:  # these arms with simulated tools too (a live evaluation is extended, not redone)
+        preset["simulated_eval"] = simulated_eval
+    return preset
+
+
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
@@ -271,20 +301,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     from mtr.stages.synth import synthesize
     from trl_peer import train_trl_peer
 
-    preset = dict(PRESETS[preset_name])
-    if arms:  # the preset's settings with other arms (finished steps are shared: a directory per step)
-        preset["arms"] = [a for a in ARMS if a in arms or a == "base" or a == "sft"]
-    if seeds:  # the main comparison (SFT only, SFT + GRPO) in these seeds; the ablations in the first
-        preset["seeds"] = seeds
-    if every_seed:  # the ablations too, in every seed
-        preset["every_seed"] = True
-    if grpo:  # GRPO settings of every GRPO arm, over the preset's and the configuration's
-        preset["grpo"] = {**preset.get("grpo", {}), **grpo}
-        preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
-    if eval_limit:  # more held-out questions (a finished evaluation of fewer is extended, not redone)
-        preset["eval_limit"] = eval_limit
-    if simulated_eval is not None:  # these arms with simulated tools too (a live evaluation is extended, not redone)
-        preset["simulated_eval"] = simulated_eval
+    preset = preset_settings(preset_name, arms, seeds, grpo, eval_limit, every_seed, simulated_eval)
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)

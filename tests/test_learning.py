@@ -256,10 +256,20 @@ def test_a_trl_completion_is_scored_as_mtr_scores_its_own_episodes():
 def test_each_quarter_of_grpo_is_one_epoch_over_the_same_questions(name):
     """The reward curve's first and last quarters compare the same questions (a group of one question a step)."""
     p = bl.PRESETS[name]
-    cfg = bl.base_config(p, 0)
-    t = cfg.grpo.trl
-    questions_per_step = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"]
-    assert p["grpo_steps"] % 4 == 0 and p["grpo_steps"] // 4 * questions_per_step == p["grpo_questions"]
+    assert p["grpo_steps"] % 4 == 0 and p["grpo_steps"] // 4 * bl.groups_per_step(p) == p["grpo_questions"]
+
+
+def test_two_groups_a_grpo_step_train_on_twice_the_questions():
+    """A step of two groups (8 episodes of 4) draws twice the questions, so a quarter of the steps stays an
+    epoch; other settings (more steps) keep the preset's questions, as the runs with them did."""
+    two = bl.preset_settings("main", grpo={"trl.per_device_train_batch_size": 8})
+    assert bl.groups_per_step(two) == 2 and two["grpo_questions"] == 2 * bl.PRESETS["main"]["grpo_questions"]
+    assert two["grpo_steps"] // 4 * 2 == two["grpo_questions"]
+    accumulated = bl.preset_settings("main", grpo={"trl.per_device_train_batch_size": 4,
+                                                   "trl.gradient_accumulation_steps": 2})
+    assert accumulated["grpo_questions"] == two["grpo_questions"]
+    longer = bl.preset_settings("main", grpo={"trl.max_steps": 48})
+    assert (longer["grpo_steps"], longer["grpo_questions"]) == (48, bl.PRESETS["main"]["grpo_questions"])
 
 
 def test_paired_visits_compare_each_questions_first_and_last_step():
