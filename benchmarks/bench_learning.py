@@ -608,6 +608,13 @@ def fmt_ci(v: list[float], digits: int = 1) -> str:
     return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
 
+def grpo_questions(res: dict[str, Any]) -> str:
+    """' on N questions, K a step' for a run's GRPO (nothing for runs that did not record their questions)."""
+    n, t = res["preset"].get("grpo_questions"), res["config"]["grpo"]["trl"]
+    groups = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"]
+    return f" on {n} question{'s' if n != 1 else ''}, {groups} a step" if n else ""
+
+
 def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
     """The generated parts of docs/learning.md, one per preset that has results: its arms table, its
     comparisons, its reward curves' quarters and its stages' wall times."""
@@ -616,7 +623,7 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
         g = res["config"]["grpo"]  # a run recorded before these options existed ran in the file's order, on EM
         lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {res['cpu']}, {res['cores']} cores); "
                  f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
-                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps (questions: "
+                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps{grpo_questions(res)} (questions: "
                  f"{g.get('question_order', 'file')} order, answer reward: {g.get('answer_metric', 'em').upper()}, "
                  f"learning rate {g['trl']['learning_rate']:g}, sampled at temperature "
                  f"{g['trl'].get('temperature', 1.0):g}); evaluation: {res['preset']['eval_limit']} held-out "
