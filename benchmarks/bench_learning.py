@@ -579,20 +579,27 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     sft_steps = max(1, math.ceil(p["train_per_source"] * len(BENCHMARKS) * kept_share * p["sft_epochs"] / batch))
     measured_q = mp["eval_limit"] * len(BENCHMARKS)
 
+    # seconds a group of episodes: a run of two groups a step estimates a preset of one, and the other way round
+    # (proportional: the groups of a step roll out in one batch, so it errs long for more groups, short for fewer)
+    t = m.get("config", {}).get("grpo", {}).get("trl")
+    measured_groups = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"] \
+        if t else 1
+
     def grpo_rate(arm: str) -> float:
         k = f"grpo-{arm}-{first}" if f"grpo-{arm}-{first}" in stages else f"grpo-sft+grpo-{first}"
-        return stages[k]["wall_s"] / mp["grpo_steps"]
+        return stages[k]["wall_s"] / (mp["grpo_steps"] * measured_groups)
 
     def eval_rate(arm: str) -> float:  # seconds an episode: an arm evaluated in both modes ran twice as many
         used = arm if f"eval-{arm}-{first}" in stages else "sft"
         modes = 2 if used in mp.get("simulated_eval", ()) else 1  # older runs: live only
         return stages[f"eval-{used}-{first}"]["wall_s"] / (measured_q * modes)
 
+    groups = groups_per_step(p)
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
     for seed in p["seeds"]:
         for arm in arms_in_seed(p, seed):
             if "grpo" in ARMS[arm]:
-                parts["grpo"] += grpo_rate(arm) * p["grpo_steps"]
+                parts["grpo"] += grpo_rate(arm) * p["grpo_steps"] * groups
             modes = 2 if arm in p["simulated_eval"] else 1
             parts["eval"] += eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
     return {"preset": preset_name, "from": m.get("commit"), "sft_steps": sft_steps,

@@ -304,6 +304,10 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     halved = bl.estimate("full", measured)
     want = sum(1.0 * questions * modes for _, modes in evals)  # SFT's 40 s over 20 questions twice: base's rate
     assert halved["eval_s"] == round(want) and halved["sft_s"] == est["sft_s"] and halved["grpo_s"] == est["grpo_s"]
+    # a run of two groups a step (8 episodes of 4): its seconds a step are two groups', the full preset's one
+    measured["config"] = {"grpo": {"trl": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
+                                           "num_generations": 4}}}
+    assert bl.estimate("full", measured)["grpo_s"] == est["grpo_s"] // 2
     del measured["stages"]["grpo-sft+grpo-s0"]  # a run of base and SFT only: no GRPO rate to go by
     with pytest.raises(ValueError, match=r"measured no grpo-sft\+grpo-s0 \(its steps: sft-s0, eval-sft-s0"):
         bl.estimate("full", measured)
