@@ -253,10 +253,14 @@ def check_disjoint(train: Path, cfg: Any) -> None:
             raise SystemExit(f"training and evaluation share {len(shared)} {b} question(s): the split is broken")
 
 
+def trl_groups(trl: dict[str, Any]) -> int:
+    """How many questions (groups of episodes) one GRPO step of these TRL settings trains on."""
+    return trl["per_device_train_batch_size"] * trl["gradient_accumulation_steps"] // trl["num_generations"]
+
+
 def groups_per_step(preset: dict[str, Any]) -> int:
-    """How many questions (groups of episodes) one GRPO step of the preset's settings trains on."""
-    t = base_config(preset, preset["seeds"][0]).grpo.trl
-    return t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"]
+    """`trl_groups` of the preset's GRPO settings."""
+    return trl_groups(base_config(preset, preset["seeds"][0]).grpo.trl)
 
 
 def preset_settings(preset_name: str, arms: list[str] | None = None, seeds: list[int] | None = None,
@@ -582,8 +586,7 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     # seconds a group of episodes: a run of two groups a step estimates a preset of one, and the other way round
     # (proportional: the groups of a step roll out in one batch, so it errs long for more groups, short for fewer)
     t = m.get("config", {}).get("grpo", {}).get("trl")
-    measured_groups = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"] \
-        if t else 1
+    measured_groups = trl_groups(t) if t else 1
 
     def grpo_rate(arm: str) -> float:
         k = f"grpo-{arm}-{first}" if f"grpo-{arm}-{first}" in stages else f"grpo-sft+grpo-{first}"
@@ -617,9 +620,8 @@ def fmt_ci(v: list[float], digits: int = 1) -> str:
 
 def grpo_questions(res: dict[str, Any]) -> str:
     """' on N questions, K a step' for a run's GRPO (nothing for runs that did not record their questions)."""
-    n, t = res["preset"].get("grpo_questions"), res["config"]["grpo"]["trl"]
-    groups = t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] // t["num_generations"]
-    return f" on {n} question{'s' if n != 1 else ''}, {groups} a step" if n else ""
+    n = res["preset"].get("grpo_questions")
+    return f" on {n} question{'s' if n != 1 else ''}, {trl_groups(res['config']['grpo']['trl'])} a step" if n else ""
 
 
 def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
