@@ -297,6 +297,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     steps skipped, for the comparisons over seeds (without copying their checkpoints into one directory)."""
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
+    from mtr.rubric import Rubric
     from mtr.rundir import checkpoint_stamp
     from mtr.stages.evaluate import evaluate
     from mtr.stages.filter import run_filter
@@ -364,7 +365,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                         overwrite=fresh, candidates=candidates).get("steps")})
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
-                results["curves"][name] = reward_curve(gdir, rollouts)
+                results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo))
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
             ecfg = cfg.with_policy(model)
@@ -483,10 +484,11 @@ def paired_row(a: str, b: str, sa: dict[str, dict[str, float]], sb: dict[str, di
     return row
 
 
-def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
+def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None) -> dict[str, Any]:
     """Per step: the total reward, each component's mean, KL, the step's wall time and the policy's tokens
     (tool observations not counted, in mtr's rollout as in TRL's loop); the first and last quarters of the
-    steps; seconds a step and the policy's tokens per second of step, alike for mtr and the TRL peer."""
+    steps; seconds a step and the policy's tokens per second of step, alike for mtr and the TRL peer. With the
+    run's `rubric`, its logged training episodes by the calls they made (`episodes_by_calls`)."""
     from mtr.rubric import trl_log_key
     from mtr.training import read_log
 
@@ -531,7 +533,67 @@ def reward_curve(grpo_dir: Path, rollouts: int) -> dict[str, Any]:
     for key in ("padding_pct", "solvable_questions"):
         if stats.get(key) is not None:
             curve[key] = stats[key]
+    if rubric is not None and (grpo_dir / "samples.jsonl").is_file():
+        curve["by_calls"] = episodes_by_calls(grpo_dir / "samples.jsonl", rubric)
     return curve
+
+
+def logged_episodes(samples: Path, rubric: Any) -> tuple[list[tuple[Any, str, int, dict[str, float]]], int]:
+    """The training episodes GRPO logged (`samples.jsonl`: two of each step's group) as (step, question, calls,
+    the run's rubric's scores), and how many lines were not a whole record (cut short by a crash while written:
+    counted, not guessed at). An episode logged twice (a step run again after a resume) counts once."""
+    from mtr.trace import Trace
+
+    seen: set[tuple[Any, str]] = set()
+    out: list[tuple[Any, str, int, dict[str, float]]] = []
+    unreadable = 0
+    for line in samples.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            trace = Trace.model_validate(record["trace"])
+        except (ValueError, KeyError, TypeError):
+            unreadable += 1
+            continue
+        if (record.get("step"), trace.id) not in seen:
+            seen.add((record.get("step"), trace.id))
+            out.append((record.get("step"), trace.id.split("#")[0], len(trace.calls), rubric.score(trace)))
+    return out, unreadable
+
+
+def episodes_by_calls(samples: Path, rubric: Any) -> dict[str, dict[str, Any]]:
+    """What a second search earned in training, component by component (the policy follows the total: a search
+    whose better answers the other components cancel is dropped; docs/learning.md). From the logged episodes
+    (`logged_episodes`), each reward component's mean (before its weight) and the total's:
+
+    - by the calls an episode made (`"1"`, `"2"`...: over every question, pooled);
+    - `more_calls`: within a group (one question, one step), the episode with more calls minus the one with
+      fewer, over the groups whose two logged episodes differ in calls: what GRPO's advantage compares.
+    `unreadable`: lines that were not a whole record."""
+    episodes, unreadable = logged_episodes(samples, rubric)
+    keys = (*COMPONENTS, "total")
+
+    def means(rows: list[dict[str, float]]) -> dict[str, Any]:
+        return {"n": len(rows), **{k: round(statistics.fmean(x[k] for x in rows), 4) for k in keys}}
+
+    pooled: dict[int, list[dict[str, float]]] = {}
+    groups: dict[tuple[Any, str], list[tuple[int, dict[str, float]]]] = {}
+    for step, question, calls, scores in episodes:
+        pooled.setdefault(calls, []).append(scores)
+        groups.setdefault((step, question), []).append((calls, scores))
+    out: dict[str, dict[str, Any]] = {str(c): means(rows) for c, rows in sorted(pooled.items())}
+    diffs = []
+    for members in groups.values():
+        members.sort(key=lambda m: m[0])
+        (fewer, a), (more, b) = members[0], members[-1]
+        if more > fewer:
+            diffs.append({k: b[k] - a[k] for k in keys})
+    if diffs:
+        out["more_calls"] = means(diffs)
+    if unreadable:
+        out["unreadable"] = {"n": unreadable}
+    return out
 
 
 def quarters(values: list[float]) -> dict[str, Any] | None:
@@ -697,6 +759,23 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                 parts = ["{}: {}".format(k, ", ".join(f"{c} {n} ({v['varied_alone_steps'][c]})"
                                                       for c, n in v["varied_steps"].items())) for k, v in told.items()]
                 lines += ["", "Steps in which a component told the group's episodes apart (in brackets: it alone): "
+                          + "; ".join(parts) + "."]
+            logged = {k: {c: b for c, b in v["by_calls"].items() if c.isdigit()}
+                      for k, v in curves.items() if v.get("by_calls")}
+            if logged:
+                parts = ["{}: {}".format(k, ", ".join(
+                    f"{c} call{'s' if c != '1' else ''} {b['n']} (answer {b['answer']:.2f}, consistency "
+                    f"{b['consistency']:.2f}, total {b['total']:.2f})" for c, b in m.items())) for k, m in logged.items()]
+                lines += ["", "Training episodes GRPO logged (two a step), by the calls they made: how many, and their "
+                          "mean reward (answer and consistency before their weights; the total with them): "
+                          + "; ".join(parts) + "."]
+            within = {k: v["by_calls"]["more_calls"] for k, v in curves.items()
+                      if v.get("by_calls", {}).get("more_calls")}
+            if within:
+                parts = [f"{k}: {d['n']} groups, answer {d['answer']:+.2f}, consistency {d['consistency']:+.2f}, "
+                         f"efficiency {d['efficiency']:+.2f}, total {d['total']:+.2f}" for k, d in within.items()]
+                lines += ["", "Within a group (one question, one step) whose two logged episodes made different numbers of "
+                          "calls, the one with more minus the one with fewer (what GRPO's advantage compares): "
                           + "; ".join(parts) + "."]
             lines += ["", f"![reward curves](img/learning-{name}.png)"]
         lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())

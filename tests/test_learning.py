@@ -536,3 +536,42 @@ def test_the_step_clock_never_carries_another_steps_time(tmp_path):
     (d / "stage_done.json").write_text(json.dumps({**done, "wall_s": 5.0}))
     bl.run_step(d, {"eval": {"limit": 100}, "policy": "other"}, lambda fresh: {})  # extended
     assert 5.0 <= json.loads((d / "stage_done.json").read_text())["wall_s"] < 100.0
+
+
+def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
+    from mtr.rubric import Rubric
+    from mtr.trace import Check, Step, ToolCall, Trace
+
+    def episode(step, queries, answer, observation='{"text": "Founded in 1755."}', sample=0):
+        steps = [Step(call=ToolCall(name="search", arguments={"query": q}), observation=observation,
+                      checks=[Check(code="tool_exists", ok=True), Check(code="args_valid", ok=True)]) for q in queries]
+        trace = Trace(id=f"q{step}#{sample}", question="In what year was Moscow State University founded?",
+                      answers=["1755"], steps=[*steps, Step(answer=answer)])
+        return json.dumps({"step": step, "trace": trace.model_dump(mode="json", exclude_none=True)})
+
+    lines = [episode(0, ["MSU"], "1755"), episode(1, ["MSU"], "1756", '{"text": "A university."}'),
+             episode(2, ["MSU", "MSU founded"], "1755"),
+             episode(2, ["MSU", "MSU founded"], "1755"),  # step 2 logged again after a resume: counted once
+             episode(2, ["MSU"], "1756", '{"text": "A university."}', sample=1),  # its group's other episode
+             '{"step": 3, "trace": {"id": "q3#0", "quest']  # cut short by a crash
+    (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    rubric = Rubric({"answer": 1.0, "format": 0.5, "consistency": 0.5, "efficiency": 0.2}, call_budget=1,
+                    call_penalty=0.1)
+    got = bl.episodes_by_calls(tmp_path / "samples.jsonl", rubric)
+    assert list(got) == ["1", "2", "more_calls", "unreadable"] and got["unreadable"] == {"n": 1}
+    one, two = got["1"], got["2"]
+    assert one["n"] == 3 and two["n"] == 1
+    assert one["answer"] == pytest.approx(1 / 3, abs=1e-4) and one["consistency"] == pytest.approx(1 / 3, abs=1e-4)
+    assert two["answer"] == 1.0 and two["efficiency"] == -0.1  # the second call's penalty, before its weight
+    assert two["total"] == pytest.approx(1.0 + 0.5 + 0.5 - 0.02)
+    assert one["total"] == pytest.approx((2.0 + 0.5 + 0.5) / 3, abs=1e-4)
+    # within step 2's group: the two-call episode (right, grounded) minus the one-call episode (wrong, not)
+    assert got["more_calls"]["n"] == 1 and got["more_calls"]["answer"] == 1.0
+    assert got["more_calls"]["total"] == pytest.approx(1.98 - 0.5)
+    # the run's own weights make the total: without consistency the grounded answer earns no more
+    flat = bl.episodes_by_calls(tmp_path / "samples.jsonl", Rubric({"answer": 1.0, "format": 0.5}))
+    assert flat["2"]["total"] == pytest.approx(1.5) and flat["2"]["consistency"] == 1.0
+    # reward_curve gives it with the run's rubric, and not without one (grpo_settings' curves)
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 1.0}) + "\n")
+    assert bl.reward_curve(tmp_path, rollouts=4, rubric=rubric)["by_calls"] == got
+    assert "by_calls" not in bl.reward_curve(tmp_path, rollouts=4)
