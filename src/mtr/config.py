@@ -274,7 +274,7 @@ class GRPOStageConfig(EpisodeConfig, TrainStage):
     """Stage 2 (`mtr grpo`): TRL's GRPOTrainer with MTR's multi-turn rollout and composite reward."""
 
     TRL_DEFAULTS: ClassVar[dict[str, Any]] = {"num_generations": 8, "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
-                    "beta": 0.04, "loss_type": "grpo", "learning_rate": 1e-6, "max_steps": 100, "temperature": 1.0,
+                    "beta": 0.04, "loss_type": "dapo", "learning_rate": 1e-6, "max_steps": 100, "temperature": 1.0,
                     "max_completion_length": 1024, "gradient_checkpointing": False, "logging_steps": 1,
                     "save_steps": 25, "save_total_limit": 2, "report_to": ["tensorboard"], "ddp_timeout": 10800}
     trl: dict[str, Any] = Field(default_factory=lambda: dict(GRPOStageConfig.TRL_DEFAULTS),
