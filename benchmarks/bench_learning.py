@@ -563,8 +563,8 @@ def logged_episodes(samples: Path, rubric: Any) -> tuple[list[tuple[Any, str, in
 
 
 def episodes_by_calls(samples: Path, rubric: Any) -> dict[str, dict[str, Any]]:
-    """What a second search earned in training, component by component (the policy follows the total: a search
-    whose better answers the other components cancel is dropped; docs/learning.md). From the logged episodes
+    """What a second search earned in training, component by component (whether the other components took back
+    what its answers gained; docs/learning.md). From the logged episodes
     (`logged_episodes`), each reward component's mean (before its weight) and the total's:
 
     - by the calls an episode made (`"1"`, `"2"`...: over every question, pooled);
