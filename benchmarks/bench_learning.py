@@ -862,7 +862,18 @@ def main() -> None:
     ap.add_argument("--estimate", metavar="RUN",
                     help="only estimate how long the full preset takes here from the finished run RUN of the "
                     "results file (its measured steps), and keep the estimate with that run")
+    ap.add_argument("--rescore", metavar="RUN",
+                    help="only score the logged training episodes of run RUN's GRPO arms by the calls they made "
+                    "(by_calls) from its work directories (--work, --seed-work), with its recorded settings, and "
+                    "rewrite docs/learning.md: for a run merged from elsewhere or recorded before by_calls existed")
     args = ap.parse_args()
+    if args.rescore:
+        if not args.work:
+            raise SystemExit("--rescore: say where the run's steps are with --work (and --seed-work SEED=DIR)")
+        seeds = sorted({int(i.partition("=")[0]) for i in args.seed_work if i.partition("=")[0].strip().isdigit()})
+        done = rescore_run(args.rescore, work_dir(args.work, ""), parse_seed_work(args.seed_work, seeds))
+        print(f"{args.rescore}: scored the logged episodes of {', '.join(done) or 'no GRPO arm'}; wrote {DOC}")
+        return
     if args.estimate:
         all_results = json.loads(RESULTS.read_text())
         if args.estimate not in all_results:
@@ -938,6 +949,43 @@ def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc
     ours[label] = theirs[label]
     write_text_atomic(results_file, json.dumps(ours, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
+
+
+def rescore_run(label: str, work: Path, seed_work: dict[int, Path] | None = None,
+                results_file: Path = RESULTS, doc: Path = DOC) -> list[str]:
+    """Score the logged training episodes of run `label`'s GRPO arms by the calls they made (`by_calls`),
+    from the work directories it ran in, with the rubric of its own recorded settings: for a run whose results
+    came from code before `by_calls` existed, or merged from a machine that kept its work directories. Returns
+    the curves filled in; a curve whose arm left no `samples.jsonl` there is refused in one line, nothing written."""
+    from mtr.config import GRPOStageConfig
+    from mtr.jsonl import write_text_atomic
+    from mtr.rubric import Rubric
+
+    all_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    if label not in all_results:
+        raise SystemExit(f"--rescore: no run {label!r} in {results_file}; runs: {', '.join(all_results) or 'none'}")
+    res = all_results[label]
+    try:
+        settings = GRPOStageConfig.model_validate(res["config"]["grpo"])
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"--rescore {label}: its recorded config.grpo is not one this mtr reads "
+                         f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    found: dict[str, Path] = {}
+    for name in res["curves"]:
+        arm, _, tag = name.partition("@")
+        samples = (seed_work or {}).get(int(tag[1:]), work) / f"grpo-{arm}-{tag}" / "samples.jsonl"
+        if not samples.is_file():
+            raise SystemExit(f"--rescore {label}: curve {name} has no logged episodes at {samples} "
+                             f"(give the seed's work directory with --work / --seed-work)")
+        found[name] = samples
+    for name, samples in found.items():
+        arm = name.partition("@")[0]
+        # the arm's own settings, as run_arms gave them (none of the arms changes the rubric today)
+        arm_settings = settings.model_copy(update=ARMS.get(arm, {}).get("grpo", {}))
+        res["curves"][name]["by_calls"] = episodes_by_calls(samples, Rubric.from_config(arm_settings))
+    write_text_atomic(results_file, json.dumps(all_results, indent=2) + "\n")
+    write_text_atomic(doc, update_doc(doc, results_file))
+    return list(found)
 
 
 def parse_seed_work(items: list[str], seeds: list[int]) -> dict[int, Path]:

@@ -538,17 +538,21 @@ def test_the_step_clock_never_carries_another_steps_time(tmp_path):
     assert 5.0 <= json.loads((d / "stage_done.json").read_text())["wall_s"] < 100.0
 
 
-def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
-    from mtr.rubric import Rubric
+def _logged_episode(step, queries, answer, observation='{"text": "Founded in 1755."}', sample=0):
+    """A line of GRPO's samples.jsonl: one training episode of step `step`."""
     from mtr.trace import Check, Step, ToolCall, Trace
 
-    def episode(step, queries, answer, observation='{"text": "Founded in 1755."}', sample=0):
-        steps = [Step(call=ToolCall(name="search", arguments={"query": q}), observation=observation,
-                      checks=[Check(code="tool_exists", ok=True), Check(code="args_valid", ok=True)]) for q in queries]
-        trace = Trace(id=f"q{step}#{sample}", question="In what year was Moscow State University founded?",
-                      answers=["1755"], steps=[*steps, Step(answer=answer)])
-        return json.dumps({"step": step, "trace": trace.model_dump(mode="json", exclude_none=True)})
+    steps = [Step(call=ToolCall(name="search", arguments={"query": q}), observation=observation,
+                  checks=[Check(code="tool_exists", ok=True), Check(code="args_valid", ok=True)]) for q in queries]
+    trace = Trace(id=f"q{step}#{sample}", question="In what year was Moscow State University founded?",
+                  answers=["1755"], steps=[*steps, Step(answer=answer)])
+    return json.dumps({"step": step, "trace": trace.model_dump(mode="json", exclude_none=True)})
 
+
+def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
+    from mtr.rubric import Rubric
+
+    episode = _logged_episode
     lines = [episode(0, ["MSU"], "1755"), episode(1, ["MSU"], "1756", '{"text": "A university."}'),
              episode(2, ["MSU", "MSU founded"], "1755"),
              episode(2, ["MSU", "MSU founded"], "1755"),  # step 2 logged again after a resume: counted once
@@ -575,3 +579,41 @@ def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
     (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 1.0}) + "\n")
     assert bl.reward_curve(tmp_path, rollouts=4, rubric=rubric)["by_calls"] == got
     assert "by_calls" not in bl.reward_curve(tmp_path, rollouts=4)
+
+
+def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_own_weights(tmp_path):
+    from mtr.config import GRPOStageConfig
+
+    if not bl.RESULTS.is_file():
+        pytest.skip("no learning results yet")
+    runs = json.loads(bl.RESULTS.read_text()).values()
+    run = next(r for r in runs if {"sft+grpo@s0", "sft+grpo@s1"} <= set(r["curves"]))
+    grpo = GRPOStageConfig().model_dump(mode="json")
+    grpo["reward_weights"] = {"answer": 1.0, "format": 0.5}  # the run's weights, not today's defaults
+    run = {**run, "config": {**run["config"], "grpo": grpo},
+           "curves": {k: {c: v for c, v in run["curves"][k].items() if c != "by_calls"}
+                      for k in ("sft+grpo@s0", "sft+grpo@s1")}}
+    results, doc = tmp_path / "learning.json", tmp_path / "learning.md"
+    results.write_text(json.dumps({"old": run, "other": run}))
+    doc.write_text("# doc\n<!--learning:old-->\n<!--/learning-->\n")
+    work, other = tmp_path / "w0", tmp_path / "w1"
+    (work / "grpo-sft+grpo-s0").mkdir(parents=True)
+    (work / "grpo-sft+grpo-s0" / "samples.jsonl").write_text(
+        _logged_episode(0, ["MSU", "MSU founded"], "1755") + "\n"
+        + _logged_episode(0, ["MSU"], "1756", '{"text": "A university."}', sample=1) + "\n")
+    # seed 1 ran in its own directory: without it, refused in one line and nothing written
+    with pytest.raises(SystemExit, match=r"curve sft\+grpo@s1 has no logged episodes at .*w0/grpo-sft\+grpo-s1"):
+        bl.rescore_run("old", work, None, results, doc)
+    assert json.loads(results.read_text())["old"] == run
+    (other / "grpo-sft+grpo-s1").mkdir(parents=True)
+    (other / "grpo-sft+grpo-s1" / "samples.jsonl").write_text(_logged_episode(0, ["MSU"], "1755") + "\n")
+    assert bl.rescore_run("old", work, {1: other}, results, doc) == ["sft+grpo@s0", "sft+grpo@s1"]
+    got = json.loads(results.read_text())
+    s0, s1 = got["old"]["curves"]["sft+grpo@s0"], got["old"]["curves"]["sft+grpo@s1"]
+    assert s0["reward"] == run["curves"]["sft+grpo@s0"]["reward"] and s0["by_calls"]["more_calls"]["answer"] == 1.0
+    assert s0["by_calls"]["2"]["total"] == pytest.approx(1.5)  # the run's weights: consistency counts nothing
+    assert list(s1["by_calls"]) == ["1"] and s1["by_calls"]["1"]["n"] == 1
+    assert got["other"] == run
+    assert "the one with more minus the one with fewer" in doc.read_text()  # the section, with the new figures
+    with pytest.raises(SystemExit, match="no run 'gone'"):
+        bl.rescore_run("gone", work, None, results, doc)
