@@ -99,9 +99,11 @@ COMPONENTS = ("answer", "format", "consistency", "efficiency")
 
 # --- the steps -------------------------------------------------------------------------------------------
 
-def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
+def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, Any]],
+             on_resume: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run `fn(fresh)` in `d` once: skipped when it finished on this identity, resumed (fresh=False) when it
-    stopped on it, run afresh when its identity changed."""
+    stopped on it or goes on from it (an evaluation on more questions), run afresh when its identity changed.
+    `on_resume` runs first when it goes on from an earlier attempt (`follow_move`)."""
     from mtr.jsonl import write_text_atomic
     from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
     from mtr.rundir import mark_done, same_settings, stage_done
@@ -124,6 +126,8 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
                  and clock.stat().st_mtime <= (d / "stage_done.json").stat().st_mtime):
         clock.unlink(missing_ok=True)  # another step's time, or (stopped before its removal) counted in `done`
     carried = json.loads(clock.read_text()).get("wall_s", 0.0) if clock.is_file() else 0.0
+    if old is not None and not fresh and on_resume is not None:
+        on_resume()
     with step_clock(clock, carried) as elapsed:
         extra = fn(fresh)
         spent = elapsed()
@@ -190,6 +194,38 @@ def portable(identity: Any) -> Any:
         if out.get(f"{key}_done") and isinstance(out.get(key), str):
             out[key] = Path(out[key]).name
     return out
+
+
+def follow_move(d: Path, checkpoint: Path, inputs: dict[str, Path] | None = None) -> None:
+    """Point the stage manifest in `d` at `checkpoint` (its policy and, for training, its `init`) and at
+    `inputs`, where it names a checkpoint of the same name elsewhere, or a file of the same content elsewhere:
+    the work directory was moved or copied, and `run_step` found the step's identity unchanged (`portable`:
+    the same checkpoint by its name and stamp). Without it a step that goes on after the move (an evaluation
+    extended to more questions, a training step resumed) is refused by the manifest's check of the old paths."""
+    from mtr.embedded import file_sha256
+    from mtr.jsonl import write_text_atomic
+
+    path = d / "manifest.json"
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    policy = manifest.get("config", {}).get("roles", {}).get("policy", {})
+    now = str(checkpoint)
+
+    def same_checkpoint(old: Any) -> bool:
+        return isinstance(old, str) and old != now and Path(old).name == checkpoint.name
+
+    changed = False
+    if same_checkpoint(policy.get("model")):
+        policy["model"], changed = now, True
+    if same_checkpoint(manifest.get("init")):
+        manifest["init"], changed = now, True
+    for key, file in (inputs or {}).items():
+        old = manifest.get("inputs", {}).get(key)
+        if old and old.get("path") != str(file) and file.is_file() and old.get("sha256") == file_sha256(file):
+            old["path"], changed = str(file), True
+    if changed:
+        write_text_atomic(path, json.dumps(manifest, indent=2, ensure_ascii=False))
 
 
 def drop_checkpoints(d: Path) -> None:
@@ -343,7 +379,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         stages[f"sft-{tag}"] = run_step(
             sft_dir, {"data": file_sha256(sft_rows), "sft": cfg.sft.model_dump(mode="json"), "seed": seed},
             lambda fresh, cfg=cfg, d=sft_dir: {"steps": train_sft(cfg, sft_rows, d, resume=not fresh,
-                                                                   overwrite=fresh).get("steps")})
+                                                                   overwrite=fresh).get("steps")},
+            on_resume=lambda d=sft_dir: follow_move(d, base, {"data": sft_rows}))
         drop_checkpoints(sft_dir)
         checkpoints["sft"] = sft_dir
         for arm in arms_in_seed(preset, seed):
@@ -362,7 +399,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                            **({"candidates": candidates} if candidates else {})},  # steps run before it stay the same
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
-                        overwrite=fresh, candidates=candidates).get("steps")})
+                        overwrite=fresh, candidates=candidates).get("steps")},
+                    on_resume=lambda d=gdir, m=model: follow_move(d, m, {"data": train}))
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo))
@@ -375,7 +413,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             stages[f"eval-{arm}-{tag}"] = run_step(
                 edir, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(model), "policy_done": policy_done},
                 lambda fresh, ecfg=ecfg, d=edir: {"n": sum(r["n"] for r in asyncio.run(
-                    evaluate(ecfg, d, overwrite=fresh))["rows"])})
+                    evaluate(ecfg, d, overwrite=fresh))["rows"])},
+                on_resume=lambda d=edir, m=model: follow_move(d, m))
             results["arms"][name] = summarise_eval(edir)
             eval_dirs[name] = edir
     results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb")}

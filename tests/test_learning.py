@@ -478,6 +478,48 @@ def test_a_work_directory_moved_elsewhere_keeps_its_finished_steps(tmp_path):
     assert bl.portable(None) is None
 
 
+def test_a_step_that_goes_on_in_a_moved_work_directory_follows_its_checkpoint_there(tmp_path):
+    """An evaluation finished in one work directory and extended after the directory was copied elsewhere: the
+    stage's manifest named the old checkpoint's path and refused to go on; `run_step` now points it at the
+    same checkpoint (by name) in its new home first. Another checkpoint's manifest is left as it was."""
+    from mtr.rundir import RunDirError, write_manifest
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+
+    def config(policy):
+        return {"eval": {"limit": 30}, "roles": {"policy": {"backend": "hf", "model": str(policy)}}}
+
+    old_home, new_home = tmp_path / "old", tmp_path / "new"
+    d = new_home / "eval-sft-s0"
+    write_manifest(d, "eval", config(old_home / "sft-s0"), {"data": data}, extra={"init": str(old_home / "sft-s0")})
+    moved = new_home / "data.jsonl"
+    moved.parent.mkdir(parents=True, exist_ok=True)
+    moved.write_text(data.read_text())
+    with pytest.raises(RunDirError, match="its config differs"):
+        write_manifest(d, "eval", config(new_home / "sft-s0"), {"data": moved},
+                       extra={"init": str(new_home / "sft-s0")}, inputs_may_grow=False)
+    bl.follow_move(d, new_home / "sft-s1")  # another checkpoint: nothing to follow
+    assert json.loads((d / "manifest.json").read_text())["config"] == config(old_home / "sft-s0")
+
+    ident = {"eval": {"limit": 30}, "policy": str(old_home / "sft-s0"), "policy_done": "2026-12-01T10:00:00Z"}
+    bl.run_step(d, ident, lambda fresh: {})
+    went_on = []
+
+    def extend(fresh):  # what the evaluation stage checks before it adds questions
+        went_on.append(fresh)
+        write_manifest(d, "eval", config(new_home / "sft-s0"), {"data": moved},
+                       extra={"init": str(new_home / "sft-s0")})
+        return {}
+
+    bl.run_step(d, {**ident, "policy": str(new_home / "sft-s0"), "eval": {"limit": 100}}, extend,
+                on_resume=lambda: bl.follow_move(d, new_home / "sft-s0", {"data": moved}))
+    assert went_on == [False]
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["config"] == config(new_home / "sft-s0") and manifest["init"] == str(new_home / "sft-s0")
+    assert manifest["inputs"]["data"]["path"] == str(moved)
+
+
 def test_a_step_resumed_after_a_crash_counts_the_time_of_every_attempt(tmp_path):
     """A step stopped before it finished and then resumed took both attempts' time; one restarted afresh
     (its settings changed) only its own."""
