@@ -118,6 +118,14 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     old = json.loads(started.read_text()) if started.is_file() else done.get("identity") if done else None
     fresh = old is not None and not continues(old, identity)
     console.rule(f"{d.name}" + (" (afresh)" if fresh else ""))
+    if fresh:
+        # the old identity's output goes before the new identity is written: a crash between the two (before
+        # the stage itself cleared its directory) left the old output under the new identity, and the next
+        # attempt resumed from it (another policy's answers, another run's checkpoints)
+        import shutil
+
+        for p in d.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     d.mkdir(parents=True, exist_ok=True)
     write_text_atomic(started, json.dumps(identity, indent=2))
     reset_peak()
@@ -335,7 +343,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     from mtr.embedded import file_sha256
     from mtr.rubric import Rubric
     from mtr.rundir import checkpoint_stamp
-    from mtr.stages.evaluate import evaluate
+    from mtr.stages.evaluate import benchmark_files, evaluate
     from mtr.stages.filter import run_filter
     from mtr.stages.grpo import train_grpo
     from mtr.stages.sft import train_sft
@@ -414,7 +422,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 edir, {"eval": ecfg.eval.model_dump(mode="json"), "policy": str(model), "policy_done": policy_done},
                 lambda fresh, ecfg=ecfg, d=edir: {"n": sum(r["n"] for r in asyncio.run(
                     evaluate(ecfg, d, overwrite=fresh))["rows"])},
-                on_resume=lambda d=edir, m=model: follow_move(d, m))
+                on_resume=lambda d=edir, m=model, c=ecfg: follow_move(
+                    d, m, {f"benchmark:{k}": v for k, v in benchmark_files(c).items()}))
             results["arms"][name] = summarise_eval(edir)
             eval_dirs[name] = edir
     results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb")}
@@ -909,8 +918,10 @@ def main() -> None:
     if args.rescore:
         if not args.work:
             raise SystemExit("--rescore: say where the run's steps are with --work (and --seed-work SEED=DIR)")
-        seeds = sorted({int(i.partition("=")[0]) for i in args.seed_work if i.partition("=")[0].strip().isdigit()})
-        done = rescore_run(args.rescore, work_dir(args.work, ""), parse_seed_work(args.seed_work, seeds))
+        run = json.loads(RESULTS.read_text()).get(args.rescore, {}) if RESULTS.is_file() else {}
+        seeds = run.get("preset", {}).get("seeds") or []
+        done = rescore_run(args.rescore, work_dir(args.work, ""),
+                           parse_seed_work(args.seed_work, seeds) if run else {})
         print(f"{args.rescore}: scored the logged episodes of {', '.join(done) or 'no GRPO arm'}; wrote {DOC}")
         return
     if args.estimate:
@@ -1009,14 +1020,22 @@ def rescore_run(label: str, work: Path, seed_work: dict[int, Path] | None = None
     except (KeyError, ValueError) as e:
         raise SystemExit(f"--rescore {label}: its recorded config.grpo is not one this mtr reads "
                          f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    from mtr.training import read_log
+
     found: dict[str, Path] = {}
-    for name in res["curves"]:
+    for name, curve in res["curves"].items():
         arm, _, tag = name.partition("@")
-        samples = (seed_work or {}).get(int(tag[1:]), work) / f"grpo-{arm}-{tag}" / "samples.jsonl"
-        if not samples.is_file():
-            raise SystemExit(f"--rescore {label}: curve {name} has no logged episodes at {samples} "
+        if ARMS.get(arm, {}).get("peer"):
+            continue  # TRL's own loop logs no episodes
+        gdir = (seed_work or {}).get(int(tag[1:]), work) / f"grpo-{arm}-{tag}"
+        if not (gdir / "samples.jsonl").is_file():
+            raise SystemExit(f"--rescore {label}: curve {name} has no logged episodes at {gdir / 'samples.jsonl'} "
                              f"(give the seed's work directory with --work / --seed-work)")
-        found[name] = samples
+        # runs of a preset share a work directory by default: a later run's GRPO there replaced this one's
+        if [e["reward"] for e in read_log(gdir) if "reward" in e] != curve.get("reward"):
+            raise SystemExit(f"--rescore {label}: the GRPO run in {gdir} is not the one of curve {name} "
+                             f"(its logged rewards differ from the run's)")
+        found[name] = gdir / "samples.jsonl"
     for name, samples in found.items():
         arm = name.partition("@")[0]
         # the arm's own settings, as run_arms gave them (none of the arms changes the rubric today)

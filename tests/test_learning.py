@@ -69,6 +69,19 @@ def test_run_step_skips_resumes_and_restarts(tmp_path):
     bl.run_step(d, {"a": 3}, fn)
     assert calls[-1] is True
 
+    # afresh, killed before the stage cleared its old output: the next attempt (now "resumed") has none of it
+    (d / "predictions.jsonl").write_text("{}\n")
+    (d / "checkpoint-4").mkdir()
+
+    def killed(fresh):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bl.run_step(d, {"a": 4}, killed)
+    assert not (d / "predictions.jsonl").exists() and not (d / "checkpoint-4").exists()
+    bl.run_step(d, {"a": 4}, fn)
+    assert calls[-1] is False and bl.run_step(d, {"a": 4}, fn)["x"] == len(calls)
+
 
 def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tmp_path):
     calls = []
@@ -629,17 +642,22 @@ def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_
     if not bl.RESULTS.is_file():
         pytest.skip("no learning results yet")
     runs = json.loads(bl.RESULTS.read_text()).values()
-    run = next(r for r in runs if {"sft+grpo@s0", "sft+grpo@s1"} <= set(r["curves"]))
+    run = next((r for r in runs if {"sft+grpo@s0", "sft+grpo@s1", "trl-peer@s0"} <= set(r["curves"])), None)
+    if run is None:
+        pytest.skip("no run with the method in two seeds and the TRL peer")
     grpo = GRPOStageConfig().model_dump(mode="json")
     grpo["reward_weights"] = {"answer": 1.0, "format": 0.5}  # the run's weights, not today's defaults
     run = {**run, "config": {**run["config"], "grpo": grpo},
            "curves": {k: {c: v for c, v in run["curves"][k].items() if c != "by_calls"}
-                      for k in ("sft+grpo@s0", "sft+grpo@s1")}}
+                      for k in ("sft+grpo@s0", "sft+grpo@s1", "trl-peer@s0")}}  # TRL's loop logs no episodes
     results, doc = tmp_path / "learning.json", tmp_path / "learning.md"
     results.write_text(json.dumps({"old": run, "other": run}))
     doc.write_text("# doc\n<!--learning:old-->\n<!--/learning-->\n")
     work, other = tmp_path / "w0", tmp_path / "w1"
-    (work / "grpo-sft+grpo-s0").mkdir(parents=True)
+    for d, seed in ((work, 0), (other, 1)):  # each GRPO run's log: the rewards the run's curve holds
+        (d / f"grpo-sft+grpo-s{seed}").mkdir(parents=True)
+        (d / f"grpo-sft+grpo-s{seed}" / "log.jsonl").write_text("".join(
+            json.dumps({"step": i, "reward": r}) + "\n" for i, r in enumerate(run["curves"][f"sft+grpo@s{seed}"]["reward"])))
     (work / "grpo-sft+grpo-s0" / "samples.jsonl").write_text(
         _logged_episode(0, ["MSU", "MSU founded"], "1755") + "\n"
         + _logged_episode(0, ["MSU"], "1756", '{"text": "A university."}', sample=1) + "\n")
@@ -647,14 +665,21 @@ def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_
     with pytest.raises(SystemExit, match=r"curve sft\+grpo@s1 has no logged episodes at .*w0/grpo-sft\+grpo-s1"):
         bl.rescore_run("old", work, None, results, doc)
     assert json.loads(results.read_text())["old"] == run
-    (other / "grpo-sft+grpo-s1").mkdir(parents=True)
     (other / "grpo-sft+grpo-s1" / "samples.jsonl").write_text(_logged_episode(0, ["MSU"], "1755") + "\n")
+    # another GRPO run in seed 1's directory (a later run of the preset there): not this run's episodes
+    log = other / "grpo-sft+grpo-s1" / "log.jsonl"
+    ours = log.read_text()
+    log.write_text(json.dumps({"step": 0, "reward": -1.0}) + "\n")
+    with pytest.raises(SystemExit, match=r"the GRPO run in .*w1/grpo-sft\+grpo-s1 is not the one of curve"):
+        bl.rescore_run("old", work, {1: other}, results, doc)
+    log.write_text(ours)
     assert bl.rescore_run("old", work, {1: other}, results, doc) == ["sft+grpo@s0", "sft+grpo@s1"]
     got = json.loads(results.read_text())
     s0, s1 = got["old"]["curves"]["sft+grpo@s0"], got["old"]["curves"]["sft+grpo@s1"]
     assert s0["reward"] == run["curves"]["sft+grpo@s0"]["reward"] and s0["by_calls"]["more_calls"]["answer"] == 1.0
     assert s0["by_calls"]["2"]["total"] == pytest.approx(1.5)  # the run's weights: consistency counts nothing
     assert list(s1["by_calls"]) == ["1"] and s1["by_calls"]["1"]["n"] == 1
+    assert "by_calls" not in got["old"]["curves"]["trl-peer@s0"]
     assert got["other"] == run
     assert "the one with more minus the one with fewer" in doc.read_text()  # the section, with the new figures
     with pytest.raises(SystemExit, match="no run 'gone'"):
