@@ -125,7 +125,10 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
         import shutil
 
         for p in d.iterdir():
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
     d.mkdir(parents=True, exist_ok=True)
     write_text_atomic(started, json.dumps(identity, indent=2))
     reset_peak()
@@ -918,10 +921,7 @@ def main() -> None:
     if args.rescore:
         if not args.work:
             raise SystemExit("--rescore: say where the run's steps are with --work (and --seed-work SEED=DIR)")
-        run = json.loads(RESULTS.read_text()).get(args.rescore, {}) if RESULTS.is_file() else {}
-        seeds = run.get("preset", {}).get("seeds") or []
-        done = rescore_run(args.rescore, work_dir(args.work, ""),
-                           parse_seed_work(args.seed_work, seeds) if run else {})
+        done = rescore_run(args.rescore, work_dir(args.work, ""), args.seed_work)
         print(f"{args.rescore}: scored the logged episodes of {', '.join(done) or 'no GRPO arm'}; wrote {DOC}")
         return
     if args.estimate:
@@ -1001,33 +1001,35 @@ def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc
     write_text_atomic(doc, update_doc(doc, results_file))
 
 
-def rescore_run(label: str, work: Path, seed_work: dict[int, Path] | None = None,
+def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
                 results_file: Path = RESULTS, doc: Path = DOC) -> list[str]:
     """Score the logged training episodes of run `label`'s GRPO arms by the calls they made (`by_calls`),
-    from the work directories it ran in, with the rubric of its own recorded settings: for a run whose results
-    came from code before `by_calls` existed, or merged from a machine that kept its work directories. Returns
-    the curves filled in; a curve whose arm left no `samples.jsonl` there is refused in one line, nothing written."""
+    from the work directories it ran in (`work`, and `--seed-work SEED=DIR` items for the run's own seeds),
+    with the rubric of its own recorded settings: for a run whose results came from code before `by_calls`
+    existed, or merged from a machine that kept its work directories. Returns the curves filled in; a curve
+    whose arm left no `samples.jsonl` there is refused in one line, nothing written."""
     from mtr.config import GRPOStageConfig
     from mtr.jsonl import write_text_atomic
     from mtr.rubric import Rubric
+    from mtr.training import read_log
 
     all_results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     if label not in all_results:
         raise SystemExit(f"--rescore: no run {label!r} in {results_file}; runs: {', '.join(all_results) or 'none'}")
     res = all_results[label]
+    seed_dirs = parse_seed_work(seed_work or [], res.get("preset", {}).get("seeds") or [])
     try:
         settings = GRPOStageConfig.model_validate(res["config"]["grpo"])
     except (KeyError, ValueError) as e:
         raise SystemExit(f"--rescore {label}: its recorded config.grpo is not one this mtr reads "
                          f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    from mtr.training import read_log
 
     found: dict[str, Path] = {}
     for name, curve in res["curves"].items():
         arm, _, tag = name.partition("@")
         if ARMS.get(arm, {}).get("peer"):
             continue  # TRL's own loop logs no episodes
-        gdir = (seed_work or {}).get(int(tag[1:]), work) / f"grpo-{arm}-{tag}"
+        gdir = seed_dirs.get(int(tag[1:]), work) / f"grpo-{arm}-{tag}"
         if not (gdir / "samples.jsonl").is_file():
             raise SystemExit(f"--rescore {label}: curve {name} has no logged episodes at {gdir / 'samples.jsonl'} "
                              f"(give the seed's work directory with --work / --seed-work)")

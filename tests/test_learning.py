@@ -671,9 +671,9 @@ def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_
     ours = log.read_text()
     log.write_text(json.dumps({"step": 0, "reward": -1.0}) + "\n")
     with pytest.raises(SystemExit, match=r"the GRPO run in .*w1/grpo-sft\+grpo-s1 is not the one of curve"):
-        bl.rescore_run("old", work, {1: other}, results, doc)
+        bl.rescore_run("old", work, [f"1={other}"], results, doc)
     log.write_text(ours)
-    assert bl.rescore_run("old", work, {1: other}, results, doc) == ["sft+grpo@s0", "sft+grpo@s1"]
+    assert bl.rescore_run("old", work, [f"1={other}"], results, doc) == ["sft+grpo@s0", "sft+grpo@s1"]
     got = json.loads(results.read_text())
     s0, s1 = got["old"]["curves"]["sft+grpo@s0"], got["old"]["curves"]["sft+grpo@s1"]
     assert s0["reward"] == run["curves"]["sft+grpo@s0"]["reward"] and s0["by_calls"]["more_calls"]["answer"] == 1.0
