@@ -95,6 +95,23 @@ def test_importing_mtr_makes_openmp_wait_passively_unless_the_user_chose():
     assert out.stdout.strip() == "ACTIVE"
 
 
+def test_importing_mtr_keeps_models_off_the_hubs_kernels_unless_the_user_chose(tmp_path):
+    """A model loaded after `import mtr` is not kernelized (on a GPU that downloads kernels at training's first
+    step); USE_HUB_KERNELS=YES, the user's choice, turns them back on."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=64)).save_pretrained(tmp_path)
+    code = ("import mtr; from transformers import AutoModelForCausalLM; "
+            f"print(AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}).use_kernels)")
+    env = {k: v for k, v in os.environ.items() if k != "USE_HUB_KERNELS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "False", out.stderr[-500:]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "USE_HUB_KERNELS": "YES"})
+    assert out.stdout.strip() == "True", out.stderr[-500:]
+
+
 def test_importing_mtr_turns_hub_telemetry_off():
     code = ("import mtr; from huggingface_hub import constants; "
             "print(constants.HF_HUB_DISABLE_TELEMETRY)")

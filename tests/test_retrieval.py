@@ -38,6 +38,21 @@ def test_bm25_finds_the_passage_that_answers(retriever):
     assert second[0].title == "Sergei Tokarev" and all(p.score > 0 for p in second)
 
 
+def test_the_search_never_picks_jax_where_it_is_installed(retriever, monkeypatch):
+    """bm25s's `auto` top-k is JAX's wherever JAX is installed (on a GPU machine, on the policy's GPU); the
+    retriever asks for numpy's, as on a machine without it, so the same corpus ranks alike everywhere."""
+    import bm25s.selection
+
+    monkeypatch.setattr(bm25s.selection, "JAX_IS_AVAILABLE", True)  # as on a machine with JAX
+
+    def no_jax(*args, **kwargs):
+        raise AssertionError("the search asked JAX for its top-k")
+
+    monkeypatch.setattr(bm25s.selection, "_topk_jax", no_jax)
+    [first] = retriever.search_now(["When was Moscow State University founded?"], k=2)
+    assert first[0].title == "Moscow State University"
+
+
 def test_empty_and_huge_queries(retriever):
     [empty, stop_words, huge] = retriever.search_now(["", "the of and", "founded " * 10_000], k=3)
     assert empty == [] and stop_words == []

@@ -260,7 +260,9 @@ class BM25Retriever(Retriever):
             return out
         tokens = _tokenize([cut[i] for i in live])
         k = max(1, min(k, len(self.passages)))
-        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=1)
+        # numpy's top-k, as on a machine without JAX: bm25s would pick JAX where it is installed, and put the
+        # scores on a GPU the policy is using, for a choice among a few thousand passages
+        docs, scores = self.index.retrieve(tokens, k=k, show_progress=False, n_threads=1, backend_selection="numpy")
         for row, i in enumerate(live):
             out[i] = [Passage(**{**asdict(self.passages[int(d)]), "score": float(s)})
                       for d, s in zip(docs[row], scores[row]) if float(s) > 0]
