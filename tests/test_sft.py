@@ -90,6 +90,7 @@ def test_full_finetune_resume_and_checkpoint_loads(tmp_path):
     assert stats["share_prompt"] is True  # micro-batches of 2 traces, packed
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2]
+    assert 0 < log[0]["wall_s"] <= log[1]["wall_s"]  # a real trainer calls on_train_begin first
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-1").exists()  # save_total_limit reaches TRL
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size > 0
@@ -260,3 +261,27 @@ def test_sft_trainer_loss_is_the_same_with_the_prompt_shared(tok, tmp_path):
     shared, segments = batch["shared_prompt"]
     assert shared > 100 and len(segments) == 2 and calls[-1] == (shared, segments) and calls[0] is None
     assert torch.allclose(got, want, atol=1e-9)
+
+
+def test_the_training_log_holds_the_seconds_since_training_began(tmp_path):
+    """Each log line's wall_s: seconds since on_train_begin, rising, so that their differences are step times;
+    lines logged before training began (none in practice) carry none rather than a wrong one."""
+    from types import SimpleNamespace
+
+    from mtr.jsonl import jsonl_log_callback
+
+    path = tmp_path / "log.jsonl"
+    cb = jsonl_log_callback(path)
+    state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True)
+    cb.on_log(None, state, None, logs={"loss": 3.0})
+    cb.on_train_begin(None, state, None)
+    for step in (1, 2):
+        state.global_step = step
+        cb.on_log(None, state, None, logs={"loss": 1.0 / step})
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert "wall_s" not in lines[0]
+    assert [x["step"] for x in lines[1:]] == [1, 2]
+    assert 0 <= lines[1]["wall_s"] <= lines[2]["wall_s"] < 60
+    # a rank other than the first writes nothing
+    cb.on_log(None, SimpleNamespace(global_step=3, epoch=1.0, is_world_process_zero=False), None, logs={"loss": 0.1})
+    assert len(path.read_text().splitlines()) == 3

@@ -173,14 +173,23 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[
 
 def jsonl_log_callback(path: Path):
     """A transformers TrainerCallback that appends every log (loss, rewards, KL...) to `path` as JSON lines,
-    beside what `report_to` sends to TensorBoard."""
+    beside what `report_to` sends to TensorBoard. Each line also holds `wall_s`, the seconds since this
+    process began training: the differences are step times (SFT's logs have none of their own)."""
+    import time
+
     from transformers import TrainerCallback
 
     class JsonlLog(TrainerCallback):
+        start = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.perf_counter()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
             # every rank logs; one writes (the others' lines would interleave with its own)
             if logs and state.is_world_process_zero:
+                wall = {"wall_s": round(time.perf_counter() - self.start, 3)} if self.start is not None else {}
                 with Path(path).open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs, **wall}) + "\n")
 
     return JsonlLog()
