@@ -1,0 +1,304 @@
+"""mtr's two training stages on a GPU: SFT and GRPO seconds per step and rollout tokens/s, in bf16, for randomly
+initialised models of the embedded architecture (SmolLM2-135M) and of a 1.7B one (SmolLM2-1.7B's shape).
+
+    .venv/bin/python benchmarks/bench_gpu.py --prepare .gpu/model    # here: the embedded model's tokenizer, config
+    python3 benchmarks/bench_gpu.py --model-files .gpu/model         # on the GPU machine (figures: results/gpu.json)
+
+No trained weights are needed: the GPU machine need not hold the embedded model, only its tokenizer and config
+(a few MB, written by `--prepare`); each architecture's weights are drawn at random there. The 1.7B shape is
+SmolLM2-1.7B's because it shares the embedded model's tokenizer, vocabulary and chat template: the same traces
+and prompts feed both sizes (a 1.5B of another family, Qwen2.5's, has a vocabulary three times larger that this
+tokenizer cannot write).
+
+Each architecture runs mtr's own stages as `bench_learning.py` runs them: the scripted teacher's traces of
+the training split with the live `search` (the local retriever), `train_sft` on them, and `train_grpo` with
+live tools from the random initialisation, for a few steps each, in two shapes (SHAPES: the `main` preset's,
+as it runs on the CPU, and one sized for a GPU). A random policy never calls a tool, so every GRPO episode
+is one turn of `max_turn_tokens` sampled tokens: this measures the rollout's speed, not its multi-turn shape.
+Step times are the median over the steps after the first (CUDA's start-up and kernel choice land in the
+first); the rollout's tokens/s is over every step. Each (architecture, shape) is written to the results
+file as soon as it is done, and a re-run with the same settings skips it: a run cut off by the GPU lease's
+limit keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "gpu.json"
+sys.path.insert(0, str(ROOT / "benchmarks"))  # bench_learning's configuration, when run from elsewhere
+
+# What a model directory needs besides its weights (`--prepare` copies these from the embedded checkpoint).
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "chat_template.jinja")
+ARCHS: dict[str, dict[str, Any]] = {
+    "smollm2-135m": {},  # the embedded model's own config
+    "smollm2-1700m": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                     "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 64,
+                     "rope_parameters": {"rope_theta": 130000.0, "rope_type": "default"}},
+    # for a check of the script on a CPU (seconds a step): not a figure to report
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16},
+}
+SHAPES: dict[str, dict[str, dict[str, Any]]] = {
+    # bench_learning's main preset as it runs on the CPU: 4 traces a SFT step packed into one row, a GRPO step one
+    # group of 4 episodes, gradient checkpointing on
+    "preset": {"sft": {}, "grpo": {}},
+    # what one GPU has room for: 16 traces a SFT step, a GRPO step two groups of 8, no gradient checkpointing
+    "gpu": {"sft": {"per_device_train_batch_size": 16, "gradient_checkpointing": False},
+            "grpo": {"num_generations": 8, "per_device_train_batch_size": 16, "gradient_checkpointing": False}},
+}
+
+
+def prepare(out: Path) -> None:
+    """The embedded model's tokenizer and config, without its weights, into `out` (to carry to a GPU machine)."""
+    from mtr.checkpoints import policy_checkpoint
+    from mtr.config import Config
+
+    src = policy_checkpoint(Config())
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+    print(f"{', '.join(sorted(p.name for p in out.iterdir()))} -> {out}")
+
+
+def random_checkpoint(model_files: Path, arch: str, out: Path, seed: int) -> int:
+    """A checkpoint directory of `arch` with random bf16 weights (drawn on the GPU when there is one) and the
+    embedded model's tokenizer; its parameter count."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads((model_files / "config.json").read_text())
+    config = AutoConfig.for_model(**{**config, **ARCHS[arch], "dtype": "bfloat16"})
+    torch.manual_seed(seed)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    n = sum(p.numel() for p in model.parameters())
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out)
+    del model
+    for name in MODEL_FILES[1:]:
+        if (model_files / name).is_file():
+            shutil.copy2(model_files / name, out / name)
+    return n
+
+
+def stage_config(policy: Path, shape: str, steps: int, seed: int) -> Any:
+    """bench_learning's `main` preset with `policy` as the policy, `shape`'s batch sizes, `steps` steps of
+    each stage, no checkpoints on the way, and the questions in the file's order (solvable-first would
+    roll the random policy out once more first)."""
+    from bench_learning import PRESETS, base_config
+
+    preset = {**PRESETS["main"], "grpo_steps": steps}
+    preset["grpo"] = {**preset["grpo"], "question_order": "file"}
+    cfg = base_config(preset, seed)
+    cfg.roles.policy.model = str(policy)
+    never = 10 ** 6
+    cfg.sft.trl.update(max_steps=steps, save_steps=never, report_to=[], **SHAPES[shape]["sft"])
+    cfg.grpo.trl.update(save_steps=never, report_to=[], **SHAPES[shape]["grpo"])
+    return cfg
+
+
+def training_traces(cfg: Any, work: Path) -> tuple[Path, Path]:
+    """The training questions and the kept traces (SFT's rows), as bench_learning's synth and filter steps
+    make them (the scripted teacher needs no model; the filter counts tokens with the policy's tokenizer)."""
+    from bench_learning import PRESETS, training_file
+    from mtr.stages.filter import run_filter
+    from mtr.stages.synth import synthesize
+
+    train = training_file(work, PRESETS["main"]["train_per_source"])
+    if not (work / "filter" / "sft.jsonl").is_file():
+        asyncio.run(synthesize(cfg, train, work / "synth", overwrite=True))
+        run_filter(cfg, work / "synth" / "traces.jsonl", work / "filter")
+    return train, work / "filter" / "sft.jsonl"
+
+
+def log_lines(out: Path) -> list[dict[str, Any]]:
+    path = out / "log.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def after_first(values: list[float]) -> dict[str, Any]:
+    """The median of the values after the first (warm-up) one, and all of them."""
+    rest = values[1:] or values
+    return {"median_after_first": round(statistics.median(rest), 4) if rest else None,
+            "all": [round(v, 4) for v in values]}
+
+
+def sft_figures(out: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per SFT step from the log's clock (each step's wall_s minus the one before) and trained
+    tokens/s after the first step (TRL's num_tokens counts every token of the rows, padding excluded)."""
+    steps = [e for e in log_lines(out) if "loss" in e and "wall_s" in e]
+    walls = [e["wall_s"] for e in steps]
+    seconds = [b - a for a, b in zip([0.0] + walls, walls)]
+    tokens = [e.get("num_tokens") for e in steps]
+    rate = None
+    if len(steps) > 1 and None not in (tokens[0], tokens[-1]) and walls[-1] > walls[0]:
+        rate = round((tokens[-1] - tokens[0]) / (walls[-1] - walls[0]), 1)
+    return {"steps": len(steps), "seconds_per_step": after_first(seconds), "tokens_per_s_after_first": rate,
+            "rows": stats.get("rows"), "loss_first": stats.get("loss_first"), "loss_last": stats.get("loss_last")}
+
+
+def grpo_figures(out: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per GRPO step (TRL's step_time: the rollout and the update), the rollout's share and tokens/s."""
+    steps = [e for e in log_lines(out) if "step_time" in e]
+    episodes = [n for batch in stats.get("episode_tokens") or [] for n in batch]
+    return {"steps": len(steps), "seconds_per_step": after_first([e["step_time"] for e in steps]),
+            "rollout_tokens_per_s": round(stats["rollout_tokens_per_s"], 1) if stats.get("rollout_tokens_per_s") else None,
+            "rollout_share": round(stats["rollout_s"] / stats["train_runtime_s"], 3) if stats.get("train_runtime_s") else None,
+            "generate_s": round(stats.get("generate_s", 0.0), 2), "train_runtime_s": round(stats["train_runtime_s"], 2),
+            "episode_tokens_mean": round(statistics.mean(episodes), 1) if episodes else None,
+            "episodes": len(episodes), "share_prompt": stats.get("share_prompt")}
+
+
+def peak_gpu_gb(reset: bool = False) -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if reset:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    from mtr.rundir import versions
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"gpu": gpu, "cuda": torch.version.cuda, "machine": platform.machine(), "cpus": os.cpu_count(),
+            "versions": versions()}
+
+
+def jax_probe() -> dict[str, Any] | None:
+    """The GPU memory left free after importing the retriever's bm25s (which runs a JAX operation when JAX is
+    installed), with JAX's preallocation on (its default) and off (mtr's default), each in a fresh process;
+    None without a GPU or JAX."""
+    import importlib.util
+    import subprocess
+
+    import torch
+
+    if not torch.cuda.is_available() or importlib.util.find_spec("jax") is None:
+        return None
+    code = ("import bm25s.selection, torch; free, total = torch.cuda.mem_get_info(); "
+            "print(round(free / 2 ** 30, 1), round(total / 2 ** 30, 1))")
+    out: dict[str, Any] = {}
+    for value in ("true", "false"):
+        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": value}
+        free, total = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                     check=True).stdout.split()
+        out[f"preallocate_{value}"] = {"free_gib": float(free), "total_gib": float(total)}
+    return out
+
+
+def run(model_files: Path, work: Path, results: Path, archs: list[str], shapes: list[str], steps: int,
+        seed: int) -> dict[str, Any]:
+    from mtr.jsonl import write_text_atomic
+    from mtr.stages.grpo import train_grpo
+    from mtr.stages.sft import train_sft
+
+    doc = json.loads(results.read_text()) if results.is_file() else {}
+    settings = {"steps": steps, "seed": seed, "shapes": {s: SHAPES[s] for s in shapes}}
+    if doc.get("settings") != settings:  # figures of other settings are not this run's to keep
+        doc = {k: v for k, v in doc.items() if k == "failures_fixed"}  # what earlier runs found and mended stays
+    doc.update(settings=settings, environment=environment(), archs=doc.get("archs", {}))
+    doc["jax_probe"] = jax_probe()
+    work.mkdir(parents=True, exist_ok=True)
+    for arch in archs:
+        entry = doc["archs"].setdefault(arch, {"shapes": {}})
+        entry["config"] = ARCHS[arch]
+        todo = [s for s in shapes if not done(entry["shapes"].get(s))]
+        if not todo:
+            print(f"{arch}: done before, skipped", flush=True)
+            continue
+        policy = work / f"{arch}-init"
+        t0 = time.perf_counter()
+        entry["parameters"] = random_checkpoint(model_files, arch, policy, seed)
+        entry["init_s"] = round(time.perf_counter() - t0, 1)
+        train, sft_rows = training_traces(stage_config(policy, shapes[0], steps, seed), work)
+        for shape in todo:
+            cfg = stage_config(policy, shape, steps, seed)
+            figures = {"sft": measure(work / f"{arch}-{shape}-sft", lambda out: sft_figures(
+                           out, train_sft(cfg, sft_rows, out, overwrite=True))),
+                       "grpo": measure(work / f"{arch}-{shape}-grpo", lambda out: grpo_figures(
+                           out, train_grpo(cfg, train, policy, out, overwrite=True)))}
+            entry["shapes"][shape] = figures
+            write_text_atomic(results, json.dumps(doc, indent=2) + "\n")
+            print(f"{arch} {shape}: " + "; ".join(f"{k} {summary(v)}" for k, v in figures.items()), flush=True)
+        shutil.rmtree(policy, ignore_errors=True)
+    return doc
+
+
+def measure(out: Path, stage: Any) -> dict[str, Any]:
+    """`stage(out)`'s figures with the GPU's peak memory; a failure is recorded (one line) instead, so that
+    the other stages and sizes still run inside the lease. The stage's directory is removed afterwards: its
+    checkpoint is GBs at 1.7B and never read."""
+    import traceback
+
+    peak_gpu_gb(reset=True)
+    try:
+        figures = stage(out)
+        figures["peak_gpu_gb"] = peak_gpu_gb()
+    except Exception as e:  # noqa: BLE001 - any failure is a finding to record, not a reason to stop
+        traceback.print_exc()
+        figures = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+    shutil.rmtree(out, ignore_errors=True)
+    return figures
+
+
+def done(figures: dict[str, Any] | None) -> bool:
+    return bool(figures) and not any("error" in v for v in figures.values())
+
+
+def summary(figures: dict[str, Any]) -> str:
+    if "error" in figures:
+        return f"failed: {figures['error']}"
+    rate = figures.get("rollout_tokens_per_s") or figures.get("tokens_per_s_after_first")
+    return f"{figures['seconds_per_step']['median_after_first']} s/step, {rate} tokens/s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prepare", type=Path, metavar="DIR", help="write the embedded model's tokenizer and config "
+                    "to DIR and stop")
+    ap.add_argument("--model-files", type=Path, help="a directory --prepare wrote")
+    ap.add_argument("--archs", default="smollm2-135m,smollm2-1700m", help=f"of {', '.join(ARCHS)}")
+    ap.add_argument("--shapes", default="preset,gpu", help=f"of {', '.join(SHAPES)}")
+    ap.add_argument("--steps", type=int, default=6, help="steps of each stage (the first is warm-up)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench-gpu"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    if args.prepare:
+        prepare(args.prepare)
+        return
+    if not args.model_files or not (args.model_files / "config.json").is_file():
+        raise SystemExit("--model-files: give a directory that --prepare wrote (config.json, tokenizer files)")
+    archs, shapes = args.archs.split(","), args.shapes.split(",")
+    for name, known in (("--archs", ARCHS), ("--shapes", SHAPES)):
+        unknown = [x for x in (archs if name == "--archs" else shapes) if x not in known]
+        if unknown:
+            raise SystemExit(f"{name}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.steps < 2:
+        raise SystemExit("--steps: at least 2 (the first is warm-up)")
+    run(args.model_files, args.work, args.out, archs, shapes, args.steps, args.seed)
+
+
+if __name__ == "__main__":
+    main()
