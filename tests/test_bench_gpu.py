@@ -26,30 +26,42 @@ def test_sft_step_times_are_the_differences_of_the_logs_clock_and_the_first_is_l
     f = bg.sft_figures(tmp_path, {"rows": 40, "loss_first": 2.0, "loss_last": 1.2})
     assert f["steps"] == 3
     assert f["seconds_per_step"] == {"median_after_first": 1.5, "all": [5.0, 1.0, 2.0]}
-    assert f["tokens_per_s_after_first"] == round(2000 / 3, 1)  # tokens and seconds after the first step
+    assert f["tokens_per_s"] == 750.0  # the median of steps 2 and 3's: 1000 tokens in 1 s, 1000 in 2 s
     assert f["rows"] == 40
 
 
-def test_grpo_figures_read_trls_step_time_and_the_stages_rollout_clock(tmp_path):
-    write_log(tmp_path, [{"step": s, "reward": 0.0, "step_time": t} for s, t in ((1, 12.0), (2, 9.0), (3, 10.0))])
-    stats = {"rollout_tokens_per_s": 61.94, "rollout_s": 27.0, "train_runtime_s": 31.0, "generate_s": 25.0,
+def test_grpo_figures_read_the_logs_clock_trls_step_time_and_the_stages_rollout_clock(tmp_path):
+    """Both step times come from the same steps, and the rollout's share is of TRL's step_time total (what
+    the rollout runs inside), not of the whole train() call, which also holds the optimizer steps."""
+    write_log(tmp_path, [{"step": s, "reward": 0.0, "step_time": t, "wall_s": w}
+                         for s, t, w in ((1, 12.0, 14.0), (2, 9.0, 24.5), (3, 10.0, 36.0))])
+    stats = {"rollout_tokens_per_s": 61.94, "rollout_s": 27.0, "train_runtime_s": 37.0, "generate_s": 25.0,
              "episode_tokens": [[600, 610], [590, 600]], "share_prompt": True}
     f = bg.grpo_figures(tmp_path, stats)
-    assert f["seconds_per_step"]["median_after_first"] == 9.5 and f["steps"] == 3
-    assert f["rollout_tokens_per_s"] == 61.9 and f["rollout_share"] == round(27 / 31, 3)
+    assert f["steps"] == 3
+    assert f["step_time"]["median_after_first"] == 9.5
+    assert f["seconds_per_step"] == {"median_after_first": 11.0, "all": [14.0, 10.5, 11.5]}
+    assert f["rollout_share_of_step_time"] == round(27 / 31, 3)
+    assert f["rollout_tokens_per_s"] == 61.9 and f["rollout_s"] == 27.0
     assert f["episode_tokens_mean"] == 600.0 and f["episodes"] == 4
 
 
-def test_a_failing_stage_is_recorded_in_one_line_its_directory_removed_and_not_counted_done(tmp_path):
+def test_one_step_has_no_median_after_the_first():
+    assert bg.after_first([3.0]) == {"median_after_first": None, "all": [3.0]}
+
+
+def test_a_failing_stage_is_recorded_in_one_line_its_checkpoints_removed_its_log_kept(tmp_path):
     out = tmp_path / "stage"
 
     def stage(d):
-        d.mkdir()
+        (d / "checkpoint-2").mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"0")
+        (d / "log.jsonl").write_text("{}\n")
         raise RuntimeError("CUDA out of memory.\nmore detail")
 
     f = bg.measure(out, stage)
     assert f == {"error": "RuntimeError: CUDA out of memory."}
-    assert not out.exists()
+    assert [p.name for p in out.iterdir()] == ["log.jsonl"]
     assert not bg.done({"sft": {"steps": 6}, "grpo": f}) and not bg.done(None)
     assert bg.done({"sft": {"steps": 6}, "grpo": {"steps": 6}})
     assert "failed: RuntimeError" in bg.summary(f)
@@ -84,7 +96,8 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path, monkeypatch, capsys):
     assert "--model-files: give a directory that --prepare wrote" in str(e.value)
     (tmp_path / "config.json").write_text("{}")
     for argv, message in ((["--archs", "nope"], "--archs: unknown nope"), (["--shapes", "x"], "--shapes: unknown x"),
-                          (["--steps", "1"], "--steps: at least 2")):
+                          (["--steps", "1"], "--steps: at least 2"),
+                          (["--archs", "tiny"], "--archs tiny: a check of the script")):
         monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--model-files", str(tmp_path), *argv])
         with pytest.raises(SystemExit) as e:
             bg.main()
@@ -117,12 +130,21 @@ def test_the_whole_run_on_a_cpu_with_a_tiny_architecture_and_its_resumption(tmp_
     assert figures["sft"]["steps"] == 2 and figures["sft"]["seconds_per_step"]["median_after_first"] > 0
     assert figures["grpo"]["steps"] == 2 and figures["grpo"]["rollout_tokens_per_s"] > 0
     assert figures["grpo"]["episodes"] == 8  # two steps of one group of 4
+    assert figures["grpo"]["seconds_per_step"]["median_after_first"] > 0  # the log's clock reached the figures
+    assert figures["settings"]["steps"] == 2 and figures["settings"]["grpo"]["num_generations"] == 4
+    assert figures["environment"]["versions"]["transformers"]
     assert json.loads(results.read_text())["archs"]["tiny"]["shapes"]["preset"] == figures
-    assert not (work / "tiny-preset-sft").exists() and not (work / "tiny-init").exists()
-    assert doc["failures_fixed"] == {"x": {"error": "E"}}  # no settings in the file: reset, the record kept
+    assert (work / "tiny-preset-sft" / "log.jsonl").is_file() and not (work / "tiny-init").exists()
+    assert not list((work / "tiny-preset-grpo").glob("checkpoint-*"))
+    assert doc["failures_fixed"] == {"x": {"error": "E"}}  # what the file held stays
 
-    def fail(*a, **k):
-        raise AssertionError("a finished architecture was trained again")
+    class Retrained(Exception):
+        pass
 
-    monkeypatch.setattr(bg, "random_checkpoint", fail)
+    def retrained(*a, **k):
+        raise Retrained
+
+    monkeypatch.setattr(bg, "random_checkpoint", retrained)
     assert bg.run(files, work, results, ["tiny"], ["preset"], steps=2, seed=0)["archs"] == doc["archs"]
+    with pytest.raises(Retrained):  # other settings are not the figures' own: measured again
+        bg.run(files, work, results, ["tiny"], ["preset"], steps=3, seed=0)

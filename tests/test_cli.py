@@ -112,6 +112,16 @@ def test_importing_mtr_keeps_models_off_the_hubs_kernels_unless_the_user_chose(t
     assert out.stdout.strip() == "True", out.stderr[-500:]
 
 
+def test_importing_mtr_keeps_jax_from_taking_the_gpu_unless_the_user_chose():
+    code = "import mtr, os; print(os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_PREALLOCATE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "false"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**env, "XLA_PYTHON_CLIENT_PREALLOCATE": "true"})
+    assert out.stdout.strip() == "true"
+
+
 def test_importing_mtr_turns_hub_telemetry_off():
     code = ("import mtr; from huggingface_hub import constants; "
             "print(constants.HF_HUB_DISABLE_TELEMETRY)")

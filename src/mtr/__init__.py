@@ -10,14 +10,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The trainers report usage to the Hugging Face Hub from a background thread; mtr runs offline and sends nothing.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# transformers 5.2x kernelizes every model it loads with the Hub's kernels when the `kernels` package (one of its
-# own dependencies) is there, and on a GPU it downloads them when training starts: on a machine without the
+# transformers (5.25) kernelizes every model it loads with the Hub's kernels when the `kernels` package (one of
+# its own dependencies) is there, and on a GPU it downloads them when training starts: on a machine without the
 # Hub, SFT and GRPO then fail at their first step (seen on an H200: docs/performance.md), and with it they run
 # code that no version pin of mtr's covers. mtr runs offline and pinned; `USE_HUB_KERNELS=YES` turns them on.
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
-# bm25s (the retriever) runs a JAX operation when it is imported, wherever JAX is installed, and JAX then takes
-# 75 % of the GPU's memory for itself: on an H200 that left a 1.7B policy's SFT 34 GB and it ran out of memory
-# (docs/performance.md). mtr uses no JAX, so JAX allocates only what it uses.
+# bm25s (the retriever) runs a JAX operation when it is imported, wherever JAX is installed, and a GPU-enabled
+# JAX then takes 75 % of the GPU's memory for itself: on an H200 a 1.7B policy's SFT ran out of memory beside it
+# (docs/performance.md). mtr uses no JAX, so JAX allocates only what it uses (set before bm25s or JAX is
+# imported, as importing mtr first does).
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 __version__ = "0.1.0"

@@ -174,7 +174,8 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[
 def jsonl_log_callback(path: Path):
     """A transformers TrainerCallback that appends every log (loss, rewards, KL...) to `path` as JSON lines,
     beside what `report_to` sends to TensorBoard. Each line also holds `wall_s`, the seconds since this
-    process began training: the differences are step times (SFT's logs have none of their own)."""
+    process began training: with a line a step (mtr's configs log every step), the differences are step times
+    (SFT's logs have none of their own)."""
     import time
 
     from transformers import TrainerCallback
