@@ -147,11 +147,6 @@ def training_traces(cfg: Any, work: Path) -> tuple[Path, Path]:
     return train, work / "filter" / "sft.jsonl"
 
 
-def log_lines(out: Path) -> list[dict[str, Any]]:
-    path = out / "log.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
-
-
 def after_first(values: list[float]) -> dict[str, Any]:
     """The median of the values after the first (warm-up) one (None with only that one), and all of them."""
     return {"median_after_first": round(statistics.median(values[1:]), 4) if len(values) > 1 else None,
@@ -161,7 +156,9 @@ def after_first(values: list[float]) -> dict[str, Any]:
 def step_lines(out: Path, key: str) -> tuple[list[dict[str, Any]], list[float]]:
     """The log's lines of each step (those holding `key`) and each one's wall seconds: its clock's difference
     from the step before (the first from training's start)."""
-    steps = [e for e in log_lines(out) if key in e and "wall_s" in e]
+    from mtr.training import read_log
+
+    steps = [e for e in read_log(out) if key in e and "wall_s" in e]
     walls = [e["wall_s"] for e in steps]
     return steps, [b - a for a, b in zip([0.0] + walls, walls)]
 
@@ -206,16 +203,11 @@ def gpu_gib(peak: bool) -> float | None:
 def environment() -> dict[str, Any]:
     import torch
 
-    from mtr.rundir import versions
+    from mtr.rundir import source_commit, versions
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):  # a copy without git
-        commit = None
     return {"gpu": gpu, "cuda": torch.version.cuda, "machine": platform.machine(), "cpus": os.cpu_count(),
-            "versions": versions(), "commit": commit, "date": datetime.date.today().isoformat()}
+            "versions": versions(), "commit": source_commit(ROOT), "date": datetime.date.today().isoformat()}
 
 
 def jax_probe() -> dict[str, Any] | None:
@@ -262,8 +254,8 @@ def run(model_files: Path, work: Path, results: Path, archs: list[str], shapes: 
         entry = doc["archs"].setdefault(arch, {"shapes": {}})
         config = {**json.loads((model_files / "config.json").read_text()), **ARCHS[arch]}
         policy = work / f"{arch}-init"
-        settings = {s: {"steps": steps, "seed": seed, "config": config,
-                        **stage_settings(stage_config(policy, s, steps, seed))} for s in shapes}
+        cfgs = {s: stage_config(policy, s, steps, seed) for s in shapes}
+        settings = {s: {"steps": steps, "seed": seed, "config": config, **stage_settings(cfgs[s])} for s in shapes}
         todo = [s for s in shapes if not (done(entry["shapes"].get(s))
                                           and entry["shapes"][s].get("settings") == settings[s])]
         if not todo:
@@ -272,9 +264,9 @@ def run(model_files: Path, work: Path, results: Path, archs: list[str], shapes: 
         t0 = time.perf_counter()
         entry["parameters"] = random_checkpoint(model_files, arch, policy, seed)
         entry["init_s"] = round(time.perf_counter() - t0, 1)
-        train, sft_rows = training_traces(stage_config(policy, todo[0], steps, seed), work)
+        train, sft_rows = training_traces(cfgs[todo[0]], work)
         for shape in todo:
-            cfg = stage_config(policy, shape, steps, seed)
+            cfg = cfgs[shape]
             figures = {"sft": measure(work / f"{arch}-{shape}-sft", lambda out: sft_figures(
                            out, train_sft(cfg, sft_rows, out, overwrite=True))),
                        "grpo": measure(work / f"{arch}-{shape}-grpo", lambda out: grpo_figures(

@@ -124,11 +124,7 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
         # attempt resumed from it (another policy's answers, another run's checkpoints)
         import shutil
 
-        for p in d.iterdir():
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+        shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
     write_text_atomic(started, json.dumps(identity, indent=2))
     reset_peak()
