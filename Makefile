@@ -54,7 +54,7 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/bench_perf.py
 
-# Does the method make the policy better? Every arm, two seeds: estimated at 11 hours on 2 cores
+# Does the method make the policy better? Every arm, two seeds: estimated at 6 hours on 2 cores
 # (docs/learning.md); `.venv/bin/python benchmarks/bench_learning.py --quick` for every step once on little
 # data (under 20 minutes here), `--preset main` for one seed of the main comparison (over an hour here: docs/learning.md).
 # Resumes after a crash.

@@ -307,6 +307,9 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     questions = p["eval_limit"] * len(bl.BENCHMARKS)
     sft_steps = -(-p["train_per_source"] * len(bl.BENCHMARKS) // 4)  # every trace kept
     assert est["sft_steps"] == sft_steps and est["sft_s"] == 10 * sft_steps * len(p["seeds"])
+    # the sizes it estimated go with it: the preset may change, the estimate in the results file stays
+    assert est["sizes"] == {"train_per_source": p["train_per_source"], "grpo_steps": p["grpo_steps"],
+                            "grpo_questions": p["grpo_questions"], "eval_limit": p["eval_limit"], "seeds": p["seeds"]}
     grpo_runs = sum("grpo" in bl.ARMS[a] for a in p["arms"]) + sum("grpo" in bl.ARMS[a] for a in bl.SEEDED)
     assert est["grpo_s"] == 10 * p["grpo_steps"] * grpo_runs  # unmeasured arms at the method's rate
     evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 2) for a in bl.SEEDED]
