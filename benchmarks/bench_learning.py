@@ -586,7 +586,46 @@ def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None) -> dict[str,
             curve[key] = stats[key]
     if rubric is not None and (grpo_dir / "samples.jsonl").is_file():
         curve["by_calls"] = episodes_by_calls(grpo_dir / "samples.jsonl", rubric)
+    if (grpo_dir / "samples.jsonl").is_file():
+        curve["passages"] = observed_passages(grpo_dir / "samples.jsonl")
     return curve
+
+
+def tools_kind(player: str | None) -> str:
+    """`live` or `simulated` for a step's `player` (`live:<retriever>`, `toolactor`); `other` for anything else."""
+    return "simulated" if player == "toolactor" else "live" if (player or "").startswith("live") else "other"
+
+
+def observed_passages(samples: Path) -> dict[str, dict[str, Any]]:
+    """What the tools showed GRPO's logged training episodes, `live` (the retriever) and `simulated` (the
+    ToolActor) apart (`tools_kind` of the trace's `player`): how many passages (`results` items),
+    their text's median length in characters, and the % whose text is no longer than its title (a passage that
+    names an article and says nothing of it: a policy cannot learn a fact from it). An episode logged twice
+    counts once; an observation that is not a JSON object with a list of results is left out."""
+    seen: set[tuple[Any, str]] = set()
+    texts: dict[str, list[tuple[str, str]]] = {}
+    for line in samples.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            trace = record["trace"]
+            key = (record.get("step"), trace["id"])
+        except (ValueError, KeyError, TypeError):
+            continue  # counted by episodes_by_calls as unreadable
+        if key in seen:
+            continue
+        seen.add(key)
+        for step in trace.get("steps") or []:
+            try:
+                results = json.loads(step.get("observation") or "").get("results")
+            except (ValueError, AttributeError):
+                continue
+            for item in results if isinstance(results, list) else []:
+                if isinstance(item, dict):
+                    texts.setdefault(tools_kind(step.get("player")), []).append(
+                        (str(item.get("title") or "").strip(), str(item.get("text") or "").strip()))
+    return {player: {"passages": len(items), "median_chars": statistics.median(len(t) for _, t in items),
+                     "title_only_pct": round(100 * sum(len(t) <= len(title) for title, t in items) / len(items), 1)}
+            for player, items in sorted(texts.items())}
 
 
 def logged_episodes(samples: Path, rubric: Any) -> tuple[list[tuple[Any, str, int, dict[str, float]]], int]:
@@ -833,11 +872,25 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                 lines += ["", "Within a group (one question, one step) whose two logged episodes made different numbers of "
                           "calls, the one with more minus the one with fewer (what GRPO's advantage compares): "
                           + "; ".join(parts) + "."]
+            lines += passages_lines(curves)
             lines += ["", f"![reward curves](img/learning-{name}.png)"]
         lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())
                   + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]
         sections[name] = "\n".join(lines) + "\n"
     return sections
+
+
+def passages_lines(curves: dict[str, Any]) -> list[str]:
+    """The docs' line on what the tools showed each GRPO run in training (`observed_passages`); none for runs
+    recorded before it was measured."""
+    shown = {k: v["passages"] for k, v in curves.items() if v.get("passages")}
+    if not shown:
+        return []
+    parts = ["{}: {}".format(k, ", ".join(f"{who} {p['passages']} passages, median {p['median_chars']:.0f} characters, "
+                                          f"{p['title_only_pct']:.0f} % no longer than their title"
+                                          for who, p in m.items())) for k, m in shown.items()]
+    return ["", "Passages the tools returned in the training episodes GRPO logged, by who played the tools "
+            "(live: the retriever; simulated: the ToolActor): " + "; ".join(parts) + "."]
 
 
 def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
@@ -1048,6 +1101,7 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
         # the arm's own settings, as run_arms gave them (none of the arms changes the rubric today)
         arm_settings = settings.model_copy(update=ARMS.get(arm, {}).get("grpo", {}))
         res["curves"][name]["by_calls"] = episodes_by_calls(samples, Rubric.from_config(arm_settings))
+        res["curves"][name]["passages"] = observed_passages(samples)
     write_text_atomic(results_file, json.dumps(all_results, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
     return list(found)

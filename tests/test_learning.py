@@ -639,6 +639,40 @@ def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
     assert "by_calls" not in bl.reward_curve(tmp_path, rollouts=4)
 
 
+def test_the_passages_the_tools_returned_in_training_are_measured_by_who_played_them(tmp_path):
+    from mtr.trace import Step, ToolCall, Trace
+
+    def episode(step, observations, sample=0):
+        steps = [Step(call=ToolCall(name="search", arguments={"query": "MSU"}), observation=o, player=who)
+                 for who, o in observations]
+        trace = Trace(id=f"q{step}#{sample}", question="When was MSU founded?", answers=["1755"],
+                      steps=[*steps, Step(answer="1755")])
+        return json.dumps({"step": step, "trace": trace.model_dump(mode="json", exclude_none=True)})
+
+    def results(*items):
+        return json.dumps({"results": [{"title": t, "text": x} for t, x in items]})
+
+    live = results(("Moscow State University", "Moscow State University was founded in 1755 by Lomonosov."))
+    acted = results(("Moscow State University", "Moscow State University"), ("MSU", "Founded in 1755."),
+                    ("Lomonosov", ""))
+    lines = [episode(0, [("live:bm25", live), ("toolactor", acted)]),
+             episode(0, [("live:bm25", live), ("toolactor", acted)]),  # logged again after a resume: once
+             episode(1, [("toolactor", "not JSON"), ("toolactor", '{"value": 3}'), ("toolactor", '["x"]')]),
+             '{"step": 2, "trace": {"id": "q2#0", "quest']  # cut short by a crash
+    (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    got = bl.observed_passages(tmp_path / "samples.jsonl")
+    assert got == {"live": {"passages": 1, "median_chars": 57, "title_only_pct": 0.0},
+                   "simulated": {"passages": 3, "median_chars": 16, "title_only_pct": 66.7}}
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 1.0}) + "\n")
+    assert bl.reward_curve(tmp_path, rollouts=4)["passages"] == got
+    # the docs' line for a run whose curve holds them
+    res = {"curves": {"sim-trained@s0": {"passages": got}}}
+    line = "".join(bl.passages_lines(res["curves"]))
+    assert "sim-trained@s0: live 1 passages, median 57 characters, 0 % no longer than their title" in line
+    assert "simulated 3 passages, median 16 characters, 67 % no longer than their title" in line
+    assert bl.passages_lines({"sft+grpo@s0": {}}) == []  # a run recorded before they were measured
+
+
 def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_own_weights(tmp_path):
     from mtr.config import GRPOStageConfig
 
