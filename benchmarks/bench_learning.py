@@ -597,45 +597,35 @@ def tools_kind(player: str | None) -> str:
 
 
 def observed_passages(samples: Path) -> dict[str, dict[str, Any]]:
-    """What the tools showed GRPO's logged training episodes, `live` (the retriever) and `simulated` (the
-    ToolActor) apart (`tools_kind` of the trace's `player`): how many passages (`results` items),
-    their text's median length in characters, and the % whose text is no longer than its title (a passage that
-    names an article and says nothing of it: a policy cannot learn a fact from it). An episode logged twice
-    counts once; an observation that is not a JSON object with a list of results is left out."""
-    seen: set[tuple[Any, str]] = set()
+    """What the tools showed GRPO's logged training episodes (`logged_traces`), `live` (the retriever) and
+    `simulated` (the ToolActor) apart (`tools_kind` of each step's `player`): how many passages (`results`
+    items), their text's median length in characters, and the % whose text is no longer than its title (a
+    passage that names an article and says nothing of it: a policy cannot learn a fact from it). An
+    observation that is not a JSON object with a list of results is left out."""
     texts: dict[str, list[tuple[str, str]]] = {}
-    for line in samples.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            trace = record["trace"]
-            key = (record.get("step"), trace["id"])
-        except (ValueError, KeyError, TypeError):
-            continue  # counted by episodes_by_calls as unreadable
-        if key in seen:
-            continue
-        seen.add(key)
-        for step in trace.get("steps") or []:
+    for _, trace in logged_traces(samples)[0]:
+        for step in trace.steps:
             try:
-                results = json.loads(step.get("observation") or "").get("results")
+                results = json.loads(step.observation or "").get("results")
             except (ValueError, AttributeError):
                 continue
             for item in results if isinstance(results, list) else []:
                 if isinstance(item, dict):
-                    texts.setdefault(tools_kind(step.get("player")), []).append(
+                    texts.setdefault(tools_kind(step.player), []).append(
                         (str(item.get("title") or "").strip(), str(item.get("text") or "").strip()))
     return {player: {"passages": len(items), "median_chars": statistics.median(len(t) for _, t in items),
                      "title_only_pct": round(100 * sum(len(t) <= len(title) for title, t in items) / len(items), 1)}
             for player, items in sorted(texts.items())}
 
 
-def logged_episodes(samples: Path, rubric: Any) -> tuple[list[tuple[Any, str, int, dict[str, float]]], int]:
-    """The training episodes GRPO logged (`samples.jsonl`: two of each step's group) as (step, question, calls,
-    the run's rubric's scores), and how many lines were not a whole record (cut short by a crash while written:
-    counted, not guessed at). An episode logged twice (a step run again after a resume) counts once."""
+def logged_traces(samples: Path) -> tuple[list[tuple[Any, Any]], int]:
+    """The training episodes GRPO logged (`samples.jsonl`: two of each step's group) as (step, Trace), and how
+    many lines were not a whole record (cut short by a crash while written: counted, not guessed at). An
+    episode logged twice (a step run again after a resume) counts once."""
     from mtr.trace import Trace
 
     seen: set[tuple[Any, str]] = set()
-    out: list[tuple[Any, str, int, dict[str, float]]] = []
+    out: list[tuple[Any, Any]] = []
     unreadable = 0
     for line in samples.read_text().splitlines():
         if not line.strip():
@@ -648,8 +638,15 @@ def logged_episodes(samples: Path, rubric: Any) -> tuple[list[tuple[Any, str, in
             continue
         if (record.get("step"), trace.id) not in seen:
             seen.add((record.get("step"), trace.id))
-            out.append((record.get("step"), trace.id.split("#")[0], len(trace.calls), rubric.score(trace)))
+            out.append((record.get("step"), trace))
     return out, unreadable
+
+
+def logged_episodes(samples: Path, rubric: Any) -> tuple[list[tuple[Any, str, int, dict[str, float]]], int]:
+    """The logged training episodes (`logged_traces`) as (step, question, calls, the run's rubric's scores), and
+    how many lines were not a whole record."""
+    traces, unreadable = logged_traces(samples)
+    return [(step, trace.id.split("#")[0], len(trace.calls), rubric.score(trace)) for step, trace in traces], unreadable
 
 
 def episodes_by_calls(samples: Path, rubric: Any) -> dict[str, dict[str, Any]]:
