@@ -59,8 +59,14 @@ ARMS: dict[str, dict[str, Any]] = {
     "trl-peer": {"init": "sft", "grpo": {"tool_mode": "live"}, "peer": True},
     "grpo-no-sft": {"init": "base", "grpo": {"tool_mode": "live"}},
     "no-precheck": {"init": "sft", "grpo": {"tool_mode": "live", "precheck": False}},
-    "sim-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval"}},
-    "mixed-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5}},
+    # the transfer arms train on the method's questions: solvable-first judges them with the live tools
+    # (`solvable_mode`), so that an arm differs from the method by the tools it trains against alone. Judged
+    # with the ToolActor, which rarely shows the answer, the questions "solved" were those the policy guesses
+    # from the question (main-dapo-transfer: none of sim-trained's six was the method's; docs/learning.md)
+    "sim-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval"},
+                    "solvable_mode": "live"},
+    "mixed-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5},
+                      "solvable_mode": "live"},
 }
 # GRPO trains on `grpo_questions` questions for several epochs, a quarter of its steps an epoch: the reward
 # curve's first and last quarters then hold the same questions, and their difference is the policy's, not
@@ -403,18 +409,22 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 gcfg.grpo = gcfg.grpo.model_copy(update=spec["grpo"])
                 gdir = own / f"grpo-{arm}-{tag}"
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
+                judged = {"solvable_mode": spec["solvable_mode"]} if spec.get("solvable_mode") else {}
+                # `candidates` and `solvable_mode` only where set: steps run before they existed stay the same
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
                            "init": str(model), "trainer": trainer.__name__,
                            "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
-                           **({"candidates": candidates} if candidates else {})},  # steps run before it stay the same
-                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer: {"steps": trainer(
+                           **({"candidates": candidates} if candidates else {}), **judged},
+                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
-                        overwrite=fresh, candidates=candidates).get("steps")},
+                        overwrite=fresh, candidates=candidates, **judged).get("steps")},
                     on_resume=lambda d=gdir, m=model: follow_move(d, m, {"data": train}))
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
-                results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo))
+                results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo),
+                                                       retrieval_players(gcfg.retriever)
+                                                       if gcfg.grpo.tool_mode == "simulated" else None)
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
             ecfg = cfg.with_policy(model)
@@ -535,11 +545,12 @@ def paired_row(a: str, b: str, sa: dict[str, dict[str, float]], sb: dict[str, di
     return row
 
 
-def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None) -> dict[str, Any]:
+def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None, live: dict[str, Any] | None = None) -> dict[str, Any]:
     """Per step: the total reward, each component's mean, KL, the step's wall time and the policy's tokens
     (tool observations not counted, in mtr's rollout as in TRL's loop); the first and last quarters of the
     steps; seconds a step and the policy's tokens per second of step, alike for mtr and the TRL peer. With the
-    run's `rubric`, its logged training episodes by the calls they made (`episodes_by_calls`)."""
+    run's `rubric`, its logged training episodes by the calls they made (`episodes_by_calls`); what the tools
+    showed them (`observed_passages`, with `live` players for the simulated calls' reality gap)."""
     from mtr.rubric import trl_log_key
     from mtr.training import read_log
 
@@ -587,8 +598,23 @@ def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None) -> dict[str,
     if rubric is not None and (grpo_dir / "samples.jsonl").is_file():
         curve["by_calls"] = episodes_by_calls(grpo_dir / "samples.jsonl", rubric)
     if (grpo_dir / "samples.jsonl").is_file():
-        curve["passages"] = observed_passages(grpo_dir / "samples.jsonl")
+        curve["passages"] = observed_passages(grpo_dir / "samples.jsonl", live)
+        curve["question_ids"] = trained_questions(grpo_dir / "samples.jsonl")
     return curve
+
+
+def trained_questions(samples: Path) -> list[str]:
+    """The questions of GRPO's logged training episodes (their ids, sorted)."""
+    return sorted({trace.id.split("#")[0] for _, trace in logged_traces(samples)[0]})
+
+
+def retrieval_players(retriever: Any) -> dict[str, Any]:
+    """The live players of `search` and `lookup` on a retriever configuration (loaded once in a process)."""
+    from mtr.env import shared_retriever
+    from mtr.livetools import live_players
+
+    players = live_players(shared_retriever(retriever), retriever.top_k, retriever.max_chars)
+    return {name: players[name] for name in ("search", "lookup")}
 
 
 def tools_kind(player: str | None) -> str:
@@ -596,26 +622,67 @@ def tools_kind(player: str | None) -> str:
     return "simulated" if player == "toolactor" else "live" if (player or "").startswith("live") else "other"
 
 
-def observed_passages(samples: Path) -> dict[str, dict[str, Any]]:
+def observed_passages(samples: Path, live: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """What the tools showed GRPO's logged training episodes (`logged_traces`), `live` (the retriever) and
     `simulated` (the ToolActor) apart (`tools_kind` of each step's `player`): how many passages (`results`
     items), their text's median length in characters, and the % whose text is no longer than its title (a
-    passage that names an article and says nothing of it: a policy cannot learn a fact from it). An
-    observation that is not a JSON object with a list of results is left out."""
+    passage that names an article and says nothing of it: a policy cannot learn a fact from it); and, of the
+    observations in episodes whose answer only a tool can give (`answer_to_find`), how many and the % whose
+    text holds a gold answer (normalised, as `mtr audit` reads it). With `live` (`live_players`), those of the
+    simulated ones are answered again by the retriever: the % that would have held a gold answer
+    (`live_answer_pct`), the same calls' reality gap. An observation that is not a JSON object with a list of
+    results is left out."""
+    from mtr.audit import contains_any, observation_text
+
     texts: dict[str, list[tuple[str, str]]] = {}
+    held: dict[str, list[bool]] = {}
+    replay: list[tuple[Any, Any]] = []
     for _, trace in logged_traces(samples)[0]:
         for step in trace.steps:
             try:
                 results = json.loads(step.observation or "").get("results")
             except (ValueError, AttributeError):
                 continue
-            for item in results if isinstance(results, list) else []:
+            if not isinstance(results, list):
+                continue
+            kind = tools_kind(step.player)
+            texts.setdefault(kind, [])
+            held.setdefault(kind, [])
+            for item in results:
                 if isinstance(item, dict):
-                    texts.setdefault(tools_kind(step.player), []).append(
-                        (str(item.get("title") or "").strip(), str(item.get("text") or "").strip()))
-    return {player: {"passages": len(items), "median_chars": statistics.median(len(t) for _, t in items),
-                     "title_only_pct": round(100 * sum(len(t) <= len(title) for title, t in items) / len(items), 1)}
-            for player, items in sorted(texts.items())}
+                    texts[kind].append((str(item.get("title") or "").strip(), str(item.get("text") or "").strip()))
+            if not answer_to_find(trace):
+                continue
+            held[kind].append(contains_any(observation_text(step.observation), trace.answers))
+            if kind == "simulated" and live and step.call is not None and step.call.name in live:
+                replay.append((trace, step.call))
+
+    async def answered_live() -> list[bool]:
+        return [contains_any(observation_text((await live[call.name].observe(trace, None, call, {}))[0]),
+                             trace.answers) for trace, call in replay]
+
+    out = {}
+    for player, items in sorted(texts.items()):
+        out[player] = {"passages": len(items),
+                       "median_chars": statistics.median(len(t) for _, t in items) if items else None,
+                       "title_only_pct": round(100 * sum(len(t) <= len(title) for title, t in items) / len(items), 1)
+                       if items else None,
+                       "answer_observations": len(held[player]),
+                       "answer_pct": round(100 * sum(held[player]) / len(held[player]), 1) if held[player] else None}
+    if replay:
+        again = asyncio.run(answered_live())
+        out["simulated"]["live_answer_pct"] = round(100 * sum(again) / len(again), 1)
+    return out
+
+
+def answer_to_find(trace: Any) -> bool:
+    """Whether a passage that holds the episode's gold answer told the policy something: not when the answer is
+    yes or no (the words occur in any passage) or is in the question (a comparison's two names)."""
+    from mtr.audit import contains_any
+    from mtr.metrics import normalize_answer
+
+    return not ({normalize_answer(a) for a in trace.answers} & {"yes", "no"}
+                or contains_any(normalize_answer(trace.question), trace.answers))
 
 
 def logged_traces(samples: Path) -> tuple[list[tuple[Any, Any]], int]:
@@ -870,6 +937,7 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                           "calls, the one with more minus the one with fewer (what GRPO's advantage compares): "
                           + "; ".join(parts) + "."]
             lines += passages_lines(curves)
+            lines += questions_lines(curves)
             lines += ["", f"![reward curves](img/learning-{name}.png)"]
         lines += ["", "Wall time of each step (s): " + ", ".join(f"{k} {v['wall_s']:.0f}" for k, v in res["stages"].items())
                   + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]
@@ -879,15 +947,42 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
 
 def passages_lines(curves: dict[str, Any]) -> list[str]:
     """The docs' line on what the tools showed each GRPO run in training (`observed_passages`); none for runs
-    recorded before it was measured."""
+    recorded before it was measured (the gold-answer shares for runs measured before those were)."""
     shown = {k: v["passages"] for k, v in curves.items() if v.get("passages")}
     if not shown:
         return []
-    parts = ["{}: {}".format(k, ", ".join(f"{who} {p['passages']} passages, median {p['median_chars']:.0f} characters, "
-                                          f"{p['title_only_pct']:.0f} % no longer than their title"
-                                          for who, p in m.items())) for k, m in shown.items()]
+
+    def player(who: str, p: dict[str, Any]) -> str:
+        text = f"{who} {p['passages']} passages"
+        if p.get("median_chars") is not None:
+            text += (f", median {p['median_chars']:.0f} characters, "
+                     f"{p['title_only_pct']:.0f} % no longer than their title")
+        if p.get("answer_pct") is not None:
+            text += f", a gold answer in {p['answer_pct']:.0f} % of {p['answer_observations']} observations"
+        if p.get("live_answer_pct") is not None:
+            text += f" (the retriever, asked the same calls: {p['live_answer_pct']:.0f} %)"
+        return text
+
+    parts = ["{}: {}".format(k, ", ".join(player(who, p) for who, p in m.items())) for k, m in shown.items()]
     return ["", "Passages the tools returned in the training episodes GRPO logged, by who played the tools "
-            "(live: the retriever; simulated: the ToolActor): " + "; ".join(parts) + "."]
+            "(live: the retriever; simulated: the ToolActor), and how often an observation held a gold answer "
+            "(of questions whose answer is not yes, no or in the question): " + "; ".join(parts) + "."]
+
+
+def questions_lines(curves: dict[str, Any]) -> list[str]:
+    """The docs' line on which questions each GRPO arm trained on, against the method's in the same seed (an
+    arm that trained on others differs from it by more than its setting); none without the method's ids."""
+    parts = []
+    for name, curve in curves.items():
+        arm, _, tag = name.partition("@")
+        method = curves.get(f"sft+grpo@{tag}", {}).get("question_ids")
+        if arm != "sft+grpo" and method and curve.get("question_ids"):
+            shared = len(set(curve["question_ids"]) & set(method))
+            parts.append(f"{name} {shared} of its {len(curve['question_ids'])}")
+    if not parts:
+        return []
+    return ["", "Training questions shared with the method's GRPO run in the same seed (the logged episodes' "
+            "questions): " + "; ".join(parts) + "."]
 
 
 def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
@@ -1063,7 +1158,7 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
     with the rubric of its own recorded settings: for a run whose results came from code before `by_calls`
     existed, or merged from a machine that kept its work directories. Returns the curves filled in; a curve
     whose arm left no `samples.jsonl` there is refused in one line, nothing written."""
-    from mtr.config import GRPOStageConfig
+    from mtr.config import GRPOStageConfig, RetrieverConfig
     from mtr.jsonl import write_text_atomic
     from mtr.rubric import Rubric
     from mtr.training import read_log
@@ -1075,9 +1170,10 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
     seed_dirs = parse_seed_work(seed_work or [], res.get("preset", {}).get("seeds") or [])
     try:
         settings = GRPOStageConfig.model_validate(res["config"]["grpo"])
+        retriever = RetrieverConfig.model_validate(res["config"]["retriever"])
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"--rescore {label}: its recorded config.grpo is not one this mtr reads "
-                         f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise SystemExit(f"--rescore {label}: its recorded config.grpo or config.retriever is not one this mtr "
+                         f"reads ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
     found: dict[str, Path] = {}
     for name, curve in res["curves"].items():
@@ -1098,7 +1194,9 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
         # the arm's own settings, as run_arms gave them (none of the arms changes the rubric today)
         arm_settings = settings.model_copy(update=ARMS.get(arm, {}).get("grpo", {}))
         res["curves"][name]["by_calls"] = episodes_by_calls(samples, Rubric.from_config(arm_settings))
-        res["curves"][name]["passages"] = observed_passages(samples)
+        simulated = arm_settings.tool_mode == "simulated"
+        res["curves"][name]["passages"] = observed_passages(samples, retrieval_players(retriever) if simulated else None)
+        res["curves"][name]["question_ids"] = trained_questions(samples)
     write_text_atomic(results_file, json.dumps(all_results, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
     return list(found)

@@ -642,11 +642,11 @@ def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
 def test_the_passages_the_tools_returned_in_training_are_measured_by_who_played_them(tmp_path):
     from mtr.trace import Step, ToolCall, Trace
 
-    def episode(step, observations, sample=0):
-        steps = [Step(call=ToolCall(name="search", arguments={"query": "MSU"}), observation=o, player=who)
-                 for who, o in observations]
-        trace = Trace(id=f"q{step}#{sample}", question="When was MSU founded?", answers=["1755"],
-                      steps=[*steps, Step(answer="1755")])
+    def episode(step, observations, sample=0, question="When was MSU founded?", answer="1755"):
+        steps = [Step(call=ToolCall(name="search", arguments={"query": query}), observation=o, player=who)
+                 for who, o, query in observations]
+        trace = Trace(id=f"q{step}#{sample}", question=question, answers=[answer],
+                      steps=[*steps, Step(answer=answer)])
         return json.dumps({"step": step, "trace": trace.model_dump(mode="json", exclude_none=True)})
 
     def results(*items):
@@ -655,22 +655,72 @@ def test_the_passages_the_tools_returned_in_training_are_measured_by_who_played_
     live = results(("Moscow State University", "Moscow State University was founded in 1755 by Lomonosov."))
     acted = results(("Moscow State University", "Moscow State University"), ("MSU", "Founded in 1755."),
                     ("Lomonosov", ""))
-    lines = [episode(0, [("live:bm25", live), ("toolactor", acted)]),
-             episode(0, [("live:bm25", live), ("toolactor", acted)]),  # logged again after a resume: once
-             episode(1, [("toolactor", "not JSON"), ("toolactor", '{"value": 3}'), ("toolactor", '["x"]')]),
+    lines = [episode(0, [("live:bm25", live, "MSU"), ("toolactor", acted, "MSU")]),
+             episode(0, [("live:bm25", live, "MSU"), ("toolactor", acted, "MSU")]),  # logged again after a resume: once
+             episode(1, [("toolactor", "not JSON", "MSU"), ("toolactor", '{"value": 3}', "MSU"),
+                         ("toolactor", '["x"]', "MSU"), ("toolactor", '{"results": []}', "Lomonosov")]),
+             # a yes-or-no question: its observations are not counted for the gold answer, nor answered again
+             episode(3, [("toolactor", '{"results": []}', "Harvard")], question="Is MSU older?", answer="no"),
              '{"step": 2, "trace": {"id": "q2#0", "quest']  # cut short by a crash
     (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n")
     got = bl.observed_passages(tmp_path / "samples.jsonl")
-    assert got == {"live": {"passages": 1, "median_chars": 57, "title_only_pct": 0.0},
-                   "simulated": {"passages": 3, "median_chars": 16, "title_only_pct": 66.7}}
+    # two simulated observations with results: one held the answer (in a passage's text), one was empty
+    assert got == {"live": {"passages": 1, "median_chars": 57, "title_only_pct": 0.0, "answer_observations": 1,
+                            "answer_pct": 100.0},
+                   "simulated": {"passages": 3, "median_chars": 16, "title_only_pct": 66.7, "answer_observations": 2,
+                                 "answer_pct": 50.0}}
+
+    class Retriever:  # the same calls answered live: the answer for MSU, a passage without it for Lomonosov
+        asked = []
+
+        async def observe(self, trace, tool, call, memo):
+            self.asked.append(call.arguments["query"])
+            text = "founded in 1755" if call.arguments["query"] == "MSU" else "a chemist"
+            return results(("x", text)), None, 0
+
+    replayed = bl.observed_passages(tmp_path / "samples.jsonl", {"search": Retriever()})
+    assert Retriever.asked == ["MSU", "Lomonosov"]  # simulated calls only, each once
+    assert replayed["simulated"] == {**got["simulated"], "live_answer_pct": 50.0} and replayed["live"] == got["live"]
+    Retriever.asked = []
+    assert bl.observed_passages(tmp_path / "samples.jsonl", {"lookup": Retriever()}) == got  # no player of search
     (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 1.0}) + "\n")
-    assert bl.reward_curve(tmp_path, rollouts=4)["passages"] == got
+    curve = bl.reward_curve(tmp_path, rollouts=4)
+    assert curve["passages"] == got and curve["question_ids"] == ["q0", "q1", "q3"]
     # the docs' line for a run whose curve holds them
     res = {"curves": {"sim-trained@s0": {"passages": got}}}
     line = "".join(bl.passages_lines(res["curves"]))
     assert "sim-trained@s0: live 1 passages, median 57 characters, 0 % no longer than their title" in line
-    assert "simulated 3 passages, median 16 characters, 67 % no longer than their title" in line
+    assert "simulated 3 passages, median 16 characters, 67 % no longer than their title, a gold answer in 50 % of 2" in line
+    replayed_line = "".join(bl.passages_lines({"sim-trained@s0": {"passages": replayed}}))
+    assert "a gold answer in 50 % of 2 observations (the retriever, asked the same calls: 50 %)" in replayed_line
     assert bl.passages_lines({"sft+grpo@s0": {}}) == []  # a run recorded before they were measured
+
+
+def test_the_questions_an_arm_trained_on_are_set_against_the_methods_in_its_seed():
+    curves = {"sft+grpo@s0": {"question_ids": ["a", "b", "c"]}, "sim-trained@s0": {"question_ids": ["c", "d", "e"]},
+              "mixed-trained@s0": {"question_ids": ["a", "b", "c"]}, "sim-trained@s1": {"question_ids": ["a"]},
+              "trl-peer@s0": {}}
+    line = "".join(bl.questions_lines(curves))
+    assert "sim-trained@s0 1 of its 3; mixed-trained@s0 3 of its 3." in line
+    assert "@s1" not in line and "trl-peer" not in line  # no method in seed 1; the peer logs no episodes
+    assert bl.questions_lines({"sim-trained@s0": {"question_ids": ["a"]}}) == []
+
+
+def test_the_transfer_arms_choose_their_questions_as_the_method_does():
+    for arm in ("sim-trained", "mixed-trained"):
+        assert bl.ARMS[arm]["grpo"]["tool_mode"] == "simulated" and bl.ARMS[arm]["solvable_mode"] == "live"
+
+
+def test_a_gold_answer_in_a_passage_counts_only_where_the_question_does_not_give_it():
+    from mtr.trace import Trace
+
+    def asks(question, *answers):
+        return bl.answer_to_find(Trace(id="q", question=question, answers=list(answers)))
+
+    assert asks("When was MSU founded?", "1755")
+    assert not asks("Which film came out first, Alien or Heat?", "Heat")  # a comparison names its answer
+    assert not asks("Are both films American?", "Yes") and not asks("Is MSU older?", "no", "No.")
+    assert asks("Who directed Heat?", "Michael Mann")  # the question's words are not the answer
 
 
 def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_own_weights(tmp_path):

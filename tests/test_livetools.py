@@ -92,6 +92,20 @@ def test_a_share_of_training_episodes_plays_live(retriever):
     assert again == modes  # the draw is seeded
 
 
+def test_an_environment_asked_for_live_tools_has_them_where_its_stage_trains_on_simulated_ones(tmp_path, retriever):
+    # GRPO against simulated tools, its questions judged with live ones (train_grpo's solvable_mode)
+    from scripted import Pool
+
+    cfg = parse_config({"retriever": {"corpus": str(tmp_path / "c")},
+                        "grpo": {"tool_mode": "simulated", "grounding": "none"}})
+    assert not cfg.grpo.uses_retriever()
+    env = Environment.from_config(cfg, "grpo", Pool(ScriptedBackend()), tmp_path / "tools.jsonl", mode="live")
+    trace = asyncio.run(env.rollout(EX, Caller([("search", {"query": "Moscow State University founded"})]), "e0"))
+    assert trace.meta["tool_mode"] == "live" and "1755" in trace.steps[0].observation
+    assert trace.steps[0].player.startswith("live")
+    env.close()
+
+
 def test_remote_search_player(tmp_path):
     server = FakeRetrievalServer(PASSAGES)
     try:

@@ -101,7 +101,9 @@ class Environment:
         mode = mode or section.tool_mode
         if not tools_on or mode == "off":
             return cls(None, None, 0, evaluation=stage == "eval", mode="off")
-        retriever = shared_retriever(cfg.retriever) if section.uses_retriever() else None
+        # `mode` may ask for live tools where the section's own episodes use none
+        uses = section.uses_retriever() or mode in ("live", "hybrid")
+        retriever = shared_retriever(cfg.retriever) if uses else None
         r = cfg.retriever
 
         def actor(grounding: str) -> ToolActor:

@@ -180,11 +180,12 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
 
 def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
                overwrite: bool = False, pool: Any = None, tools_path: Path | None = None,
-               candidates: int | None = None) -> dict[str, Any]:
+               candidates: int | None = None, solvable_mode: str | None = None) -> dict[str, Any]:
     """GRPO from the checkpoint `init` on the first `limit` questions of `data` (with `question_order:
     solvable-first`, the first `limit` of that order, chosen among the file's first `candidates`: all of it
-    when None). Their tools come from `tools_path` (the tools stage's file), or are made and kept in
-    `out/tools.jsonl`."""
+    when None; which ones the policy answers is judged with the stage's tools, or in `solvable_mode`'s, e.g.
+    `live` for a run against simulated tools that is to train on the live-tool run's questions). Their tools
+    come from `tools_path` (the tools stage's file), or are made and kept in `out/tools.jsonl`."""
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -230,7 +231,9 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
                        extra={"init": str(init), "limit": limit}, overwrite=overwrite)
         order, solvable = examples, None
         if solvable_order:
-            order, solvable = solvable_first(cfg, env, examples, Path(init), out / "solvable.jsonl")
+            judge = env if solvable_mode in (None, env.mode) else Environment.from_config(
+                cfg, "grpo", pool, tools_path=tools_file, mode=solvable_mode, store=env.store)
+            order, solvable = solvable_first(cfg, judge, examples, Path(init), out / "solvable.jsonl")
             order = order[:limit] if limit else order
             console.print(f"grpo: the initial policy answers {solvable} of {len(examples)} questions at least "
                           f"partly right; {'they come' if solvable else 'none comes'} first")
