@@ -638,6 +638,7 @@ def observed_passages(samples: Path, live: dict[str, Any] | None = None) -> dict
     held: dict[str, list[bool]] = {}
     replay: list[tuple[Any, Any]] = []
     for _, trace in logged_traces(samples)[0]:
+        to_find = answer_to_find(trace)
         for step in trace.steps:
             try:
                 results = json.loads(step.observation or "").get("results")
@@ -651,7 +652,7 @@ def observed_passages(samples: Path, live: dict[str, Any] | None = None) -> dict
             for item in results:
                 if isinstance(item, dict):
                     texts[kind].append((str(item.get("title") or "").strip(), str(item.get("text") or "").strip()))
-            if not answer_to_find(trace):
+            if not to_find:
                 continue
             held[kind].append(contains_any(observation_text(step.observation), trace.answers))
             if kind == "simulated" and live and step.call is not None and step.call.name in live:
