@@ -423,8 +423,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo),
-                                                       retrieval_players(gcfg.retriever)
-                                                       if gcfg.grpo.tool_mode == "simulated" else None)
+                                                       replay_players(gcfg.grpo, gcfg.retriever))
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
             ecfg = cfg.with_policy(model)
@@ -615,6 +614,12 @@ def retrieval_players(retriever: Any) -> dict[str, Any]:
 
     players = live_players(shared_retriever(retriever), retriever.top_k, retriever.max_chars)
     return {name: players[name] for name in ("search", "lookup")}
+
+
+def replay_players(grpo: Any, retriever: Any) -> dict[str, Any] | None:
+    """The live players to ask a GRPO arm's simulated calls again (the same calls' reality gap in
+    `observed_passages`); None for an arm trained against live tools, whose calls the retriever answered."""
+    return retrieval_players(retriever) if grpo.tool_mode == "simulated" else None
 
 
 def tools_kind(player: str | None) -> str:
@@ -1195,8 +1200,7 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
         # the arm's own settings, as run_arms gave them (none of the arms changes the rubric today)
         arm_settings = settings.model_copy(update=ARMS.get(arm, {}).get("grpo", {}))
         res["curves"][name]["by_calls"] = episodes_by_calls(samples, Rubric.from_config(arm_settings))
-        simulated = arm_settings.tool_mode == "simulated"
-        res["curves"][name]["passages"] = observed_passages(samples, retrieval_players(retriever) if simulated else None)
+        res["curves"][name]["passages"] = observed_passages(samples, replay_players(arm_settings, retriever))
         res["curves"][name]["question_ids"] = trained_questions(samples)
     write_text_atomic(results_file, json.dumps(all_results, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))

@@ -771,3 +771,13 @@ def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_
     assert "the one with more minus the one with fewer" in doc.read_text()  # the section, with the new figures
     with pytest.raises(SystemExit, match="no run 'gone'"):
         bl.rescore_run("gone", work, None, results, doc)
+
+
+def test_only_the_arms_trained_against_simulated_tools_have_their_calls_asked_again_of_the_retriever(monkeypatch):
+    from mtr.config import GRPOStageConfig
+
+    monkeypatch.setattr(bl, "retrieval_players", lambda retriever: {"search": retriever})
+    replayed = {arm for arm, spec in bl.ARMS.items() if "grpo" in spec
+                and bl.replay_players(GRPOStageConfig().model_copy(update=spec["grpo"]), "bm25") == {"search": "bm25"}}
+    assert replayed == {"sim-trained", "mixed-trained"}
+    assert bl.replay_players(GRPOStageConfig(tool_mode="live"), "bm25") is None
