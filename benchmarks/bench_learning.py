@@ -498,14 +498,30 @@ def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict
     """Paired differences on the same questions (live tools): SFT - base and SFT+GRPO - SFT per seed, each
     ablation against the method in the first seed (then in the others, where `--every-seed` ran them), and
     last, with two seeds or more, the same differences of the seeds' mean score on each question (named
-    `@s0+s1`): SFT+GRPO - SFT, then each ablation run in several seeds against the method."""
+    `@s0+s1`): SFT+GRPO - SFT, then each ablation run in several seeds against the method. Last, each
+    ablation that trains GRPO from the SFT policy against SFT itself, per seed then over the seeds: its own
+    gain, which the method's draw of GRPO says nothing about (the pre-check ablation, which met next to no
+    invalid call, is in effect a second draw of the method: docs/learning.md, `main-dapo-ablations-2seeds`).
+    These come after the rest so that a row's index in a run recorded before them stays the same."""
     seeds = [f"s{seed}" for seed in preset["seeds"]]
     ablations = [a for a in ARMS if a not in ("base", *SEEDED)]
+    from_sft = [a for a in ablations if ARMS[a]["init"] == "sft"]
     pairs = [p for t in seeds for p in (("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}"))]
     pairs += [(f"sft+grpo@{t}", f"{a}@{t}") for t in seeds for a in ablations]
     scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
     out = [paired_row(a, b, scores[a], scores[b]) for a, b in pairs if a in scores and b in scores]
-    for a, b in [("sft", "sft+grpo")] + [("sft+grpo", x) for x in ablations]:
+    out += seed_means(scores, seeds, [("sft", "sft+grpo")] + [("sft+grpo", x) for x in ablations])
+    out += [paired_row(a, b, scores[a], scores[b]) for t in seeds for a, b in [(f"sft@{t}", f"{x}@{t}") for x in from_sft]
+            if a in scores and b in scores]
+    return out + seed_means(scores, seeds, [("sft", x) for x in from_sft])
+
+
+def seed_means(scores: dict[str, dict[str, dict[str, float]]], seeds: list[str],
+               pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """For each pair of arms run in two seeds or more, the paired difference of their seeds' mean score on each
+    question (named `arm@s0+s1`)."""
+    out = []
+    for a, b in pairs:
         both = [t for t in seeds if f"{a}@{t}" in scores and f"{b}@{t}" in scores]
         if len(both) > 1:
             # one question's score averaged over the seeds: seed-to-seed variation stays inside each question,

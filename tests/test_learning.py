@@ -413,11 +413,19 @@ def test_every_seed_runs_and_compares_the_ablations_in_each_seed(tmp_path):
     assert [(r["a"], r["b"]) for r in rows] == [
         ("sft@s0", "sft+grpo@s0"), ("sft@s1", "sft+grpo@s1"), ("sft+grpo@s0", "sim-trained@s0"),
         ("sft+grpo@s1", "sim-trained@s1"), ("sft@s0+s1", "sft+grpo@s0+s1"),
-        ("sft+grpo@s0+s1", "sim-trained@s0+s1")]
+        ("sft+grpo@s0+s1", "sim-trained@s0+s1"),
+        # last, the ablation trained from SFT against SFT itself: its own gain, whatever the method's draw did
+        ("sft@s0", "sim-trained@s0"), ("sft@s1", "sim-trained@s1"), ("sft@s0+s1", "sim-trained@s0+s1")]
     # per question, sim-trained's mean over the seeds minus the method's: q0 (0 + 1)/2 - 0.5 = 0, q1 0.25 - 0.25 = 0
-    assert rows[-1]["f1"][0] == 0.0 and rows[2]["f1"][0] == pytest.approx(-25.0)
+    assert rows[5]["f1"][0] == 0.0 and rows[2]["f1"][0] == pytest.approx(-25.0)
+    # against SFT: seed 1 q0 100 - 0, q1 50 - 0; over the seeds q0 (0 + 1)/2 - 0 = 50, q1 (0 + 0.5)/2 - 0 = 25
+    assert rows[7]["f1"][0] == pytest.approx(75.0) and rows[8]["f1"][0] == pytest.approx(37.5)
     del dirs["sim-trained@s1"]  # an ablation in one seed only has no row over the seeds
-    assert [r["b"] for r in bl.comparisons(dirs, {"seeds": [0, 1]})][-1] == "sft+grpo@s0+s1"
+    assert [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})][-2:] == [
+        ("sft@s0+s1", "sft+grpo@s0+s1"), ("sft@s0", "sim-trained@s0")]
+    # the base model's cold start is set against the method, not against an SFT it never had
+    dirs["grpo-no-sft@s0"] = eval_dir("d0", [0.0, 0.0])
+    assert ("sft@s0", "grpo-no-sft@s0") not in [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})]
 
 
 def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_failure(tmp_path, capsys):
