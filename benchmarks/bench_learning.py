@@ -509,10 +509,12 @@ def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict
     pairs = [p for t in seeds for p in (("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}"))]
     pairs += [(f"sft+grpo@{t}", f"{a}@{t}") for t in seeds for a in ablations]
     scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
-    out = [paired_row(a, b, scores[a], scores[b]) for a, b in pairs if a in scores and b in scores]
-    out += seed_means(scores, seeds, [("sft", "sft+grpo")] + [("sft+grpo", x) for x in ablations])
-    out += [paired_row(a, b, scores[a], scores[b]) for t in seeds for a, b in [(f"sft@{t}", f"{x}@{t}") for x in from_sft]
-            if a in scores and b in scores]
+
+    def rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        return [paired_row(a, b, scores[a], scores[b]) for a, b in pairs if a in scores and b in scores]
+
+    out = rows(pairs) + seed_means(scores, seeds, [("sft", "sft+grpo")] + [("sft+grpo", x) for x in ablations])
+    out += rows([(f"sft@{t}", f"{x}@{t}") for t in seeds for x in from_sft])
     return out + seed_means(scores, seeds, [("sft", x) for x in from_sft])
 
 
