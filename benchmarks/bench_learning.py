@@ -19,6 +19,8 @@ held-out questions of both benchmarks with live tools (and, in the full run, sim
     mixed-trained SFT + GRPO with half the groups simulated, half live
     trl-peer      SFT + GRPO by TRL's own tool loop (GRPOTrainer(tools=...)), same tools and reward
     (sft+grpo is the live-trained arm of the transfer question: all three are evaluated with live tools)
+    sft+grpo-d2   the method again from the same SFT policy, its GRPO seeded anew (and -d3): not in the full
+                  preset; with them each seed reports its draws' spread of held-out gain over SFT
 
 For each arm and mode: EM, F1, cover EM, answered %, well-formed %, calls per episode with 95 % bootstrap
 intervals over questions; the paired difference SFT+GRPO minus SFT and SFT minus base; each GRPO run's reward
@@ -67,7 +69,13 @@ ARMS: dict[str, dict[str, Any]] = {
                     "solvable_mode": "live"},
     "mixed-trained": {"init": "sft", "grpo": {"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5},
                       "solvable_mode": "live"},
+    # the method again from the same SFT policy on the same questions, its GRPO seeded anew (`draw_seed`): how
+    # much of one run's held-out gain is the draw (two runs of a seed part after a step or two even at one
+    # seed, CPU arithmetic not being bit-for-bit repeatable: docs/learning.md, main-dapo-ablations-2seeds)
+    "sft+grpo-d2": {"init": "sft", "grpo": {"tool_mode": "live"}, "draw": 2},
+    "sft+grpo-d3": {"init": "sft", "grpo": {"tool_mode": "live"}, "draw": 3},
 }
+DRAWS = [a for a in ARMS if ARMS[a].get("draw")]
 # GRPO trains on `grpo_questions` questions for several epochs, a quarter of its steps an epoch: the reward
 # curve's first and last quarters then hold the same questions, and their difference is the policy's, not
 # the luck of the questions drawn (with a new question every step, one hard question moved a quarter's mean
@@ -99,7 +107,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (48 steps on 6 questions did not add to the held-out gain of 24: docs/learning.md, *Settings tried* 13),
     # estimated at 10 to 13 hours here; these sizes share every step with the main preset's runs
     "full": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 6, "eval_limit": 100,
-             "arms": list(ARMS), "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"], "grpo": ADOPTED_GRPO},
+             "arms": [a for a in ARMS if a not in DRAWS], "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"],
+             "grpo": ADOPTED_GRPO},
 }
 SEEDED = ("sft", "sft+grpo")  # the arms run in every seed; the ablations in the first (with --every-seed, in all)
 BENCHMARKS = ["hotpotqa", "2wiki"]
@@ -306,6 +315,12 @@ def check_disjoint(train: Path, cfg: Any) -> None:
             raise SystemExit(f"training and evaluation share {len(shared)} {b} question(s): the split is broken")
 
 
+def draw_seed(seed: int, arm: str) -> int:
+    """The seed of an arm's GRPO: the run's, or for another draw of the method one that no other seed's run
+    uses (seeds below 100)."""
+    return seed + 100 * (ARMS[arm].get("draw", 1) - 1)
+
+
 def trl_groups(trl: dict[str, Any]) -> int:
     """How many questions (groups of episodes) one GRPO step of these TRL settings trains on."""
     return trl["per_device_train_batch_size"] * trl["gradient_accumulation_steps"] // trl["num_generations"]
@@ -407,15 +422,17 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             if "grpo" in spec:
                 gcfg = cfg.model_copy(deep=True)
                 gcfg.grpo = gcfg.grpo.model_copy(update=spec["grpo"])
+                gcfg.seed = draw_seed(seed, arm)
                 gdir = own / f"grpo-{arm}-{tag}"
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
                 judged = {"solvable_mode": spec["solvable_mode"]} if spec.get("solvable_mode") else {}
-                # `candidates` and `solvable_mode` only where set: steps run before they existed stay the same
+                # `candidates`, `solvable_mode` and `draw` only where set: steps run before they existed stay the same
                 stages[f"grpo-{arm}-{tag}"] = run_step(
-                    gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": seed,
+                    gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed,
                            "init": str(model), "trainer": trainer.__name__,
                            "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
-                           **({"candidates": candidates} if candidates else {}), **judged},
+                           **({"candidates": candidates} if candidates else {}), **judged,
+                           **({"draw": spec["draw"]} if spec.get("draw") else {})},
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
                         overwrite=fresh, candidates=candidates, **judged).get("steps")},
@@ -444,6 +461,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["sft_steps"] = sft_steps
     results["comparisons"] = comparisons(eval_dirs, preset)
     results["sim_vs_live"] = sim_vs_live(eval_dirs)
+    results["draws"] = draw_spread(eval_dirs)
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
@@ -452,11 +470,11 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
 
 def arms_in_seed(preset: dict[str, Any], seed: int) -> list[str]:
     """The arms a seed runs: all of the preset's in the first seed; in the others the main comparison (SFT
-    only, SFT + GRPO), and the ablations too with `every_seed` (not the base model: greedy, it answers the
-    same in every seed)."""
+    only, SFT + GRPO) and the method's other draws, and the ablations too with `every_seed` (not the base
+    model: greedy, it answers the same in every seed)."""
     if seed == preset["seeds"][0]:
         return list(preset["arms"])
-    return [a for a in preset["arms"] if a in SEEDED or (preset.get("every_seed") and a != "base")]
+    return [a for a in preset["arms"] if a in SEEDED or a in DRAWS or (preset.get("every_seed") and a != "base")]
 
 
 # --- the figures -----------------------------------------------------------------------------------------
@@ -531,6 +549,27 @@ def seed_means(scores: dict[str, dict[str, dict[str, float]]], seeds: list[str],
             tag = "+".join(both)
             out.append(paired_row(f"{a}@{tag}", f"{b}@{tag}", seed_mean([scores[f"{a}@{t}"] for t in both]),
                                   seed_mean([scores[f"{b}@{t}"] for t in both])))
+    return out
+
+
+def draw_spread(eval_dirs: dict[str, Path]) -> dict[str, Any]:
+    """Each seed in which the method was drawn more than once (`sft+grpo-d2`, ...) from the same SFT policy:
+    each draw's held-out gain over SFT (F1, EM; live tools, paired on the same questions), their standard
+    deviation over the draws, and the draws' mean score on each question against SFT (named
+    `sft+grpo-d1..dN@sK`: its interval is over questions and holds none of the draw-to-draw spread, which the
+    standard deviation measures)."""
+    scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
+    out: dict[str, Any] = {}
+    for t in sorted({n.rpartition("@")[2] for n in scores if "@" in n}):
+        names = [n for n in [f"sft+grpo@{t}"] + [f"{a}@{t}" for a in DRAWS] if n in scores]
+        if len(names) < 2 or f"sft@{t}" not in scores:
+            continue
+        rows = [paired_row(f"sft@{t}", n, scores[f"sft@{t}"], scores[n]) for n in names]
+        gains = {m: [r[m][0] for r in rows] for m in ("f1", "em")}
+        out[t] = {"draws": names, **{f"{m}_gains": v for m, v in gains.items()},
+                  **{f"{m}_sd": round(statistics.stdev(v), 2) for m, v in gains.items()},
+                  "mean": paired_row(f"sft@{t}", f"sft+grpo-d1..d{len(names)}@{t}", scores[f"sft@{t}"],
+                                     seed_mean([scores[n] for n in names]))}
     return out
 
 
@@ -902,6 +941,13 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                       "| A | B | n | EM | F1 | answered |", "|---|---|---:|---:|---:|---:|"]
             lines += [f"| {c['a']} | {c['b']} | {c['n']} | {fmt_ci(c['em'])} | {fmt_ci(c['f1'])} | "
                       f"{fmt_ci(c['answered'])} |" for c in res["comparisons"]]
+        for t, d in res.get("draws", {}).items():
+            lines += ["", f"The method drawn {len(d['draws'])} times from seed {t[1:]}'s SFT policy (GRPO seeded anew each "
+                      f"time), each draw's gain over SFT: F1 {', '.join(f'{g:+.1f}' for g in d['f1_gains'])} (standard "
+                      f"deviation {d['f1_sd']:.1f}), EM {', '.join(f'{g:+.1f}' for g in d['em_gains'])} (standard "
+                      f"deviation {d['em_sd']:.1f}); the draws' mean on each question minus SFT: F1 "
+                      f"{fmt_ci(d['mean']['f1'])}, EM {fmt_ci(d['mean']['em'])} (an interval over questions: the spread "
+                      "of the draws is not in it)."]
         if res.get("sim_vs_live"):
             lines += ["", "The same policy with simulated tools (the ToolActor, grounded in retrieval) minus with live "
                       "ones, on the same questions:", "",

@@ -428,6 +428,34 @@ def test_every_seed_runs_and_compares_the_ablations_in_each_seed(tmp_path):
     assert ("sft@s0", "grpo-no-sft@s0") not in [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})]
 
 
+def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_spread_measured(tmp_path):
+    # another draw runs wherever the method does, seeded apart from every other seed's run; the full preset
+    # (the issue's arms) has none
+    assert [bl.draw_seed(1, a) for a in ("sft+grpo", "no-precheck", "sft+grpo-d2", "sft+grpo-d3")] == [1, 1, 101, 201]
+    preset = {**bl.PRESETS["main"], "arms": ["base", "sft", "sft+grpo", "no-precheck", "sft+grpo-d2"], "seeds": [0, 1]}
+    assert bl.arms_in_seed(preset, 1) == ["sft", "sft+grpo", "sft+grpo-d2"]
+    assert not set(bl.DRAWS) & set(bl.PRESETS["full"]["arms"]) and len(bl.DRAWS) == 2
+
+    eval_dir = partial(_f1_eval_dir, tmp_path)
+    dirs = {"sft@s0": eval_dir("a", [0.0, 0.0, 0.5]), "sft+grpo@s0": eval_dir("b", [1.0, 0.0, 0.5]),
+            "sft+grpo-d2@s0": eval_dir("c", [0.0, 0.0, 0.5]), "sft+grpo-d3@s0": eval_dir("d", [0.0, 0.5, 0.0]),
+            "sft@s1": eval_dir("e", [0.0]), "sft+grpo@s1": eval_dir("f", [1.0])}  # seed 1: one draw, no spread
+    spread = bl.draw_spread(dirs)
+    assert list(spread) == ["s0"]
+    d = spread["s0"]
+    assert d["draws"] == ["sft+grpo@s0", "sft+grpo-d2@s0", "sft+grpo-d3@s0"]
+    # gains over SFT: (100 + 0 + 0) / 3, 0, (0 + 50 - 50) / 3
+    assert d["f1_gains"] == pytest.approx([33.33, 0.0, 0.0], abs=0.01) and d["f1_sd"] == pytest.approx(19.25, abs=0.02)
+    # the draws' mean on each question: q0 1/3, q1 1/6, q2 1/3, against SFT's 0, 0, 1/2
+    assert d["mean"]["b"] == "sft+grpo-d1..d3@s0" and d["mean"]["f1"][0] == pytest.approx(11.11, abs=0.01)
+    # the draws are also set against the method and against SFT, as every arm trained from SFT is
+    pairs = [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})]
+    assert ("sft+grpo@s0", "sft+grpo-d2@s0") in pairs and ("sft@s0", "sft+grpo-d3@s0") in pairs
+    recorded = json.loads(bl.RESULTS.read_text())["main-dapo-3seeds"]
+    text = bl.doc_sections({"r": {**recorded, "draws": spread}})["r"]
+    assert "drawn 3 times from seed 0's SFT policy" in text and "F1 +33.3, +0.0, +0.0 (standard deviation 19.2)" in text
+
+
 def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_failure(tmp_path, capsys):
     from bench_grpo_checkpointing import alternated
 
