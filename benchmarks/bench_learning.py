@@ -426,13 +426,12 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 gdir = own / f"grpo-{arm}-{tag}"
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
                 judged = {"solvable_mode": spec["solvable_mode"]} if spec.get("solvable_mode") else {}
-                # `candidates`, `solvable_mode` and `draw` only where set: steps run before they existed stay the same
+                # `candidates` and `solvable_mode` only where set: steps run before they existed stay the same
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed,
                            "init": str(model), "trainer": trainer.__name__,
                            "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
-                           **({"candidates": candidates} if candidates else {}), **judged,
-                           **({"draw": spec["draw"]} if spec.get("draw") else {})},
+                           **({"candidates": candidates} if candidates else {}), **judged},
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged: {"steps": trainer(
                         gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
                         overwrite=fresh, candidates=candidates, **judged).get("steps")},
@@ -461,7 +460,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["sft_steps"] = sft_steps
     results["comparisons"] = comparisons(eval_dirs, preset)
     results["sim_vs_live"] = sim_vs_live(eval_dirs)
-    results["draws"] = draw_spread(eval_dirs)
+    results["draws"] = draw_spread(eval_dirs, preset)
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
@@ -552,7 +551,7 @@ def seed_means(scores: dict[str, dict[str, dict[str, float]]], seeds: list[str],
     return out
 
 
-def draw_spread(eval_dirs: dict[str, Path]) -> dict[str, Any]:
+def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str, Any]:
     """Each seed in which the method was drawn more than once (`sft+grpo-d2`, ...) from the same SFT policy:
     each draw's held-out gain over SFT (F1, EM; live tools, paired on the same questions), their standard
     deviation over the draws, and the draws' mean score on each question against SFT (named
@@ -560,7 +559,7 @@ def draw_spread(eval_dirs: dict[str, Path]) -> dict[str, Any]:
     standard deviation measures)."""
     scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
     out: dict[str, Any] = {}
-    for t in sorted({n.rpartition("@")[2] for n in scores if "@" in n}):
+    for t in [f"s{seed}" for seed in preset["seeds"]]:
         names = [n for n in [f"sft+grpo@{t}"] + [f"{a}@{t}" for a in DRAWS] if n in scores]
         if len(names) < 2 or f"sft@{t}" not in scores:
             continue

@@ -440,7 +440,7 @@ def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_
     dirs = {"sft@s0": eval_dir("a", [0.0, 0.0, 0.5]), "sft+grpo@s0": eval_dir("b", [1.0, 0.0, 0.5]),
             "sft+grpo-d2@s0": eval_dir("c", [0.0, 0.0, 0.5]), "sft+grpo-d3@s0": eval_dir("d", [0.0, 0.5, 0.0]),
             "sft@s1": eval_dir("e", [0.0]), "sft+grpo@s1": eval_dir("f", [1.0])}  # seed 1: one draw, no spread
-    spread = bl.draw_spread(dirs)
+    spread = bl.draw_spread(dirs, {"seeds": [0, 1]})
     assert list(spread) == ["s0"]
     d = spread["s0"]
     assert d["draws"] == ["sft+grpo@s0", "sft+grpo-d2@s0", "sft+grpo-d3@s0"]
