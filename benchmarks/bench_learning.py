@@ -289,7 +289,7 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
     return parse_config(data, str(DEMO) + " (bench_learning)")
 
 
-def training_file(work: Path, per_source: int) -> Path:
+def training_file(work: Path, per_source: int, name: str = "train.jsonl") -> Path:
     """The first `per_source` training-split questions of each benchmark, interleaved, in one file."""
     from mtr.data import resolve_benchmark
     from mtr.jsonl import write_text_atomic
@@ -297,7 +297,7 @@ def training_file(work: Path, per_source: int) -> Path:
     sources = [resolve_benchmark(f"{b}-train").read_text(encoding="utf-8").splitlines() for b in BENCHMARKS]
     sources = [[line for line in s if line.strip()][:per_source] for s in sources]
     lines = [line for pair in zip(*sources) for line in pair]
-    out = work / "data" / "train.jsonl"
+    out = work / "data" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(line + "\n" for line in lines)
     if not out.is_file() or out.read_text(encoding="utf-8") != text:
@@ -333,7 +333,8 @@ def groups_per_step(preset: dict[str, Any]) -> int:
 
 def preset_settings(preset_name: str, arms: list[str] | None = None, seeds: list[int] | None = None,
                     grpo: dict[str, Any] | None = None, eval_limit: int | None = None, every_seed: bool = False,
-                    simulated_eval: list[str] | None = None) -> dict[str, Any]:
+                    simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
+                    grpo_pool: int | None = None) -> dict[str, Any]:
     """The preset's settings with the command line's over them (what a run's results record as `preset`)."""
     preset = dict(PRESETS[preset_name])
     if arms:  # the preset's settings with other arms (finished steps are shared: a directory per step)
@@ -352,13 +353,18 @@ def preset_settings(preset_name: str, arms: list[str] | None = None, seeds: list
         preset["eval_limit"] = eval_limit
     if simulated_eval is not None:  # these arms with simulated tools too (a live evaluation is extended, not redone)
         preset["simulated_eval"] = simulated_eval
+    if grpo_questions:  # the questions GRPO trains on (a quarter of the steps then no longer one epoch)
+        preset["grpo_questions"] = grpo_questions
+    if grpo_pool:  # GRPO chooses its questions among the first N training questions of each benchmark
+        preset["grpo_pool"] = grpo_pool
     return preset
 
 
 def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds: list[int] | None = None,
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
-             simulated_eval: list[str] | None = None) -> dict[str, Any]:
+             simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
+             grpo_pool: int | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
@@ -374,11 +380,19 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     from mtr.stages.synth import synthesize
     from trl_peer import train_trl_peer
 
-    preset = preset_settings(preset_name, arms, seeds, grpo, eval_limit, every_seed, simulated_eval)
+    preset = preset_settings(preset_name, arms, seeds, grpo, eval_limit, every_seed, simulated_eval,
+                             grpo_questions, grpo_pool)
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
     data_id = file_sha256(train)
+    # GRPO's questions: chosen among SFT's, or among a larger pool whose first questions are SFT's (the solvable
+    # ones among SFT's 48 were 7 in seed 0: more questions need more candidates)
+    grpo_train = train
+    if preset.get("grpo_pool"):
+        grpo_train = training_file(work, preset["grpo_pool"], "grpo-train.jsonl")
+        check_disjoint(grpo_train, cfg0)
+    grpo_data_id = file_sha256(grpo_train)
     stages: dict[str, dict[str, Any]] = {}
 
     def synth(fresh: bool) -> dict[str, Any]:
@@ -426,16 +440,20 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 gdir = own / f"grpo-{arm}-{tag}"
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
                 judged = {"solvable_mode": spec["solvable_mode"]} if spec.get("solvable_mode") else {}
+                # another draw of the method starts from the method's policy on its questions: the initial
+                # policy's greedy answers, by which solvable-first chooses, are the method's (one pass, not one
+                # a draw: on a pool of 200 questions a pass costs what an evaluation does)
+                shared = {"solvable_from": own / f"grpo-sft+grpo-{tag}" / "solvable.jsonl"} if spec.get("draw") else {}
                 # `candidates` and `solvable_mode` only where set: steps run before they existed stay the same
                 stages[f"grpo-{arm}-{tag}"] = run_step(
-                    gdir, {"data": data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed,
+                    gdir, {"data": grpo_data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed,
                            "init": str(model), "trainer": trainer.__name__,
                            "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
                            **({"candidates": candidates} if candidates else {}), **judged},
-                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged: {"steps": trainer(
-                        gcfg, train, m, d, limit=preset["grpo_questions"], resume=not fresh,
-                        overwrite=fresh, candidates=candidates, **judged).get("steps")},
-                    on_resume=lambda d=gdir, m=model: follow_move(d, m, {"data": train}))
+                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged, shared=shared: {
+                        "steps": trainer(gcfg, grpo_train, m, d, limit=preset["grpo_questions"], resume=not fresh,
+                                         overwrite=fresh, candidates=candidates, **judged, **shared).get("steps")},
+                    on_resume=lambda d=gdir, m=model: follow_move(d, m, {"data": grpo_train}))
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo),
@@ -903,8 +921,9 @@ def fmt_ci(v: list[float], digits: int = 1) -> str:
 
 def grpo_questions(res: dict[str, Any]) -> str:
     """' on N questions, K a step' for a run's GRPO (nothing for runs that did not record their questions)."""
-    n = res["preset"].get("grpo_questions")
-    return f" on {n} question{'s' if n != 1 else ''}, {trl_groups(res['config']['grpo']['trl'])} a step" if n else ""
+    n, pool = res["preset"].get("grpo_questions"), res["preset"].get("grpo_pool")
+    among = f" chosen among the first {pool} training questions of each benchmark" if pool else ""
+    return f" on {n} question{'s' if n != 1 else ''}{among}, {trl_groups(res['config']['grpo']['trl'])} a step" if n else ""
 
 
 def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
@@ -1120,6 +1139,12 @@ def main() -> None:
     ap.add_argument("--eval-limit", type=int, metavar="N",
                     help="evaluate on the first N held-out questions of each benchmark instead of the preset's "
                     "(evaluations of fewer are extended)")
+    ap.add_argument("--grpo-questions", type=int, metavar="N",
+                    help="train each GRPO arm on N questions instead of the preset's (with solvable-first, the first "
+                    "N the SFT policy answers at least partly right, then the others)")
+    ap.add_argument("--grpo-pool", type=int, metavar="N",
+                    help="let GRPO choose its questions among the first N training questions of each benchmark "
+                    "(SFT's first, then questions SFT never saw) instead of SFT's own")
     ap.add_argument("--simulated-eval", metavar="ARMS",
                     help="comma-separated arms to evaluate with simulated tools too (the ToolActor, grounded in "
                     "retrieval), beside live ones, instead of the preset's (full: base, sft, sft+grpo); "
@@ -1182,8 +1207,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--simulated-eval: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    for flag, value in (("--grpo-questions", args.grpo_questions), ("--grpo-pool", args.grpo_pool)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} {value}: expected a number of questions, at least 1")
     res = run_arms(name, work, arms, seeds, parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed,
-                   parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated)
+                   parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
+                   args.grpo_questions, args.grpo_pool)
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

@@ -448,6 +448,32 @@ def test_solvable_first_puts_partly_right_questions_first_and_resumes(tmp_path, 
     env.close()
 
 
+def test_another_draw_takes_the_initial_policys_answers_and_answers_only_what_they_lack(tmp_path):
+    from mtr.data import load_qa
+    from mtr.stages.grpo import solvable_first, take_answers
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "answers": [a]}) + "\n"
+                            for i, a in enumerate(["1800", "1755", "1755"])))
+    first = tmp_path / "d1" / "solvable.jsonl"
+    first.parent.mkdir()
+    first.write_text("".join(json.dumps({"id": q, "prediction": p, "f1": f}) + "\n"
+                             for q, p, f in (("q0", "1800", 1.0), ("q1", "no", 0.0))))
+    mine = tmp_path / "d2" / "solvable.jsonl"
+    mine.parent.mkdir()
+    assert not take_answers(mine, tmp_path / "missing.jsonl") and not mine.exists()
+    assert take_answers(mine, first)
+    assert not take_answers(mine, tmp_path / "d1" / "other.jsonl")  # answers of its own are kept
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    backend = ScriptedBackend(agent=lambda m: "<think>I recall it.</think>\n<answer>1755</answer>")
+    env = Environment.from_config(cfg, "grpo", Pool(backend), tmp_path / "tools.jsonl")
+    ranked, n = solvable_first(cfg, env, load_qa(data), tmp_path / "init", mine, backend)
+    env.close()
+    # q0 and q1 as the first draw answered them (q1 wrong, though the scripted policy would now be right)
+    assert [ex.id for ex in ranked] == ["q0", "q2", "q1"] and n == 2 and backend.calls["agent"] == 1
+
+
 def test_draw_questions_keeps_the_order_given_without_shuffle(tmp_path):
     from mtr.data import load_qa
 

@@ -285,6 +285,24 @@ def test_two_groups_a_grpo_step_train_on_twice_the_questions():
     assert (longer["grpo_steps"], longer["grpo_questions"]) == (48, bl.PRESETS["main"]["grpo_questions"])
 
 
+def test_grpo_may_train_on_more_questions_chosen_from_a_pool_that_begins_with_sfts(tmp_path):
+    wide = bl.preset_settings("main", grpo_questions=24, grpo_pool=100)
+    assert (wide["grpo_questions"], wide["grpo_pool"]) == (24, 100)
+    assert "grpo_pool" not in bl.preset_settings("main") and bl.preset_settings("main")["grpo_questions"] == 6
+    sft = bl.training_file(tmp_path, 3).read_text().splitlines()
+    pool = bl.training_file(tmp_path, 5, "grpo-train.jsonl").read_text().splitlines()
+    # SFT's questions first, in SFT's order, then questions SFT never saw, both benchmarks interleaved
+    assert len(pool) == 10 and pool[:6] == sft and not set(pool[6:]) & set(sft)
+    assert (tmp_path / "data" / "train.jsonl").read_text().splitlines() == sft
+    import subprocess
+
+    work = tmp_path / "work"
+    out = subprocess.run([sys.executable, str(Path(bl.__file__)), "--preset", "main", "--work", str(work),
+                          "--grpo-pool", "0"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == \
+        "--grpo-pool 0: expected a number of questions, at least 1" and not work.exists()
+
+
 def test_paired_visits_compare_each_questions_first_and_last_step():
     import grpo_settings as gs
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -178,14 +179,28 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
     return rollout_func
 
 
+def take_answers(path: Path, source: Path) -> bool:
+    """Start the initial policy's answers at `path` (solvable_first's file) from another run's at `source`,
+    where `path` holds none yet and `source` exists; whether it did."""
+    if path.is_file() or not source.is_file():
+        return False
+    shutil.copyfile(source, path)
+    return True
+
+
 def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
                overwrite: bool = False, pool: Any = None, tools_path: Path | None = None,
-               candidates: int | None = None, solvable_mode: str | None = None) -> dict[str, Any]:
+               candidates: int | None = None, solvable_mode: str | None = None,
+               solvable_from: Path | None = None) -> dict[str, Any]:
     """GRPO from the checkpoint `init` on the first `limit` questions of `data` (with `question_order:
     solvable-first`, the first `limit` of that order, chosen among the file's first `candidates`: all of it
     when None; which ones the policy answers is judged with the stage's tools, or in `solvable_mode`'s, e.g.
     `live` for a run against simulated tools that is to train on the live-tool run's questions). Their tools
-    come from `tools_path` (the tools stage's file), or are made and kept in `out/tools.jsonl`."""
+    come from `tools_path` (the tools stage's file), or are made and kept in `out/tools.jsonl`.
+
+    `solvable_from`: the `solvable.jsonl` of another run from the same `init`, judged with the same tools (another
+    draw of it, seeded apart): its greedy answers are taken as this run's, and only questions it lacks are
+    answered here. The caller vouches for the same init and tools; the seed does not enter a greedy answer."""
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -230,6 +245,8 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         write_manifest(out, "grpo", stage_config(cfg), {"data": Path(data)},
                        extra={"init": str(init), "limit": limit}, overwrite=overwrite)
         order, solvable = examples, None
+        if solvable_order and solvable_from is not None:
+            take_answers(out / "solvable.jsonl", Path(solvable_from))
         if solvable_order:
             judge = env if solvable_mode in (None, env.mode) else Environment.from_config(
                 cfg, "grpo", pool, tools_path=tools_file, mode=solvable_mode, store=env.store)
