@@ -364,7 +364,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
              simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
-             grpo_pool: int | None = None) -> dict[str, Any]:
+             grpo_pool: int | None = None, against: Path | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
@@ -479,6 +479,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["comparisons"] = comparisons(eval_dirs, preset)
     results["sim_vs_live"] = sim_vs_live(eval_dirs)
     results["draws"] = draw_spread(eval_dirs, preset)
+    if against is not None:
+        results["draws_against"] = draws_against(eval_dirs, preset, against)
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
@@ -587,6 +589,35 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
                   **{f"{m}_sd": round(statistics.stdev(v), 2) for m, v in gains.items()},
                   "mean": paired_row(f"sft@{t}", f"sft+grpo-d1..d{len(names)}@{t}", scores[f"sft@{t}"],
                                      seed_mean([scores[n] for n in names]))}
+    return out
+
+
+def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Path) -> dict[str, Any]:
+    """This run's draws of the method set against another run's from the same SFT policy (its work directory
+    `other`: the same draws at other settings), per seed both have: the paired difference of the two sets'
+    mean score on each question (named `<other>:d1..dN@sK` against `d1..dM@sK`), and the share of questions
+    SFT answered alike in both runs (100 where they are the same policy; a different SFT policy makes the
+    row meaningless, and says so here). Evaluations are read from `eval-<arm>-sK` in `other`."""
+    from mtr.jsonl import read_jsonl
+
+    def answers(d: Path) -> dict[str, Any]:
+        return {r["key"]: r.get("prediction") for r in read_jsonl(d / "predictions.jsonl", latest_by="key")
+                if r["mode"] == "live"}
+
+    out: dict[str, Any] = {"work": other.name}
+    for t in [f"s{seed}" for seed in preset["seeds"]]:
+        arms = ["sft+grpo", *DRAWS]
+        mine = [question_scores(eval_dirs[f"{a}@{t}"]).get("live", {}) for a in arms if f"{a}@{t}" in eval_dirs]
+        theirs = [question_scores(other / f"eval-{a}-{t}").get("live", {}) for a in arms
+                  if (other / f"eval-{a}-{t}" / "predictions.jsonl").is_file()]
+        sft_other = other / f"eval-sft-{t}" / "predictions.jsonl"
+        if not mine or not theirs or f"sft@{t}" not in eval_dirs or not sft_other.is_file():
+            continue
+        a, b = answers(eval_dirs[f"sft@{t}"]), answers(sft_other.parent)
+        shared = set(a) & set(b)
+        out[t] = {"same_sft_pct": round(100.0 * sum(a[k] == b[k] for k in shared) / max(1, len(shared)), 1),
+                  "row": paired_row(f"{other.name}:d1..d{len(theirs)}@{t}", f"d1..d{len(mine)}@{t}",
+                                    seed_mean(theirs), seed_mean(mine))}
     return out
 
 
@@ -966,6 +997,13 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                       f"deviation {d['em_sd']:.1f}); the draws' mean on each question minus SFT: F1 "
                       f"{fmt_ci(d['mean']['f1'])}, EM {fmt_ci(d['mean']['em'])} (an interval over questions: the spread "
                       "of the draws is not in it)."]
+        against = res.get("draws_against", {})
+        for t, d in ((t, d) for t, d in against.items() if t != "work"):
+            r = d["row"]
+            lines += ["", f"This run's draws against run directory `{against['work']}`'s from seed {t[1:]}'s SFT policy "
+                      f"(SFT answered {d['same_sft_pct']:.0f} % of the questions alike in both), each set's mean on each "
+                      f"question, {r['b']} minus {r['a']}: F1 {fmt_ci(r['f1'])}, EM {fmt_ci(r['em'])}, answered "
+                      f"{fmt_ci(r['answered'])} (n {r['n']})."]
         if res.get("sim_vs_live"):
             lines += ["", "The same policy with simulated tools (the ToolActor, grounded in retrieval) minus with live "
                       "ones, on the same questions:", "",
@@ -1145,6 +1183,9 @@ def main() -> None:
     ap.add_argument("--grpo-pool", type=int, metavar="N",
                     help="let GRPO choose its questions among the first N training questions of each benchmark "
                     "(SFT's first, then questions SFT never saw) instead of SFT's own")
+    ap.add_argument("--draws-against", type=Path, metavar="DIR",
+                    help="set this run's draws of the method against those of the run whose work directory is DIR "
+                    "(the same SFT policy at other settings): the two sets' mean on each question, paired")
     ap.add_argument("--simulated-eval", metavar="ARMS",
                     help="comma-separated arms to evaluate with simulated tools too (the ToolActor, grounded in "
                     "retrieval), beside live ones, instead of the preset's (full: base, sft, sft+grpo); "
@@ -1207,12 +1248,14 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--simulated-eval: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    if args.draws_against and not args.draws_against.is_dir():
+        raise SystemExit(f"--draws-against {args.draws_against}: not a work directory of this benchmark")
     for flag, value in (("--grpo-questions", args.grpo_questions), ("--grpo-pool", args.grpo_pool)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} {value}: expected a number of questions, at least 1")
     res = run_arms(name, work, arms, seeds, parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed,
                    parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
-                   args.grpo_questions, args.grpo_pool)
+                   args.grpo_questions, args.grpo_pool, work_dir(args.draws_against, "") if args.draws_against else None)
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

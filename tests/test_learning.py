@@ -474,6 +474,39 @@ def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_
     assert "drawn 3 times from seed 0's SFT policy" in text and "F1 +33.3, +0.0, +0.0 (standard deviation 19.2)" in text
 
 
+def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_path):
+    def eval_dir(root, name, f1s, answers=None):
+        d = _f1_eval_dir(root, name, f1s)
+        rows = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
+        for r, a in zip(rows, answers or [str(f) for f in f1s]):
+            r["prediction"] = a
+        (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return d
+
+    other = tmp_path / "six-questions"
+    other.mkdir()
+    eval_dir(other, "eval-sft-s0", [0.0, 0.5, 0.0, 0.0])
+    eval_dir(other, "eval-sft+grpo-s0", [0.0, 0.5, 0.0, 0.0])
+    eval_dir(other, "eval-sft+grpo-d2-s0", [0.0, 0.0, 0.0, 0.5])
+    mine = tmp_path / "pool"
+    mine.mkdir()
+    dirs = {"sft@s0": eval_dir(mine, "eval-sft-s0", [0.0, 0.5, 0.0, 0.0], ["a", "b", "c", "x"]),
+            "sft+grpo@s0": eval_dir(mine, "eval-sft+grpo-s0", [1.0, 0.5, 0.0, 0.0]),
+            "sft+grpo-d2@s0": eval_dir(mine, "eval-sft+grpo-d2-s0", [1.0, 0.5, 0.5, 0.0]),
+            "sft+grpo-d3@s0": eval_dir(mine, "eval-sft+grpo-d3-s0", [1.0, 0.5, 0.0, 0.0])}
+    got = bl.draws_against(dirs, {"seeds": [0, 1]}, other)
+    assert got["work"] == "six-questions" and list(got) == ["work", "s0"]  # seed 1: neither run has it
+    d = got["s0"]
+    # SFT's answers: this run's a, b, c, x against the other's 0.0, 0.5, 0.0, 0.0: none alike
+    assert d["same_sft_pct"] == 0.0
+    # per question, mine 1, 0.5, 1/6, 0 against theirs 0, 0.25, 0, 0.25: (100 + 25 + 16.67 - 25) / 4
+    assert d["row"]["a"] == "six-questions:d1..d2@s0" and d["row"]["b"] == "d1..d3@s0"
+    assert d["row"]["f1"][0] == pytest.approx(29.17, abs=0.01) and d["row"]["n"] == 4
+    res = {**json.loads(bl.RESULTS.read_text())["main-dapo-3seeds"], "draws_against": got}
+    assert "against run directory `six-questions`'s from seed 0's SFT policy (SFT answered 0 % of the questions " \
+        "alike in both)" in bl.doc_sections({"r": res})["r"]
+
+
 def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_failure(tmp_path, capsys):
     from bench_grpo_checkpointing import alternated
 
