@@ -443,7 +443,9 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 # another draw of the method starts from the method's policy on its questions: the initial
                 # policy's greedy answers, by which solvable-first chooses, are the method's (one pass, not one
                 # a draw: on a pool of 200 questions a pass costs what an evaluation does)
-                shared = {"solvable_from": own / f"grpo-sft+grpo-{tag}" / "solvable.jsonl"} if spec.get("draw") else {}
+                method = own / f"grpo-sft+grpo-{tag}"
+                shared = ({"solvable_from": method / "solvable.jsonl"}
+                          if spec.get("draw") and same_start(method, grpo_data_id, model, gcfg.grpo) else {})
                 # `candidates` and `solvable_mode` only where set: steps run before they existed stay the same
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": grpo_data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed,
@@ -592,6 +594,22 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
     return out
 
 
+def same_start(method: Path, data_id: str, init: Path, grpo: Any) -> bool:
+    """Whether the method's GRPO step in `method` started as a draw about to start would: the same questions,
+    the same initial policy (its path and finish stamp) and the same GRPO settings but for the seed, which a
+    greedy answer does not read. Only then are its solvable-first answers the draw's (an SFT policy trained
+    again since, or other settings, and the draw answers afresh)."""
+    from mtr.rundir import checkpoint_stamp, same_settings
+
+    started = method / "bench_identity.json"
+    if not started.is_file():
+        return False
+    theirs = json.loads(started.read_text())
+    return (theirs.get("data") == data_id and theirs.get("init") == str(init)
+            and theirs.get("init_done") == checkpoint_stamp(init)
+            and same_settings(portable(theirs.get("grpo")), portable(grpo.model_dump(mode="json"))))
+
+
 def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Path) -> dict[str, Any]:
     """This run's draws of the method set against another run's from the same SFT policy (its work directory
     `other`: the same draws at other settings), per seed both have: the paired difference of the two sets'
@@ -604,16 +622,25 @@ def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Pat
         return {r["key"]: r.get("prediction") for r in read_jsonl(d / "predictions.jsonl", latest_by="key")
                 if r["mode"] == "live"}
 
+    from mtr.rundir import stage_done
+
     out: dict[str, Any] = {"work": other.name}
     for t in [f"s{seed}" for seed in preset["seeds"]]:
         arms = ["sft+grpo", *DRAWS]
         mine = [question_scores(eval_dirs[f"{a}@{t}"]).get("live", {}) for a in arms if f"{a}@{t}" in eval_dirs]
+        # only finished evaluations: one stopped halfway would set a part of the questions against the rest
         theirs = [question_scores(other / f"eval-{a}-{t}").get("live", {}) for a in arms
-                  if (other / f"eval-{a}-{t}" / "predictions.jsonl").is_file()]
-        sft_other = other / f"eval-sft-{t}" / "predictions.jsonl"
-        if not mine or not theirs or f"sft@{t}" not in eval_dirs or not sft_other.is_file():
+                  if stage_done(other / f"eval-{a}-{t}") is not None]
+        mine, theirs = [r for r in mine if r], [r for r in theirs if r]
+        sft_other = other / f"eval-sft-{t}"
+        shared_keys = set.intersection(*(set(r) for r in mine + theirs)) if mine and theirs else set()
+        if not shared_keys or f"sft@{t}" not in eval_dirs or stage_done(sft_other) is None:
+            # said, not raised: the run's own results are worth more than this one line of them
+            console.print(f"[yellow]--draws-against {other}: no finished evaluations of the method's draws and "
+                          f"of SFT in seed {t[1:]} on questions this run evaluated (eval-sft+grpo*-{t}, "
+                          f"eval-sft-{t}); that seed is left out[/yellow]")
             continue
-        a, b = answers(eval_dirs[f"sft@{t}"]), answers(sft_other.parent)
+        a, b = answers(eval_dirs[f"sft@{t}"]), answers(sft_other)
         shared = set(a) & set(b)
         out[t] = {"same_sft_pct": round(100.0 * sum(a[k] == b[k] for k in shared) / max(1, len(shared)), 1),
                   "row": paired_row(f"{other.name}:d1..d{len(theirs)}@{t}", f"d1..d{len(mine)}@{t}",

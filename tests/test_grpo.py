@@ -463,7 +463,9 @@ def test_another_draw_takes_the_initial_policys_answers_and_answers_only_what_th
     mine.parent.mkdir()
     assert not take_answers(mine, tmp_path / "missing.jsonl") and not mine.exists()
     assert take_answers(mine, first)
-    assert not take_answers(mine, tmp_path / "d1" / "other.jsonl")  # answers of its own are kept
+    other = tmp_path / "d1" / "other.jsonl"
+    other.write_text(json.dumps({"id": "q2", "prediction": "1755", "f1": 1.0}) + "\n")
+    assert not take_answers(mine, other) and mine.read_text() == first.read_text()  # answers of its own are kept
     cfg = Config()
     cfg.grpo.tool_mode = "off"
     backend = ScriptedBackend(agent=lambda m: "<think>I recall it.</think>\n<answer>1755</answer>")

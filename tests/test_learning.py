@@ -474,13 +474,17 @@ def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_
     assert "drawn 3 times from seed 0's SFT policy" in text and "F1 +33.3, +0.0, +0.0 (standard deviation 19.2)" in text
 
 
-def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_path):
-    def eval_dir(root, name, f1s, answers=None):
+def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_path, capsys):
+    from mtr.rundir import mark_done
+
+    def eval_dir(root, name, f1s, answers=None, done=True):
         d = _f1_eval_dir(root, name, f1s)
         rows = [json.loads(x) for x in (d / "predictions.jsonl").read_text().splitlines()]
         for r, a in zip(rows, answers or [str(f) for f in f1s]):
             r["prediction"] = a
         (d / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if done:
+            mark_done(d, 1.0)
         return d
 
     other = tmp_path / "six-questions"
@@ -488,14 +492,23 @@ def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_pa
     eval_dir(other, "eval-sft-s0", [0.0, 0.5, 0.0, 0.0])
     eval_dir(other, "eval-sft+grpo-s0", [0.0, 0.5, 0.0, 0.0])
     eval_dir(other, "eval-sft+grpo-d2-s0", [0.0, 0.0, 0.0, 0.5])
+    eval_dir(other, "eval-sft+grpo-d3-s0", [1.0, 1.0], done=False)  # stopped halfway: not one of the draws
+    # seed 1: the other run's evaluations hold none of this run's questions: said, and the seed left out
+    eval_dir(other, "eval-sft-s1", [0.0])
+    for name in ("eval-sft+grpo-s1", "eval-sft+grpo-d2-s1"):
+        d = eval_dir(other, name, [0.0])
+        (d / "predictions.jsonl").write_text((d / "predictions.jsonl").read_text().replace('"q0"', '"elsewhere"'))
     mine = tmp_path / "pool"
     mine.mkdir()
     dirs = {"sft@s0": eval_dir(mine, "eval-sft-s0", [0.0, 0.5, 0.0, 0.0], ["a", "b", "c", "x"]),
             "sft+grpo@s0": eval_dir(mine, "eval-sft+grpo-s0", [1.0, 0.5, 0.0, 0.0]),
             "sft+grpo-d2@s0": eval_dir(mine, "eval-sft+grpo-d2-s0", [1.0, 0.5, 0.5, 0.0]),
-            "sft+grpo-d3@s0": eval_dir(mine, "eval-sft+grpo-d3-s0", [1.0, 0.5, 0.0, 0.0])}
-    got = bl.draws_against(dirs, {"seeds": [0, 1]}, other)
-    assert got["work"] == "six-questions" and list(got) == ["work", "s0"]  # seed 1: neither run has it
+            "sft+grpo-d3@s0": eval_dir(mine, "eval-sft+grpo-d3-s0", [1.0, 0.5, 0.0, 0.0]),
+            "sft@s1": eval_dir(mine, "eval-sft-s1", [0.0]), "sft+grpo@s1": eval_dir(mine, "eval-sft+grpo-s1", [1.0])}
+    got = bl.draws_against(dirs, {"seeds": [0, 1, 2]}, other)  # seed 2: neither run has it
+    assert got["work"] == "six-questions" and list(got) == ["work", "s0"]
+    said = " ".join(capsys.readouterr().out.split())  # the console wraps its lines
+    assert "no finished evaluations of the method's draws and of SFT in seed 1 " in said
     d = got["s0"]
     # SFT's answers: this run's a, b, c, x against the other's 0.0, 0.5, 0.0, 0.0: none alike
     assert d["same_sft_pct"] == 0.0
@@ -868,3 +881,22 @@ def test_only_the_arms_trained_against_simulated_tools_have_their_calls_asked_ag
                 and bl.replay_players(GRPOStageConfig().model_copy(update=spec["grpo"]), "bm25") == {"search": "bm25"}}
     assert replayed == {"sim-trained", "mixed-trained"}
     assert bl.replay_players(GRPOStageConfig(tool_mode="live"), "bm25") is None
+
+
+def test_a_draw_takes_the_methods_answers_only_where_the_method_started_as_the_draw_will(tmp_path):
+    from mtr.config import Config
+    from mtr.rundir import checkpoint_stamp, mark_done
+
+    sft, method = tmp_path / "sft-s0", tmp_path / "grpo-sft+grpo-s0"
+    mark_done(sft, 1.0)
+    grpo = Config().grpo
+    assert not bl.same_start(method, "data-1", sft, grpo)  # the method has not started
+    method.mkdir()
+    (method / "bench_identity.json").write_text(json.dumps(
+        {"data": "data-1", "grpo": grpo.model_dump(mode="json"), "seed": 0, "init": str(sft),
+         "init_done": checkpoint_stamp(sft)}))
+    assert bl.same_start(method, "data-1", sft, grpo)
+    assert not bl.same_start(method, "data-2", sft, grpo)  # other questions
+    assert not bl.same_start(method, "data-1", sft, grpo.model_copy(update={"question_order": "solvable-first"}))
+    (sft / "stage_done.json").write_text(json.dumps({"wall_s": 1.0, "finished": "2099-01-01T00:00:00Z"}))
+    assert not bl.same_start(method, "data-1", sft, grpo)  # SFT trained again since the method started
