@@ -294,8 +294,12 @@ def training_file(work: Path, per_source: int, name: str = "train.jsonl") -> Pat
     from mtr.data import resolve_benchmark
     from mtr.jsonl import write_text_atomic
 
-    sources = [resolve_benchmark(f"{b}-train").read_text(encoding="utf-8").splitlines() for b in BENCHMARKS]
-    sources = [[line for line in s if line.strip()][:per_source] for s in sources]
+    sources = {b: [line for line in resolve_benchmark(f"{b}-train").read_text(encoding="utf-8").splitlines()
+                   if line.strip()] for b in BENCHMARKS}
+    short = [f"{b}-train holds {len(s)}" for b, s in sources.items() if len(s) < per_source]
+    if short:  # zip would cut every benchmark to the shortest, silently
+        raise SystemExit(f"{name}: {per_source} training questions of each benchmark asked, but {', '.join(short)}")
+    sources = [s[:per_source] for s in sources.values()]
     lines = [line for pair in zip(*sources) for line in pair]
     out = work / "data" / name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1280,6 +1284,9 @@ def main() -> None:
     for flag, value in (("--grpo-questions", args.grpo_questions), ("--grpo-pool", args.grpo_pool)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} {value}: expected a number of questions, at least 1")
+    if args.grpo_pool is not None and args.grpo_pool < PRESETS[name]["train_per_source"]:
+        raise SystemExit(f"--grpo-pool {args.grpo_pool}: a pool holds SFT's {PRESETS[name]['train_per_source']} "
+                         f"training questions of each benchmark and more; give at least that")
     res = run_arms(name, work, arms, seeds, parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed,
                    parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
                    args.grpo_questions, args.grpo_pool, work_dir(args.draws_against, "") if args.draws_against else None)

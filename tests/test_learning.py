@@ -301,6 +301,14 @@ def test_grpo_may_train_on_more_questions_chosen_from_a_pool_that_begins_with_sf
                           "--grpo-pool", "0"], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == \
         "--grpo-pool 0: expected a number of questions, at least 1" and not work.exists()
+    out = subprocess.run([sys.executable, str(Path(bl.__file__)), "--preset", "main", "--work", str(work),
+                          "--grpo-pool", "10"], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == "--grpo-pool 10: a pool holds SFT's 24 " \
+        "training questions of each benchmark and more; give at least that" and not work.exists()
+    # a pool larger than a benchmark's training split is refused, not cut to the shortest split
+    with pytest.raises(SystemExit, match=r"grpo-train.jsonl: 100000 training questions of each benchmark asked, "
+                       r"but hotpotqa-train holds \d+, 2wiki-train holds \d+"):
+        bl.training_file(tmp_path, 100000, "grpo-train.jsonl")
 
 
 def test_paired_visits_compare_each_questions_first_and_last_step():
