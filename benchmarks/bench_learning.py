@@ -42,6 +42,7 @@ import statistics
 import threading
 import time
 from contextlib import contextmanager
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -295,12 +296,12 @@ def training_file(work: Path, per_source: int, name: str = "train.jsonl") -> Pat
     from mtr.jsonl import write_text_atomic
 
     sources = {b: [line for line in resolve_benchmark(f"{b}-train").read_text(encoding="utf-8").splitlines()
-                   if line.strip()] for b in BENCHMARKS}
-    short = [f"{b}-train holds {len(s)}" for b, s in sources.items() if len(s) < per_source]
-    if short:  # zip would cut every benchmark to the shortest, silently
-        raise SystemExit(f"{name}: {per_source} training questions of each benchmark asked, but {', '.join(short)}")
-    sources = [s[:per_source] for s in sources.values()]
-    lines = [line for pair in zip(*sources) for line in pair]
+                   if line.strip()][:per_source] for b in BENCHMARKS}
+    for b, s in sources.items():
+        if len(s) < per_source:  # a split that holds fewer gives what it has; the others are not cut to it
+            console.print(f"[yellow]{name}: {b}-train holds {len(s)} of the {per_source} training questions "
+                          f"asked; all of them are taken[/yellow]")
+    lines = [line for group in zip_longest(*sources.values()) for line in group if line is not None]
     out = work / "data" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(line + "\n" for line in lines)

@@ -285,7 +285,16 @@ def test_two_groups_a_grpo_step_train_on_twice_the_questions():
     assert (longer["grpo_steps"], longer["grpo_questions"]) == (48, bl.PRESETS["main"]["grpo_questions"])
 
 
-def test_grpo_may_train_on_more_questions_chosen_from_a_pool_that_begins_with_sfts(tmp_path):
+def test_grpo_may_train_on_more_questions_chosen_from_a_pool_that_begins_with_sfts(tmp_path, monkeypatch, capsys):
+    import mtr.data
+
+    # two small training splits of their own: the shared data may not be beside a clone
+    splits = {}
+    for b, n in (("hotpotqa", 12), ("2wiki", 7)):
+        splits[f"{b}-train"] = tmp_path / f"{b}-train.jsonl"
+        splits[f"{b}-train"].write_text("".join(json.dumps({"id": f"{b}{i}", "question": f"Q{i}?", "answers": ["a"]})
+                                                + "\n" for i in range(n)))
+    monkeypatch.setattr(mtr.data, "resolve_benchmark", lambda name: splits[name])
     wide = bl.preset_settings("main", grpo_questions=24, grpo_pool=100)
     assert (wide["grpo_questions"], wide["grpo_pool"]) == (24, 100)
     assert "grpo_pool" not in bl.preset_settings("main") and bl.preset_settings("main")["grpo_questions"] == 6
@@ -305,10 +314,12 @@ def test_grpo_may_train_on_more_questions_chosen_from_a_pool_that_begins_with_sf
                           "--grpo-pool", "10"], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.strip().splitlines()[-1] == "--grpo-pool 10: a pool holds SFT's 24 " \
         "training questions of each benchmark and more; give at least that" and not work.exists()
-    # a pool larger than a benchmark's training split is refused, not cut to the shortest split
-    with pytest.raises(SystemExit, match=r"grpo-train.jsonl: 100000 training questions of each benchmark asked, "
-                       r"but hotpotqa-train holds \d+, 2wiki-train holds \d+"):
-        bl.training_file(tmp_path, 100000, "grpo-train.jsonl")
+    # a pool larger than a benchmark's training split takes all it holds, says so, and cuts no other split
+    capsys.readouterr()
+    pool = bl.training_file(tmp_path, 10, "grpo-train.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in pool[-4:]] == ["2wiki6", "hotpotqa7", "hotpotqa8", "hotpotqa9"]
+    assert len(pool) == 17 and pool[:6] == sft
+    assert "2wiki-train holds 7 of the 10 training questions asked" in " ".join(capsys.readouterr().out.split())
 
 
 def test_paired_visits_compare_each_questions_first_and_last_step():
