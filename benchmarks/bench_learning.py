@@ -622,12 +622,11 @@ def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Pat
     SFT answered alike in both runs (100 where they are the same policy; a different SFT policy makes the
     row meaningless, and says so here). Evaluations are read from `eval-<arm>-sK` in `other`."""
     from mtr.jsonl import read_jsonl
+    from mtr.rundir import stage_done
 
     def answers(d: Path) -> dict[str, Any]:
         return {r["key"]: r.get("prediction") for r in read_jsonl(d / "predictions.jsonl", latest_by="key")
                 if r["mode"] == "live"}
-
-    from mtr.rundir import stage_done
 
     out: dict[str, Any] = {"work": other.name}
     for t in [f"s{seed}" for seed in preset["seeds"]]:
