@@ -77,10 +77,14 @@ ARMS: dict[str, dict[str, Any]] = {
     "sft+grpo-d3": {"init": "sft", "grpo": {"tool_mode": "live"}, "draw": 3},
 }
 DRAWS = [a for a in ARMS if ARMS[a].get("draw")]
-# GRPO trains on `grpo_questions` questions for several epochs, a quarter of its steps an epoch: the reward
-# curve's first and last quarters then hold the same questions, and their difference is the policy's, not
-# the luck of the questions drawn (with a new question every step, one hard question moved a quarter's mean
-# more than 8 steps of learning did: docs/learning.md, *Settings tried*).
+# GRPO (main, full) trains on `grpo_questions` questions, each once, chosen among a pool of the first `grpo_pool`
+# training questions of each benchmark (SFT's own first). Until 2026-12-05 it trained on 6 of SFT's questions
+# four times over, a quarter of its steps an epoch, so that the reward curve's first and last quarters held the
+# same questions (with a new question every step, one hard question moved a quarter's mean more than 8 steps
+# of learning did). Of 7 such runs from two SFT policies, 3 fell below SFT's held-out F1; every run on 24
+# questions of a pool of 100 a benchmark rose above it (docs/learning.md, *Settings tried* 22). The price:
+# the quarters now hold different questions, and their difference no longer shows learning. `quick` keeps
+# its 4 steps on one question, where it does.
 # GRPO draws the questions the SFT policy answers at least partly right first (with demo.yaml's F1 answer
 # reward: three seeds of held-out F1 above SFT's, where the file's order and EM fell below it: docs/learning.md),
 # and samples its episodes at temperature 0.7 (now demo.yaml's too; named here so that the benchmark's settings
@@ -100,14 +104,15 @@ PRESETS: dict[str, dict[str, Any]] = {
               "grpo": ADOPTED_GRPO},
     # the main comparison only, one seed (the runs labelled quick-* in docs/learning.md: the preset was called
     # quick until the small one above took the name)
-    "main": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 6, "eval_limit": 30,
-             "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [], "grpo": ADOPTED_GRPO},
+    "main": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 24, "grpo_pool": 100,
+             "eval_limit": 30, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [], "grpo": ADOPTED_GRPO},
     # every arm; the main comparison in two seeds; the main arms also with simulated tools. Trained as `main` is,
     # evaluated on 100 held-out questions a benchmark (the runs of docs/learning.md at `--eval-limit 100`): until
     # 2026-12-04 it trained on 100 questions a benchmark and for 48 GRPO steps on 12, sizes no run ever measured
     # (48 steps on 6 questions did not add to the held-out gain of 24: docs/learning.md, *Settings tried* 13),
     # estimated at 10 to 13 hours here; these sizes share every step with the main preset's runs
-    "full": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 6, "eval_limit": 100,
+    "full": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 24, "grpo_pool": 100,
+             "eval_limit": 100,
              "arms": [a for a in ARMS if a not in DRAWS], "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"],
              "grpo": ADOPTED_GRPO},
 }
@@ -352,16 +357,17 @@ def preset_settings(preset_name: str, arms: list[str] | None = None, seeds: list
         groups = groups_per_step(preset)
         preset["grpo"] = {**preset.get("grpo", {}), **grpo}
         preset["grpo_steps"] = grpo.get("trl.max_steps", preset["grpo_steps"])  # what the results then say
-        # more groups a step draw as many times more questions: a quarter of the steps stays an epoch
+        # more groups a step draw as many times more questions: each is seen as often as with one
         preset["grpo_questions"] = preset["grpo_questions"] * groups_per_step(preset) // groups
     if eval_limit:  # more held-out questions (a finished evaluation of fewer is extended, not redone)
         preset["eval_limit"] = eval_limit
     if simulated_eval is not None:  # these arms with simulated tools too (a live evaluation is extended, not redone)
         preset["simulated_eval"] = simulated_eval
-    if grpo_questions:  # the questions GRPO trains on (a quarter of the steps then no longer one epoch)
+    if grpo_questions:  # the questions GRPO trains on (e.g. 6 with --grpo-pool 24: the runs before the pool)
         preset["grpo_questions"] = grpo_questions
     if grpo_pool:  # GRPO chooses its questions among the first N training questions of each benchmark
         preset["grpo_pool"] = grpo_pool
+        preset.pop("grpo_candidates", None)  # the pool's questions, not the file's first few (quick's)
     return preset
 
 
@@ -445,12 +451,14 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 gdir = own / f"grpo-{arm}-{tag}"
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
                 judged = {"solvable_mode": spec["solvable_mode"]} if spec.get("solvable_mode") else {}
-                # another draw of the method starts from the method's policy on its questions: the initial
-                # policy's greedy answers, by which solvable-first chooses, are the method's (one pass, not one
-                # a draw: on a pool of 200 questions a pass costs what an evaluation does)
+                # an arm that starts from the method's policy on its questions, judged with the same tools
+                # (another draw, the TRL peer, the transfer arms): the initial policy's greedy answers, by
+                # which solvable-first chooses, are the method's (one pass a seed, not one an arm: on a pool of
+                # 200 questions a pass costs what an evaluation does)
                 method = own / f"grpo-sft+grpo-{tag}"
                 shared = ({"solvable_from": method / "solvable.jsonl"}
-                          if spec.get("draw") and same_start(method, grpo_data_id, model, gcfg.grpo) else {})
+                          if arm != "sft+grpo" and same_start(method, grpo_data_id, model, gcfg.grpo,
+                                                              spec.get("solvable_mode")) else {})
                 # `candidates` and `solvable_mode` only where set: steps run before they existed stay the same
                 stages[f"grpo-{arm}-{tag}"] = run_step(
                     gdir, {"data": grpo_data_id, "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed,
@@ -599,11 +607,24 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
     return out
 
 
-def same_start(method: Path, data_id: str, init: Path, grpo: Any) -> bool:
-    """Whether the method's GRPO step in `method` started as a draw about to start would: the same questions,
-    the same initial policy (its path and finish stamp) and the same GRPO settings but for the seed, which a
-    greedy answer does not read. Only then are its solvable-first answers the draw's (an SFT policy trained
-    again since, or other settings, and the draw answers afresh)."""
+# GRPO settings that solvable-first's judge does not read: it answers in its own mode (`solvable_mode`, else
+# the tools the arm trains against), so what the arm trains against besides does not enter its answers
+TRAINING_TOOLS = ("tool_mode", "grounding", "live_share")
+
+
+def judged_by(grpo: dict[str, Any], solvable_mode: str | None) -> dict[str, Any]:
+    """The GRPO settings that make solvable-first's greedy answers: the judge's tool mode, and every setting
+    but those of the tools trained against."""
+    return {**{k: v for k, v in grpo.items() if k not in TRAINING_TOOLS},
+            "judge_mode": solvable_mode or grpo.get("tool_mode")}
+
+
+def same_start(method: Path, data_id: str, init: Path, grpo: Any, solvable_mode: str | None = None) -> bool:
+    """Whether the method's GRPO step in `method` started as an arm about to start would: the same questions,
+    the same initial policy (its path and finish stamp), judged with the same tools, and the same GRPO
+    settings but for the seed, which a greedy answer does not read, and the tools the arm trains against
+    (`judged_by`). Only then are its solvable-first answers the arm's (an SFT policy trained again since, or
+    other settings, and the arm answers afresh)."""
     from mtr.rundir import checkpoint_stamp, same_settings
 
     started = method / "bench_identity.json"
@@ -612,7 +633,17 @@ def same_start(method: Path, data_id: str, init: Path, grpo: Any) -> bool:
     theirs = json.loads(started.read_text())
     return (theirs.get("data") == data_id and theirs.get("init") == str(init)
             and theirs.get("init_done") == checkpoint_stamp(init)
-            and same_settings(portable(theirs.get("grpo")), portable(grpo.model_dump(mode="json"))))
+            and same_settings(portable(judged_by(theirs.get("grpo") or {}, theirs.get("solvable_mode"))),
+                              portable(judged_by(grpo.model_dump(mode="json"), solvable_mode))))
+
+
+def shares_answers(arm: str) -> bool:
+    """Whether an arm takes the method's solvable-first answers in its seed (`same_start`, as the presets run
+    it): another draw, the TRL peer, the arms trained against simulated tools (judged live); not the cold
+    start (another initial policy) nor the pre-check ablation (its judge lets invalid calls through)."""
+    spec, method = ARMS[arm], ARMS["sft+grpo"]
+    return (arm != "sft+grpo" and "grpo" in spec and spec["init"] == method["init"]
+            and judged_by(spec["grpo"], spec.get("solvable_mode")) == judged_by(method["grpo"], None))
 
 
 def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Path) -> dict[str, Any]:
@@ -922,6 +953,12 @@ def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def candidate_questions(preset: dict[str, Any]) -> int:
+    """How many training questions solvable-first has a GRPO arm's initial policy answer: `grpo_candidates`,
+    or every question of GRPO's file (the pool's, else SFT's)."""
+    return preset.get("grpo_candidates") or (preset.get("grpo_pool") or preset["train_per_source"]) * len(BENCHMARKS)
+
+
 # what an estimate records of the preset it estimated: a preset's sizes change, its estimates stay in the file
 ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "eval_limit", "seeds")
 
@@ -929,8 +966,12 @@ ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "eval_lim
 def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     """How long a preset would take here, from a finished run's measured steps: SFT seconds a step, each GRPO
     arm's seconds a step, each arm's evaluation seconds a question (the same arm in another seed costs the
-    same; an arm never measured costs as the method's GRPO and SFT's evaluation). Synthesis and filtering
-    (scripted teacher, seconds) are left out."""
+    same; an arm never measured costs as the method's GRPO and SFT's evaluation). A GRPO arm's step also
+    holds solvable-first's pass, its initial policy's greedy answer to every candidate question: priced as
+    that policy's evaluation a question, it is taken out of the measured steps and counted once a GRPO arm
+    that answers afresh (those that take the method's answers, `shares_answers`, count none; a run from
+    before they did counts their pass in their steps). Synthesis and filtering (scripted teacher, seconds)
+    are left out."""
     p, m = PRESETS[preset_name], measured
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
@@ -950,21 +991,31 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     t = m.get("config", {}).get("grpo", {}).get("trl")
     measured_groups = trl_groups(t) if t else 1
 
-    def grpo_rate(arm: str) -> float:
-        k = f"grpo-{arm}-{first}" if f"grpo-{arm}-{first}" in stages else f"grpo-sft+grpo-{first}"
-        return stages[k]["wall_s"] / (mp["grpo_steps"] * measured_groups)
-
     def eval_rate(arm: str) -> float:  # seconds an episode: an arm evaluated in both modes ran twice as many
         used = arm if f"eval-{arm}-{first}" in stages else "sft"
         modes = 2 if used in mp.get("simulated_eval", ()) else 1  # older runs: live only
         return stages[f"eval-{used}-{first}"]["wall_s"] / (measured_q * modes)
+
+    # the order the measured run and the preset choose their questions in (a run before the option: the file's)
+    measured_order = m.get("config", {}).get("grpo", {}).get("question_order", "file")
+    order = base_config(p, p["seeds"][0]).grpo.question_order
+
+    def answer_pass(arm: str, preset: dict[str, Any], order: str) -> float:  # solvable-first's, a fresh arm
+        if shares_answers(arm) or order != "solvable-first":
+            return 0.0
+        return eval_rate(ARMS[arm]["init"] or "base") * candidate_questions(preset)
+
+    def grpo_rate(arm: str) -> float:
+        used = arm if f"grpo-{arm}-{first}" in stages else "sft+grpo"
+        steps_s = stages[f"grpo-{used}-{first}"]["wall_s"] - answer_pass(used, mp, measured_order)
+        return max(0.0, steps_s) / (mp["grpo_steps"] * measured_groups)
 
     groups = groups_per_step(p)
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
     for seed in p["seeds"]:
         for arm in arms_in_seed(p, seed):
             if "grpo" in ARMS[arm]:
-                parts["grpo"] += grpo_rate(arm) * p["grpo_steps"] * groups
+                parts["grpo"] += grpo_rate(arm) * p["grpo_steps"] * groups + answer_pass(arm, p, order)
             modes = 2 if arm in p["simulated_eval"] else 1
             parts["eval"] += eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
     return {"preset": preset_name, "from": m.get("commit"), "sizes": {k: p[k] for k in ESTIMATED_SIZES},
@@ -981,7 +1032,7 @@ def fmt_ci(v: list[float], digits: int = 1) -> str:
     return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
 
-def grpo_questions(res: dict[str, Any]) -> str:
+def grpo_questions_phrase(res: dict[str, Any]) -> str:
     """' on N questions, K a step' for a run's GRPO (nothing for runs that did not record their questions)."""
     n, pool = res["preset"].get("grpo_questions"), res["preset"].get("grpo_pool")
     among = f" chosen among the first {pool} training questions of each benchmark" if pool else ""
@@ -996,7 +1047,7 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
         g = res["config"]["grpo"]  # a run recorded before these options existed ran in the file's order, on EM
         lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {res['cpu']}, {res['cores']} cores); "
                  f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
-                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps{grpo_questions(res)} (questions: "
+                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps{grpo_questions_phrase(res)} (questions: "
                  f"{g.get('question_order', 'file')} order, answer reward: {g.get('answer_metric', 'em').upper()}, "
                  f"learning rate {g['trl']['learning_rate']:g}, sampled at temperature "
                  f"{g['trl'].get('temperature', 1.0):g}); evaluation: {res['preset']['eval_limit']} held-out "
@@ -1227,8 +1278,8 @@ def main() -> None:
                     "leaves this checkout free to edit) into this one, and rewrite docs/learning.md")
     ap.add_argument("--docs", action="store_true", help="only rewrite docs/learning.md from the results file")
     ap.add_argument("--estimate", metavar="RUN",
-                    help="only estimate how long the full preset takes here from the finished run RUN of the "
-                    "results file (its measured steps), and keep the estimate with that run")
+                    help="only estimate how long the main and full presets take here from the finished run RUN of "
+                    "the results file (its measured steps), and keep the estimates with that run")
     ap.add_argument("--rescore", metavar="RUN",
                     help="only score the logged training episodes of run RUN's GRPO arms by the calls they made "
                     "(by_calls) from its work directories (--work, --seed-work), with its recorded settings, and "
@@ -1244,14 +1295,15 @@ def main() -> None:
         all_results = json.loads(RESULTS.read_text())
         if args.estimate not in all_results:
             raise SystemExit(f"--estimate: no run {args.estimate!r} in {RESULTS}; runs: {', '.join(all_results)}")
-        try:
-            est = estimate("full", all_results[args.estimate])
-        except ValueError as e:
-            raise SystemExit(f"--estimate {args.estimate}: {e}") from None
-        all_results[args.estimate].setdefault("estimates", {})["full"] = est
+        for name in ("main", "full"):  # the presets a user runs whole (quick's GRPO is too small to time by)
+            try:
+                est = estimate(name, all_results[args.estimate])
+            except ValueError as e:
+                raise SystemExit(f"--estimate {args.estimate}: {e}") from None
+            all_results[args.estimate].setdefault("estimates", {})[name] = est
+            print(f"the {name} preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h (SFT "
+                  f"{est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)")
         RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
-        print(f"the full preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h "
-              f"(SFT {est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)")
         return
     if args.merge:
         merge_run(args.merge, args.label)

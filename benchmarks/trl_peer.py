@@ -94,14 +94,18 @@ def episode_of(prompt: list[dict], completion: list[dict], answers: list[str], s
     return trace
 
 
-def peer_solvable_first(cfg: Any, examples: list, init: Path, out: Path) -> list:
-    """The questions in `grpo.question_order: solvable-first` order, as mtr's GRPO stage orders them."""
+def peer_solvable_first(cfg: Any, examples: list, init: Path, out: Path, solvable_from: Path | None = None) -> list:
+    """The questions in `grpo.question_order: solvable-first` order, as mtr's GRPO stage orders them (and, as
+    it does, with `solvable_from`'s answers taken where this run has none: `train_grpo`)."""
     import asyncio
 
     from mtr.backends import BackendPool
     from mtr.env import Environment
-    from mtr.stages.grpo import solvable_first
+    from mtr.stages.grpo import solvable_first, take_answers
     from mtr.toolmaker import ToolStore
+
+    if solvable_from is not None:
+        take_answers(out / "solvable.jsonl", Path(solvable_from))
 
     pool = BackendPool(cfg)
     env = Environment.from_config(cfg, "grpo", pool)
@@ -115,7 +119,8 @@ def peer_solvable_first(cfg: Any, examples: list, init: Path, out: Path) -> list
 
 
 def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
-                   overwrite: bool = False, candidates: int | None = None) -> dict[str, Any]:
+                   overwrite: bool = False, candidates: int | None = None,
+                   solvable_from: Path | None = None) -> dict[str, Any]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
     from trl.chat_template_utils import qwen3_template
@@ -139,7 +144,7 @@ def train_trl_peer(cfg: Any, data: Path, init: Path, out: Path, limit: int | Non
     prepare_run(args, out, overwrite, ("log.jsonl", "train_stats.json", "solvable.jsonl", "tools.jsonl"),
                 lambda: None)
     if g.question_order == "solvable-first":  # chosen by the same rule as mtr's GRPO chooses them
-        examples = peer_solvable_first(cfg, load_qa(data, candidates), Path(init), out)
+        examples = peer_solvable_first(cfg, load_qa(data, candidates), Path(init), out, solvable_from)
         examples = examples[:limit] if limit else examples
     else:
         examples = load_qa(data, limit)

@@ -266,18 +266,26 @@ def test_a_trl_completion_is_scored_as_mtr_scores_its_own_episodes():
 
 
 @pytest.mark.parametrize("name", list(bl.PRESETS))
-def test_each_quarter_of_grpo_is_one_epoch_over_the_same_questions(name):
-    """The reward curve's first and last quarters compare the same questions (a group of one question a step)."""
+def test_grpo_sees_each_question_once_from_a_pool_or_a_quarter_of_its_steps_an_epoch(name):
+    """With a pool, each of GRPO's questions is one step's group; without (quick), the reward curve's first
+    and last quarters compare the same questions, a quarter of the steps an epoch."""
     p = bl.PRESETS[name]
-    assert p["grpo_steps"] % 4 == 0 and p["grpo_steps"] // 4 * bl.groups_per_step(p) == p["grpo_questions"]
+    steps, groups = p["grpo_steps"], bl.groups_per_step(p)
+    if p.get("grpo_pool"):
+        assert steps * groups == p["grpo_questions"] and p["grpo_pool"] >= p["train_per_source"]
+        assert "grpo_candidates" not in p  # candidates would cut the pool to the file's first few
+    else:
+        assert steps % 4 == 0 and steps // 4 * groups == p["grpo_questions"]
 
 
 def test_two_groups_a_grpo_step_train_on_twice_the_questions():
-    """A step of two groups (8 episodes of 4) draws twice the questions, so a quarter of the steps stays an
-    epoch; other settings (more steps) keep the preset's questions, as the runs with them did."""
+    """A step of two groups (8 episodes of 4) draws twice the questions, so that each is seen as often as with
+    one; other settings (more steps) keep the preset's questions, as the runs with them did."""
     two = bl.preset_settings("main", grpo={"trl.per_device_train_batch_size": 8})
     assert bl.groups_per_step(two) == 2 and two["grpo_questions"] == 2 * bl.PRESETS["main"]["grpo_questions"]
-    assert two["grpo_steps"] // 4 * 2 == two["grpo_questions"]
+    assert two["grpo_steps"] * 2 == two["grpo_questions"]  # each once, as the preset's one group a step
+    quick = bl.preset_settings("quick", grpo={"trl.per_device_train_batch_size": 8})
+    assert quick["grpo_steps"] // 4 * 2 == quick["grpo_questions"]  # a quarter of the steps still an epoch
     accumulated = bl.preset_settings("main", grpo={"trl.per_device_train_batch_size": 4,
                                                    "trl.gradient_accumulation_steps": 2})
     assert accumulated["grpo_questions"] == two["grpo_questions"]
@@ -295,10 +303,18 @@ def test_grpo_may_train_on_more_questions_chosen_from_a_pool_that_begins_with_sf
         splits[f"{b}-train"].write_text("".join(json.dumps({"id": f"{b}{i}", "question": f"Q{i}?", "answers": ["a"]})
                                                 + "\n" for i in range(n)))
     monkeypatch.setattr(mtr.data, "resolve_benchmark", lambda name: splits[name])
-    wide = bl.preset_settings("main", grpo_questions=24, grpo_pool=100)
-    assert (wide["grpo_questions"], wide["grpo_pool"]) == (24, 100)
-    assert "grpo_pool" not in bl.preset_settings("main") and bl.preset_settings("main")["grpo_questions"] == 6
+    main = bl.preset_settings("main")
+    assert (main["grpo_questions"], main["grpo_pool"]) == (bl.PRESETS["main"]["grpo_questions"],
+                                                           bl.PRESETS["main"]["grpo_pool"])
+    narrow = bl.preset_settings("main", grpo_questions=6, grpo_pool=24)
+    assert (narrow["grpo_questions"], narrow["grpo_pool"]) == (6, 24)
+    # quick's GRPO chooses among the file's first 4 questions; given a pool, among the pool's
+    assert "grpo_candidates" in bl.preset_settings("quick")
+    assert "grpo_candidates" not in bl.preset_settings("quick", grpo_pool=16)
     sft = bl.training_file(tmp_path, 3).read_text().splitlines()
+    # a pool of SFT's size is SFT's file, byte for byte: the runs from before the pool keep their steps' identity
+    same = bl.training_file(tmp_path, 3, "grpo-train.jsonl").read_bytes()
+    assert same == (tmp_path / "data" / "train.jsonl").read_bytes()
     pool = bl.training_file(tmp_path, 5, "grpo-train.jsonl").read_text().splitlines()
     # SFT's questions first, in SFT's order, then questions SFT never saw, both benchmarks interleaved
     assert len(pool) == 10 and pool[:6] == sft and not set(pool[6:]) & set(sft)
@@ -347,8 +363,19 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     # the sizes it estimated go with it: the preset may change, the estimate in the results file stays
     assert est["sizes"] == {"train_per_source": p["train_per_source"], "grpo_steps": p["grpo_steps"],
                             "grpo_questions": p["grpo_questions"], "eval_limit": p["eval_limit"], "seeds": p["seeds"]}
-    grpo_runs = sum("grpo" in bl.ARMS[a] for a in p["arms"]) + sum("grpo" in bl.ARMS[a] for a in bl.SEEDED)
-    assert est["grpo_s"] == 10 * p["grpo_steps"] * grpo_runs  # unmeasured arms at the method's rate
+    grpo_arms = [a for a in p["arms"] if "grpo" in bl.ARMS[a]] + [a for a in bl.SEEDED if "grpo" in bl.ARMS[a]]
+    # unmeasured arms at the method's rate; the pool answered once by the method in each seed, by the cold start
+    # and by the pre-check ablation (the other arms take the method's answers), at the evaluation's seconds a
+    # question of the policy answering: SFT's 2, the base model's 1 (grpo-no-sft)
+    fresh = ["sft+grpo", "grpo-no-sft", "no-precheck"] + ["sft+grpo"] * (len(p["seeds"]) - 1)
+    assert sorted(a for a in grpo_arms if not bl.shares_answers(a)) == sorted(fresh)
+
+    def answers_s(sft_rate: float) -> float:
+        return sum((1.0 if bl.ARMS[a]["init"] == "base" else sft_rate) * bl.candidate_questions(p) for a in fresh)
+
+    answer_s = answers_s(2.0)
+    assert bl.candidate_questions(p) == p["grpo_pool"] * len(bl.BENCHMARKS) and "grpo-no-sft" in grpo_arms
+    assert est["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s
     evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 2) for a in bl.SEEDED]
     want = sum((1.0 if a == "base" else 2.0) * questions * modes for a, modes in evals)
     assert est["eval_s"] == round(want) and est["total_s"] == est["sft_s"] + est["grpo_s"] + est["eval_s"]
@@ -356,11 +383,18 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     measured["preset"]["simulated_eval"] = ["sft"]
     halved = bl.estimate("full", measured)
     want = sum(1.0 * questions * modes for _, modes in evals)  # SFT's 40 s over 20 questions twice: base's rate
-    assert halved["eval_s"] == round(want) and halved["sft_s"] == est["sft_s"] and halved["grpo_s"] == est["grpo_s"]
+    assert halved["eval_s"] == round(want) and halved["sft_s"] == est["sft_s"]
+    answer_s = answers_s(1.0)  # the pool's answers too, at SFT's seconds an episode
+    assert halved["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s
     # a run of two groups a step (8 episodes of 4): its seconds a step are two groups', the full preset's one
     measured["config"] = {"grpo": {"trl": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                                            "num_generations": 4}}}
-    assert bl.estimate("full", measured)["grpo_s"] == est["grpo_s"] // 2
+    assert bl.estimate("full", measured)["grpo_s"] == 5 * p["grpo_steps"] * len(grpo_arms) + answer_s
+    # a run that chose its questions solvable-first: its GRPO step's time holds a pass over its 4 candidates
+    # (4 s at SFT's rate), taken out of its seconds a step
+    measured["config"] = {"grpo": {"question_order": "solvable-first"}}
+    measured["preset"].update(grpo_candidates=4, train_per_source=24)
+    assert bl.estimate("full", measured)["grpo_s"] == round(9.5 * p["grpo_steps"] * len(grpo_arms) + answer_s)
     del measured["stages"]["grpo-sft+grpo-s0"]  # a run of base and SFT only: no GRPO rate to go by
     with pytest.raises(ValueError, match=r"measured no grpo-sft\+grpo-s0 \(its steps: sft-s0, eval-sft-s0"):
         bl.estimate("full", measured)
@@ -917,5 +951,41 @@ def test_a_draw_takes_the_methods_answers_only_where_the_method_started_as_the_d
     assert bl.same_start(method, "data-1", sft, grpo)
     assert not bl.same_start(method, "data-2", sft, grpo)  # other questions
     assert not bl.same_start(method, "data-1", sft, grpo.model_copy(update={"question_order": "solvable-first"}))
+    # an arm trained against simulated tools and judged with live ones answers as the method did; judged
+    # with the tools it trains against, or with the pre-check off, it does not
+    live = grpo.model_copy(update={"tool_mode": "live"})
+    (method / "bench_identity.json").write_text(json.dumps(
+        {"data": "data-1", "grpo": live.model_dump(mode="json"), "seed": 0, "init": str(sft),
+         "init_done": checkpoint_stamp(sft)}))
+    simulated = live.model_copy(update={"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5})
+    assert bl.same_start(method, "data-1", sft, simulated, "live")
+    assert not bl.same_start(method, "data-1", sft, simulated)
+    assert not bl.same_start(method, "data-1", sft, live.model_copy(update={"precheck": False}))
+    # the arms the presets run that take the method's answers, by their specs
+    assert {a for a in bl.ARMS if bl.shares_answers(a)} == {
+        "sft+grpo-d2", "sft+grpo-d3", "trl-peer", "sim-trained", "mixed-trained"}
     (sft / "stage_done.json").write_text(json.dumps({"wall_s": 1.0, "finished": "2099-01-01T00:00:00Z"}))
-    assert not bl.same_start(method, "data-1", sft, grpo)  # SFT trained again since the method started
+    assert not bl.same_start(method, "data-1", sft, live)  # SFT trained again since the method started
+
+
+def test_the_trl_peer_takes_the_methods_answers_and_loads_no_policy_when_they_are_all_there(tmp_path, monkeypatch):
+    from mtr.config import Config
+    from mtr.data import load_qa
+    from mtr.stages import grpo as grpo_stage
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "answers": ["a"]}) + "\n"
+                            for i in range(3)))
+    method = tmp_path / "method" / "solvable.jsonl"
+    method.parent.mkdir()
+    method.write_text("".join(json.dumps({"id": q, "prediction": "a" if f else "b", "f1": f}) + "\n"
+                              for q, f in (("q0", 0.0), ("q1", 0.0), ("q2", 1.0))))
+    monkeypatch.setattr(grpo_stage, "BackendPool", lambda *a, **k: pytest.fail("a policy was loaded"))
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    out = tmp_path / "peer"
+    out.mkdir()
+    import trl_peer
+
+    ranked = trl_peer.peer_solvable_first(cfg, load_qa(data), tmp_path / "init", out, method)
+    assert [ex.id for ex in ranked] == ["q2", "q0", "q1"] and (out / "solvable.jsonl").read_text() == method.read_text()
