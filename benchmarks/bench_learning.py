@@ -473,6 +473,13 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo),
                                                        replay_players(gcfg.grpo, gcfg.retriever))
+                if preset.get("grpo_pool") and not spec.get("peer"):  # each question once: the quarters can't tell
+                    rdir = own / f"replay-{arm}-{tag}"
+                    stages[f"replay-{arm}-{tag}"] = run_step(
+                        rdir, {"policy": str(gdir), "policy_done": checkpoint_stamp(gdir), "data": grpo_data_id,
+                               "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed},
+                        lambda fresh, gcfg=gcfg, g=gdir, d=rdir: {"replay": replay_first_quarter(gcfg, g, grpo_train, d)})
+                    results["curves"][name]["replay"] = stages[f"replay-{arm}-{tag}"].get("replay")
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
             ecfg = cfg.with_policy(model)
@@ -939,6 +946,80 @@ def quarters(values: list[float]) -> dict[str, Any] | None:
             "diff": round(m2 - m1, 4), "se_diff": round(se, 4), "rises": m2 - m1 > 0 and m2 - m1 >= 2 * se}
 
 
+def first_quarter_groups(grpo_dir: Path) -> list[tuple[int, str, float]]:
+    """(step, question id, the group's mean total reward) for each step of the first quarter of GRPO's steps
+    whose question the samples logged; empty for a run of more than one group a step (a step's reward then
+    mixes questions)."""
+    from mtr.training import read_log
+
+    steps = {e["step"]: e["reward"] for e in read_log(grpo_dir) if "reward" in e and "step" in e}
+    asked = {}  # a step's rollout is logged at the global step before its update: log step - 1
+    for step, trace in logged_traces(grpo_dir / "samples.jsonl")[0] if (grpo_dir / "samples.jsonl").is_file() else []:
+        asked.setdefault(step, set()).add(trace.id.split("#")[0])
+    k = len(steps) // 4
+    if any(len(q) > 1 for q in asked.values()):
+        return []
+    return [(s, next(iter(asked[s - 1])), steps[s]) for s in sorted(steps)[:k] if s - 1 in asked]
+
+
+def replay_first_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path) -> dict[str, Any] | None:
+    """The trained policy's total reward on the questions of the first quarter of GRPO's steps, each sampled as
+    training sampled it (a group of `num_generations` at its temperature, in the same Environment, scored by
+    the same Rubric), paired with the reward that question's group got in training: mean difference and its
+    standard error over questions, and whether it rises by two of them. With each question seen once (a
+    pool), the curve's quarters hold different questions and their difference says nothing of learning;
+    this compares the same questions before and after the steps between. The episodes go to
+    `out/episodes.jsonl` (a crash loses none; a re-run samples only the questions not yet there)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mtr.backends import BackendPool
+    from mtr.checkpoints import load_tokenizer
+    from mtr.data import load_qa
+    from mtr.env import Environment
+    from mtr.jsonl import JsonlAppender, read_jsonl
+    from mtr.rollout import RolloutAgent
+    from mtr.rubric import Rubric
+
+    groups = first_quarter_groups(grpo_dir)
+    if len(groups) < 2:
+        return None
+    g, t = cfg.grpo, cfg.grpo.trl
+    n = t["num_generations"]
+    by_id = {ex.id: ex for ex in load_qa(data)}
+    path = out / "episodes.jsonl"
+    done = JsonlAppender(path, id_key="id")
+    todo = [(s, q) for s, q, _ in groups if q not in done.done]
+    if todo:
+        model = AutoModelForCausalLM.from_pretrained(str(grpo_dir), dtype=torch.float32).eval()
+        tok = load_tokenizer(grpo_dir)
+        pool = BackendPool(cfg)
+        env = Environment.from_config(cfg, "grpo", pool)
+        rubric = Rubric.from_config(g)
+        try:
+            for step, qid in todo:  # a group at a time, as training rolled them out
+                batch = [by_id[qid]] * n
+                agent = RolloutAgent.with_model(model, tok, t["temperature"], g.max_turn_tokens,
+                                                t["max_completion_length"], n)
+                # seeds apart from training's; the same world as the question's training step had
+                seeds = [cfg.seed + 10**6 + 1000 * step + i for i in range(n)]
+                traces = asyncio.run(env.rollout_group(batch, agent, seeds, [f"{qid}#{i}" for i in range(n)],
+                                                       worlds=[cfg.seed + 1000 * (step - 1)] * n))
+                done.write({"id": qid, "step": step, "totals": [rubric.score(tr)["total"] for tr in traces]})
+        finally:
+            done.close()
+            env.close()
+            asyncio.run(pool.aclose())
+    else:
+        done.close()
+    replayed = {r["id"]: statistics.fmean(r["totals"]) for r in read_jsonl(path, latest_by="id")}
+    diffs = [replayed[q] - r for _, q, r in groups if q in replayed]
+    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return {"questions": len(diffs), "trained": round(statistics.fmean(r for _, q, r in groups if q in replayed), 4),
+            "replayed": round(statistics.fmean(replayed[q] for _, q, _ in groups if q in replayed), 4),
+            "diff": round(mean, 4), "se": round(se, 4), "rises": mean > 0 and mean >= 2 * se}
+
+
 def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets, as the results say."""
     arms, out = results["arms"], {}
@@ -947,9 +1028,11 @@ def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
         base, sft = arms.get("base", {}).get("live", {}).get("all"), arms.get(f"sft@{t}", {}).get("live", {}).get("all")
         if base and sft:
             out[f"sft_beats_base@{t}"] = {m: sft[m][1] > base[m][2] for m in ("f1", "answered")}
-        curve = results["curves"].get(f"sft+grpo@{t}", {}).get("quarters")
-        if curve:
-            out[f"reward_rises@{t}"] = curve["rises"]
+        curve = results["curves"].get(f"sft+grpo@{t}", {})
+        if curve.get("quarters"):
+            out[f"reward_rises@{t}"] = curve["quarters"]["rises"]
+        if curve.get("replay"):  # the first quarter's questions again, from the trained policy
+            out[f"replayed_reward_rises@{t}"] = curve["replay"]["rises"]
     return out
 
 
@@ -1115,6 +1198,14 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                 if got:
                     lines += ["", f"{words[0].upper()}{words[1:]}: " + ", ".join(f"{k} {x}" for k, x in got.items())
                               + "."]
+            replayed = {k: v["replay"] for k, v in curves.items() if v.get("replay")}
+            if replayed:
+                lines += ["", "The first quarter's questions again, each a group sampled from the trained policy as "
+                          "training sampled it, against the reward its group got in training (mean over the "
+                          "questions ± standard error of the paired difference): " + "; ".join(
+                              f"{k} {r['trained']:.3f} -> {r['replayed']:.3f} on {r['questions']} questions, "
+                              f"{r['diff']:+.3f} ± {r['se']:.3f}{', rises by 2 SE' if r['rises'] else ''}"
+                              for k, r in replayed.items()) + "."]
             moved = {k: v["quarter_means"] for k, v in curves.items() if v.get("quarter_means")}
             if moved:
                 parts = ["{}: {}".format(k, ", ".join(f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()))

@@ -2,6 +2,8 @@
 intervals, the reward curve's quarters, the step runner's skip/resume/afresh, the generated docs."""
 
 import json
+import math
+import statistics
 import sys
 from functools import partial
 from pathlib import Path
@@ -989,3 +991,71 @@ def test_the_trl_peer_takes_the_methods_answers_and_loads_no_policy_when_they_ar
 
     ranked = trl_peer.peer_solvable_first(cfg, load_qa(data), tmp_path / "init", out, method)
     assert [ex.id for ex in ranked] == ["q2", "q0", "q1"] and (out / "solvable.jsonl").read_text() == method.read_text()
+
+
+def test_the_first_quarters_questions_are_sampled_again_from_the_trained_policy_and_paired(tmp_path, monkeypatch):
+    """With each question seen once, the reward of GRPO's first-quarter questions is read again from the trained
+    policy (the same Environment and Rubric, a group each), paired by question; a re-run samples nothing."""
+    import transformers
+
+    import mtr.backends
+    import mtr.checkpoints
+    from mtr.agents import PolicyAgent
+    from mtr.config import Config
+    from mtr.rollout import RolloutAgent
+    from mtr.rubric import Rubric
+    from mtr.trace import Trace
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from scripted import Pool, ScriptedBackend
+
+    grpo = tmp_path / "grpo"
+    grpo.mkdir()
+    data = tmp_path / "qa.jsonl"
+    answers = {f"q{i}": a for i, a in enumerate(["1755", "x", "1755", "y", "1755", "z", "w", "v"])}
+    data.write_text("".join(json.dumps({"id": q, "question": f"Question {q}?", "answers": [a]}) + "\n"
+                            for q, a in answers.items()))
+    trained = [0.2, 0.1, 0.4, 0.3, 0.9, 0.9, 0.9, 0.9]  # eight steps: a quarter is the first two
+    (grpo / "log.jsonl").write_text("".join(json.dumps({"step": i + 1, "reward": r}) + "\n"
+                                            for i, r in enumerate(trained)))
+    with (grpo / "samples.jsonl").open("w") as f:
+        for step, q in enumerate(answers):  # two of each step's group logged, as training logs them
+            for i in range(2):
+                trace = Trace(id=f"{q}#{i}", question=f"Question {q}?", answers=[answers[q]])
+                f.write(json.dumps({"step": step, "trace": trace.model_dump(mode="json")}) + "\n")
+    assert bl.first_quarter_groups(grpo) == [(1, "q0", 0.2), (2, "q1", 0.1)]
+
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    cfg.tools.toolmaker = False
+    backend = ScriptedBackend(agent=lambda m: "<think>I recall it.</think>\n<answer>1755</answer>")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **k: type("M", (), {"eval": lambda self: self})())
+    monkeypatch.setattr(mtr.checkpoints, "load_tokenizer", lambda *a, **k: None)
+    monkeypatch.setattr(mtr.backends, "BackendPool", lambda cfg: Pool(backend))
+    monkeypatch.setattr(RolloutAgent, "with_model", lambda *a, **k: PolicyAgent(backend))
+    out = tmp_path / "replay"
+    out.mkdir()
+    got = bl.replay_first_quarter(cfg, grpo, data, out)
+    n = cfg.grpo.trl["num_generations"]
+    assert backend.calls["agent"] == 2 * n  # a group for each of the quarter's two questions
+    rows = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["step"], len(r["totals"])) for r in rows] == [("q0", 1, n), ("q1", 2, n)]
+    rubric = Rubric.from_config(cfg.grpo)
+    right = rubric.score(Trace(id="a", question="Question q0?", answers=["1755"], steps=[
+        {"thought": "I recall it.", "answer": "1755", "raw": "<think>I recall it.</think>\n<answer>1755</answer>"}]))
+    assert rows[0]["totals"][0] > rows[1]["totals"][0]  # the right answer scored above the wrong one
+    diffs = [statistics.fmean(rows[0]["totals"]) - 0.2, statistics.fmean(rows[1]["totals"]) - 0.1]
+    assert got["questions"] == 2 and got["trained"] == pytest.approx(0.15)
+    assert got["diff"] == pytest.approx(statistics.fmean(diffs), abs=1e-4)
+    assert got["se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2), abs=1e-4)
+    assert got["rises"] == (got["diff"] > 0 and got["diff"] >= 2 * got["se"])
+    assert rows[0]["totals"][0] == pytest.approx(right["total"])
+    # a re-run reads the episodes and loads no policy
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
+    assert bl.replay_first_quarter(cfg, grpo, data, out) == got and backend.calls["agent"] == 2 * n
+    # two questions a step (two groups): a step's reward mixes them, so there is nothing to pair
+    with (grpo / "samples.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 0, "trace": Trace(id="q7#0", question="Question q7?").model_dump(mode="json")})
+                + "\n")
+    assert bl.first_quarter_groups(grpo) == [] and bl.replay_first_quarter(cfg, grpo, data, out) is None
