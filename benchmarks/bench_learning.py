@@ -467,13 +467,14 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                            **({"candidates": candidates} if candidates else {}), **judged},
                     lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged, shared=shared: {
                         "steps": trainer(gcfg, grpo_train, m, d, limit=preset["grpo_questions"], resume=not fresh,
-                                         overwrite=fresh, candidates=candidates, **judged, **shared).get("steps")},
+                                         overwrite=fresh, candidates=candidates, **judged, **shared).get("steps"),
+                        "took_answers": bool(shared)},  # for the estimate: its step's time holds no pass
                     on_resume=lambda d=gdir, m=model: follow_move(d, m, {"data": grpo_train}))
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
                 results["curves"][name] = reward_curve(gdir, rollouts, Rubric.from_config(gcfg.grpo),
                                                        replay_players(gcfg.grpo, gcfg.retriever))
-                if preset.get("grpo_pool") and not spec.get("peer"):  # each question once: the quarters can't tell
+                if each_question_once(preset) and not spec.get("peer"):  # the quarters can't tell learning
                     rdir = own / f"replay-{arm}-{tag}"
                     stages[f"replay-{arm}-{tag}"] = run_step(
                         rdir, {"policy": str(gdir), "policy_done": checkpoint_stamp(gdir), "data": grpo_data_id,
@@ -494,7 +495,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                     d, m, {f"benchmark:{k}": v for k, v in benchmark_files(c).items()}))
             results["arms"][name] = summarise_eval(edir)
             eval_dirs[name] = edir
-    results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb")}
+    results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb"),
+                             **({"took_answers": v["took_answers"]} if "took_answers" in v else {})}
                          for k, v in stages.items()}
     results["filter"] = {k: stages["filter"].get(k) for k in ("episodes", "kept", "rejected")}
     results["sft_steps"] = sft_steps
@@ -621,9 +623,10 @@ TRAINING_TOOLS = ("tool_mode", "grounding", "live_share")
 
 def judged_by(grpo: dict[str, Any], solvable_mode: str | None) -> dict[str, Any]:
     """The GRPO settings that make solvable-first's greedy answers: the judge's tool mode, and every setting
-    but those of the tools trained against."""
-    return {**{k: v for k, v in grpo.items() if k not in TRAINING_TOOLS},
-            "judge_mode": solvable_mode or grpo.get("tool_mode")}
+    but those of the tools trained against (with a live judge: a simulated one reads `grounding` too)."""
+    judge = solvable_mode or grpo.get("tool_mode")
+    return {**{k: v for k, v in grpo.items() if k not in TRAINING_TOOLS or (judge != "live" and k != "tool_mode")},
+            "judge_mode": judge}
 
 
 def same_start(method: Path, data_id: str, init: Path, grpo: Any, solvable_mode: str | None = None) -> bool:
@@ -946,6 +949,15 @@ def quarters(values: list[float]) -> dict[str, Any] | None:
             "diff": round(m2 - m1, 4), "se_diff": round(se, 4), "rises": m2 - m1 > 0 and m2 - m1 >= 2 * se}
 
 
+def each_question_once(preset: dict[str, Any]) -> bool:
+    """Whether GRPO sees each of its questions in one step only, one question a step: its reward curve's
+    quarters then hold different questions, and `replay_first_quarter` pairs a question's group with itself
+    (with two groups a step, training logs two episodes of the first group only, and a step's reward mixes
+    two questions)."""
+    groups = groups_per_step(preset)
+    return groups == 1 and preset["grpo_questions"] >= preset["grpo_steps"] * groups
+
+
 def first_quarter_groups(grpo_dir: Path) -> list[tuple[int, str, float]]:
     """(step, question id, the group's mean total reward) for each step of the first quarter of GRPO's steps
     whose question the samples logged; empty for a run of more than one group a step (a step's reward then
@@ -1029,7 +1041,7 @@ def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
         if base and sft:
             out[f"sft_beats_base@{t}"] = {m: sft[m][1] > base[m][2] for m in ("f1", "answered")}
         curve = results["curves"].get(f"sft+grpo@{t}", {})
-        if curve.get("quarters"):
+        if curve.get("quarters") and not each_question_once(preset):  # else quarters of different questions
             out[f"reward_rises@{t}"] = curve["quarters"]["rises"]
         if curve.get("replay"):  # the first quarter's questions again, from the trained policy
             out[f"replayed_reward_rises@{t}"] = curve["replay"]["rises"]
@@ -1043,7 +1055,7 @@ def candidate_questions(preset: dict[str, Any]) -> int:
 
 
 # what an estimate records of the preset it estimated: a preset's sizes change, its estimates stay in the file
-ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "eval_limit", "seeds")
+ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "grpo_pool", "eval_limit", "seeds")
 
 
 def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
@@ -1052,9 +1064,11 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     same; an arm never measured costs as the method's GRPO and SFT's evaluation). A GRPO arm's step also
     holds solvable-first's pass, its initial policy's greedy answer to every candidate question: priced as
     that policy's evaluation a question, it is taken out of the measured steps and counted once a GRPO arm
-    that answers afresh (those that take the method's answers, `shares_answers`, count none; a run from
-    before they did counts their pass in their steps). Synthesis and filtering (scripted teacher, seconds)
-    are left out."""
+    that answers afresh (those that take the method's answers, `shares_answers`, count none; a measured step
+    says whether it took them, `took_answers`; one from before it said so is taken to have answered afresh
+    unless a draw). With each question seen once, each GRPO arm's replay of its first quarter (but the
+    peer's) is priced at the measured replay's seconds a group, else a GRPO group's. Synthesis and filtering
+    (scripted teacher, seconds) are left out."""
     p, m = PRESETS[preset_name], measured
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
@@ -1083,25 +1097,37 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     measured_order = m.get("config", {}).get("grpo", {}).get("question_order", "file")
     order = base_config(p, p["seeds"][0]).grpo.question_order
 
-    def answer_pass(arm: str, preset: dict[str, Any], order: str) -> float:  # solvable-first's, a fresh arm
-        if shares_answers(arm) or order != "solvable-first":
+    def answer_pass(arm: str, preset: dict[str, Any], order: str, took: bool) -> float:  # solvable-first's
+        if took or order != "solvable-first":
             return 0.0
         return eval_rate(ARMS[arm]["init"] or "base") * candidate_questions(preset)
 
+    def grpo_used(arm: str) -> str:
+        return arm if f"grpo-{arm}-{first}" in stages else "sft+grpo"
+
     def grpo_rate(arm: str) -> float:
-        used = arm if f"grpo-{arm}-{first}" in stages else "sft+grpo"
-        steps_s = stages[f"grpo-{used}-{first}"]["wall_s"] - answer_pass(used, mp, measured_order)
+        step = stages[f"grpo-{grpo_used(arm)}-{first}"]
+        took = step.get("took_answers", bool(ARMS[grpo_used(arm)].get("draw")))
+        steps_s = step["wall_s"] - answer_pass(grpo_used(arm), mp, measured_order, took)
         return max(0.0, steps_s) / (mp["grpo_steps"] * measured_groups)
+
+    def replay_s(arm: str) -> float:  # the first quarter's groups sampled again from the trained policy
+        if ARMS[arm].get("peer") or not each_question_once(p):
+            return 0.0
+        k = f"replay-{grpo_used(arm)}-{first}"
+        rate = stages[k]["wall_s"] / max(1, mp["grpo_steps"] // 4) if k in stages else grpo_rate(arm)
+        return rate * (p["grpo_steps"] // 4)
 
     groups = groups_per_step(p)
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
     for seed in p["seeds"]:
         for arm in arms_in_seed(p, seed):
             if "grpo" in ARMS[arm]:
-                parts["grpo"] += grpo_rate(arm) * p["grpo_steps"] * groups + answer_pass(arm, p, order)
+                parts["grpo"] += (grpo_rate(arm) * p["grpo_steps"] * groups
+                                  + answer_pass(arm, p, order, shares_answers(arm)) + replay_s(arm))
             modes = 2 if arm in p["simulated_eval"] else 1
             parts["eval"] += eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
-    return {"preset": preset_name, "from": m.get("commit"), "sizes": {k: p[k] for k in ESTIMATED_SIZES},
+    return {"preset": preset_name, "from": m.get("commit"), "sizes": {k: p.get(k) for k in ESTIMATED_SIZES},
             "sft_steps": sft_steps, **{f"{k}_s": round(v) for k, v in parts.items()},
             "total_s": round(sum(parts.values()))}
 

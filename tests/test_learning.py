@@ -364,7 +364,8 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     assert est["sft_steps"] == sft_steps and est["sft_s"] == 10 * sft_steps * len(p["seeds"])
     # the sizes it estimated go with it: the preset may change, the estimate in the results file stays
     assert est["sizes"] == {"train_per_source": p["train_per_source"], "grpo_steps": p["grpo_steps"],
-                            "grpo_questions": p["grpo_questions"], "eval_limit": p["eval_limit"], "seeds": p["seeds"]}
+                            "grpo_questions": p["grpo_questions"], "grpo_pool": p["grpo_pool"],
+                            "eval_limit": p["eval_limit"], "seeds": p["seeds"]}
     grpo_arms = [a for a in p["arms"] if "grpo" in bl.ARMS[a]] + [a for a in bl.SEEDED if "grpo" in bl.ARMS[a]]
     # unmeasured arms at the method's rate; the pool answered once by the method in each seed, by the cold start
     # and by the pre-check ablation (the other arms take the method's answers), at the evaluation's seconds a
@@ -376,8 +377,12 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
         return sum((1.0 if bl.ARMS[a]["init"] == "base" else sft_rate) * bl.candidate_questions(p) for a in fresh)
 
     answer_s = answers_s(2.0)
+    # each question seen once: every GRPO arm but the peer samples its first quarter's groups again, none
+    # measured here, each at a GRPO group's seconds
+    replayed = [a for a in grpo_arms if a != "trl-peer"]
+    replay_s = 10 * p["grpo_steps"] // 4 * len(replayed)
     assert bl.candidate_questions(p) == p["grpo_pool"] * len(bl.BENCHMARKS) and "grpo-no-sft" in grpo_arms
-    assert est["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s
+    assert est["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s + replay_s
     evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 2) for a in bl.SEEDED]
     want = sum((1.0 if a == "base" else 2.0) * questions * modes for a, modes in evals)
     assert est["eval_s"] == round(want) and est["total_s"] == est["sft_s"] + est["grpo_s"] + est["eval_s"]
@@ -387,16 +392,26 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     want = sum(1.0 * questions * modes for _, modes in evals)  # SFT's 40 s over 20 questions twice: base's rate
     assert halved["eval_s"] == round(want) and halved["sft_s"] == est["sft_s"]
     answer_s = answers_s(1.0)  # the pool's answers too, at SFT's seconds an episode
-    assert halved["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s
+    assert halved["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s + replay_s
     # a run of two groups a step (8 episodes of 4): its seconds a step are two groups', the full preset's one
     measured["config"] = {"grpo": {"trl": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1,
                                            "num_generations": 4}}}
-    assert bl.estimate("full", measured)["grpo_s"] == 5 * p["grpo_steps"] * len(grpo_arms) + answer_s
+    assert bl.estimate("full", measured)["grpo_s"] == 5 * p["grpo_steps"] * len(grpo_arms) + answer_s + replay_s // 2
     # a run that chose its questions solvable-first: its GRPO step's time holds a pass over its 4 candidates
     # (4 s at SFT's rate), taken out of its seconds a step
     measured["config"] = {"grpo": {"question_order": "solvable-first"}}
     measured["preset"].update(grpo_candidates=4, train_per_source=24)
-    assert bl.estimate("full", measured)["grpo_s"] == round(9.5 * p["grpo_steps"] * len(grpo_arms) + answer_s)
+    assert bl.estimate("full", measured)["grpo_s"] == round(9.5 * p["grpo_steps"] * (len(grpo_arms) + len(replayed) / 4)
+                                                             + answer_s)
+    # a measured replay: 12 s for its 2 groups
+    measured["stages"]["replay-sft+grpo-s0"] = {"wall_s": 12.0}
+    assert bl.estimate("full", measured)["grpo_s"] == round(9.5 * p["grpo_steps"] * len(grpo_arms) + answer_s
+                                                             + 6 * p["grpo_steps"] // 4 * len(replayed))
+    # a GRPO step that took the method's answers holds no pass of its own
+    measured["stages"]["grpo-sft+grpo-s0"]["took_answers"] = True
+    assert bl.estimate("full", measured)["grpo_s"] == round(10 * p["grpo_steps"] * len(grpo_arms) + answer_s
+                                                             + 6 * p["grpo_steps"] // 4 * len(replayed))
+    del measured["stages"]["grpo-sft+grpo-s0"]["took_answers"]
     del measured["stages"]["grpo-sft+grpo-s0"]  # a run of base and SFT only: no GRPO rate to go by
     with pytest.raises(ValueError, match=r"measured no grpo-sft\+grpo-s0 \(its steps: sft-s0, eval-sft-s0"):
         bl.estimate("full", measured)
@@ -953,6 +968,11 @@ def test_a_draw_takes_the_methods_answers_only_where_the_method_started_as_the_d
     assert bl.same_start(method, "data-1", sft, grpo)
     assert not bl.same_start(method, "data-2", sft, grpo)  # other questions
     assert not bl.same_start(method, "data-1", sft, grpo.model_copy(update={"question_order": "solvable-first"}))
+    # a simulated judge reads the ToolActor's grounding; a live one does not
+    assert bl.judged_by({"tool_mode": "simulated", "grounding": "retrieval"}, None) != bl.judged_by(
+        {"tool_mode": "simulated", "grounding": "none"}, None)
+    assert bl.judged_by({"tool_mode": "simulated", "grounding": "retrieval"}, "live") == bl.judged_by(
+        {"tool_mode": "live", "grounding": "none"}, None)
     # an arm trained against simulated tools and judged with live ones answers as the method did; judged
     # with the tools it trains against, or with the pre-check off, it does not
     live = grpo.model_copy(update={"tool_mode": "live"})
@@ -1034,11 +1054,25 @@ def test_the_first_quarters_questions_are_sampled_again_from_the_trained_policy_
     monkeypatch.setattr(mtr.checkpoints, "load_tokenizer", lambda *a, **k: None)
     monkeypatch.setattr(mtr.backends, "BackendPool", lambda cfg: Pool(backend))
     monkeypatch.setattr(RolloutAgent, "with_model", lambda *a, **k: PolicyAgent(backend))
+    from mtr.env import Environment
+
+    groups, rollout_group = [], Environment.rollout_group
+
+    async def recorded(self, examples, agent, seeds, ids=None, meta=None, worlds=None):
+        groups.append(([ex.id for ex in examples], list(seeds), list(worlds)))
+        return await rollout_group(self, examples, agent, seeds, ids, meta, worlds)
+
+    monkeypatch.setattr(Environment, "rollout_group", recorded)
+    cfg.seed = 7
     out = tmp_path / "replay"
     out.mkdir()
     got = bl.replay_first_quarter(cfg, grpo, data, out)
     n = cfg.grpo.trl["num_generations"]
     assert backend.calls["agent"] == 2 * n  # a group for each of the quarter's two questions
+    # each group in the world its question's training step had (the rollout's global step: the log's - 1),
+    # its episodes seeded apart from training's
+    assert [(ids, w) for ids, _, w in groups] == [(["q0"] * n, [7] * n), (["q1"] * n, [1007] * n)]
+    assert not {7 + 1000 * s + i for s in range(2) for i in range(n)} & {x for _, seeds, _ in groups for x in seeds}
     rows = [json.loads(x) for x in (out / "episodes.jsonl").read_text().splitlines()]
     assert [(r["id"], r["step"], len(r["totals"])) for r in rows] == [("q0", 1, n), ("q1", 2, n)]
     rubric = Rubric.from_config(cfg.grpo)
@@ -1059,3 +1093,15 @@ def test_the_first_quarters_questions_are_sampled_again_from_the_trained_policy_
         f.write(json.dumps({"step": 0, "trace": Trace(id="q7#0", question="Question q7?").model_dump(mode="json")})
                 + "\n")
     assert bl.first_quarter_groups(grpo) == [] and bl.replay_first_quarter(cfg, grpo, data, out) is None
+
+
+def test_the_quarters_reward_target_is_read_only_where_the_quarters_hold_the_same_questions():
+    curves = {"sft+grpo@s0": {"quarters": {"rises": True}, "replay": {"rises": False}}}
+    pool = bl.preset_settings("main")
+    assert bl.each_question_once(pool)
+    assert bl.targets({"arms": {}, "curves": curves}, pool) == {"replayed_reward_rises@s0": False}
+    six = bl.preset_settings("main", grpo_questions=6, grpo_pool=24)
+    assert not bl.each_question_once(six)
+    assert bl.targets({"arms": {}, "curves": curves}, six)["reward_rises@s0"] is True
+    # two groups a step: training logs only the first group's episodes, so there is nothing to replay by
+    assert not bl.each_question_once(bl.preset_settings("main", grpo={"trl.per_device_train_batch_size": 8}))
