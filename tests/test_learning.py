@@ -529,7 +529,7 @@ def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_
             "sft+grpo-d2@s0": eval_dir("c", [0.0, 0.0, 0.5]), "sft+grpo-d3@s0": eval_dir("d", [0.0, 0.5, 0.0]),
             "sft@s1": eval_dir("e", [0.0]), "sft+grpo@s1": eval_dir("f", [1.0])}  # seed 1: one draw, no spread
     spread = bl.draw_spread(dirs, {"seeds": [0, 1]})
-    assert list(spread) == ["s0"]
+    assert list(spread) == ["s0"]  # one seed drawn more than once: nothing over the seeds
     d = spread["s0"]
     assert d["draws"] == ["sft+grpo@s0", "sft+grpo-d2@s0", "sft+grpo-d3@s0"]
     # gains over SFT: (100 + 0 + 0) / 3, 0, (0 + 50 - 50) / 3
@@ -542,6 +542,16 @@ def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_
     recorded = json.loads(bl.RESULTS.read_text())["main-dapo-3seeds"]
     text = bl.doc_sections({"r": {**recorded, "draws": spread}})["r"]
     assert "drawn 3 times from seed 0's SFT policy" in text and "F1 +33.3, +0.0, +0.0 (standard deviation 19.2)" in text
+    # seed 1 drawn twice too: over the seeds, each seed's draws' mean per question, the seeds averaged
+    dirs.update({"sft@s1": eval_dir("h", [0.0, 0.5, 0.5]), "sft+grpo@s1": eval_dir("i", [0.0, 0.5, 0.5]),
+                 "sft+grpo-d2@s1": eval_dir("j", [0.5, 0.5, 0.5])})
+    over = bl.draw_spread(dirs, {"seeds": [0, 1]})["all"]
+    assert over["seeds"] == ["s0", "s1"] and over["draws"] == 5 and over["gains_above_zero"] == 2
+    # seed 0's draws minus SFT per question: 1/3, 1/6, -1/6; seed 1's: 1/4, 0, 0; averaged: 7/24, 1/12, -1/12
+    assert over["mean"]["b"] == "sft+grpo-draws@s0+s1" and over["mean"]["f1"][0] == pytest.approx(
+        100 * (7 / 24 + 1 / 12 - 1 / 12) / 3, abs=0.01)
+    text = bl.doc_sections({"r": {**recorded, "draws": bl.draw_spread(dirs, {"seeds": [0, 1]})}})["r"]
+    assert "Over the seeds (0, 1): 2 of 5 draws above SFT in F1" in text
 
 
 def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_path, capsys):
