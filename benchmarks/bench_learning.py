@@ -106,7 +106,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the main comparison only, one seed (the runs labelled quick-* in docs/learning.md: the preset was called
     # quick until the small one above took the name)
     "main": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 24, "grpo_pool": 100,
-             "eval_limit": 30, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [], "grpo": ADOPTED_GRPO},
+             "eval_limit": 30, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [],
+             "grpo": ADOPTED_GRPO},
     # every arm; the main comparison in two seeds; the main arms also with simulated tools. Trained as `main` is,
     # evaluated on 100 held-out questions a benchmark (the runs of docs/learning.md at `--eval-limit 100`): until
     # 2026-12-04 it trained on 100 questions a benchmark and for 48 GRPO steps on 12, sizes no run ever measured
@@ -480,7 +481,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                     stages[f"replay-{arm}-{tag}"] = run_step(
                         rdir, {"policy": str(gdir), "policy_done": checkpoint_stamp(gdir), "data": grpo_data_id,
                                "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed},
-                        lambda fresh, gcfg=gcfg, g=gdir, d=rdir: {"replay": replay_first_quarter(gcfg, g, grpo_train, d)})
+                        lambda fresh, gcfg=gcfg, g=gdir, d=rdir: {
+                            "replay": replay_first_quarter(gcfg, g, grpo_train, d)})
                     results["curves"][name]["replay"] = stages[f"replay-{arm}-{tag}"].get("replay")
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
@@ -942,16 +944,17 @@ def episodes_by_calls(samples: Path, rubric: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """The mean and its standard error."""
+    return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
+
+
 def quarters(values: list[float]) -> dict[str, Any] | None:
     """The first and last quarters' mean step reward, each with its standard error (over steps), and whether
     the last exceeds the first by at least two standard errors of the difference."""
     k = len(values) // 4
     if k < 2:
         return None
-
-    def mean_se(xs: list[float]) -> tuple[float, float]:
-        return statistics.fmean(xs), statistics.stdev(xs) / math.sqrt(len(xs))
-
     (m1, se1), (m2, se2) = mean_se(values[:k]), mean_se(values[-k:])
     se = math.hypot(se1, se2)
     return {"steps": k, "first": [round(m1, 4), round(se1, 4)], "last": [round(m2, 4), round(se2, 4)],
@@ -963,8 +966,7 @@ def each_question_once(preset: dict[str, Any]) -> bool:
     quarters then hold different questions, and `replay_first_quarter` pairs a question's group with itself
     (with two groups a step, training logs two episodes of the first group only, and a step's reward mixes
     two questions)."""
-    groups = groups_per_step(preset)
-    return groups == 1 and preset["grpo_questions"] >= preset["grpo_steps"] * groups
+    return groups_per_step(preset) == 1 and preset["grpo_questions"] >= preset["grpo_steps"]
 
 
 def first_quarter_groups(grpo_dir: Path) -> list[tuple[int, str, float]]:
@@ -1010,35 +1012,35 @@ def replay_first_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path) -> dic
     by_id = {ex.id: ex for ex in load_qa(data)}
     path = out / "episodes.jsonl"
     done = JsonlAppender(path, id_key="id")
-    todo = [(s, q) for s, q, _ in groups if q not in done.done]
-    if todo:
-        model = AutoModelForCausalLM.from_pretrained(str(grpo_dir), dtype=torch.float32).eval()
-        tok = load_tokenizer(grpo_dir)
-        pool = BackendPool(cfg)
-        env = Environment.from_config(cfg, "grpo", pool)
-        rubric = Rubric.from_config(g)
-        try:
-            for step, qid in todo:  # a group at a time, as training rolled them out
-                batch = [by_id[qid]] * n
-                agent = RolloutAgent.with_model(model, tok, t["temperature"], g.max_turn_tokens,
-                                                t["max_completion_length"], n)
-                # seeds apart from training's; the same world as the question's training step had
-                seeds = [cfg.seed + 10**6 + 1000 * step + i for i in range(n)]
-                traces = asyncio.run(env.rollout_group(batch, agent, seeds, [f"{qid}#{i}" for i in range(n)],
-                                                       worlds=[cfg.seed + 1000 * (step - 1)] * n))
-                done.write({"id": qid, "step": step, "totals": [rubric.score(tr)["total"] for tr in traces]})
-        finally:
-            done.close()
-            env.close()
-            asyncio.run(pool.aclose())
-    else:
+    try:
+        todo = [(s, q) for s, q, _ in groups if q not in done.done]
+        if todo:
+            model = AutoModelForCausalLM.from_pretrained(str(grpo_dir), dtype=torch.float32).eval()
+            tok = load_tokenizer(grpo_dir)
+            pool = BackendPool(cfg)
+            env = Environment.from_config(cfg, "grpo", pool)
+            rubric = Rubric.from_config(g)
+            try:
+                for step, qid in todo:  # a group at a time, as training rolled them out
+                    agent = RolloutAgent.with_model(model, tok, t["temperature"], g.max_turn_tokens,
+                                                    t["max_completion_length"], n)
+                    # seeds apart from training's; the same world as the question's training step had
+                    seeds = [cfg.seed + 10**6 + 1000 * step + i for i in range(n)]
+                    traces = asyncio.run(env.rollout_group([by_id[qid]] * n, agent, seeds,
+                                                           [f"{qid}#{i}" for i in range(n)],
+                                                           worlds=[cfg.seed + 1000 * (step - 1)] * n))
+                    done.write({"id": qid, "step": step, "totals": [rubric.score(tr)["total"] for tr in traces]})
+            finally:
+                env.close()
+                asyncio.run(pool.aclose())
+    finally:
         done.close()
     replayed = {r["id"]: statistics.fmean(r["totals"]) for r in read_jsonl(path, latest_by="id")}
-    diffs = [replayed[q] - r for _, q, r in groups if q in replayed]
-    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
-    return {"questions": len(diffs), "trained": round(statistics.fmean(r for _, q, r in groups if q in replayed), 4),
-            "replayed": round(statistics.fmean(replayed[q] for _, q, _ in groups if q in replayed), 4),
-            "diff": round(mean, 4), "se": round(se, 4), "rises": mean > 0 and mean >= 2 * se}
+    pairs = [(r, replayed[q]) for _, q, r in groups if q in replayed]  # (in training, replayed)
+    diff, se = mean_se([b - a for a, b in pairs])
+    return {"questions": len(pairs), "trained": round(statistics.fmean(a for a, _ in pairs), 4),
+            "replayed": round(statistics.fmean(b for _, b in pairs), 4),
+            "diff": round(diff, 4), "se": round(se, 4), "rises": diff > 0 and diff >= 2 * se}
 
 
 def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
@@ -1106,8 +1108,8 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     measured_order = m.get("config", {}).get("grpo", {}).get("question_order", "file")
     order = base_config(p, p["seeds"][0]).grpo.question_order
 
-    def answer_pass(arm: str, preset: dict[str, Any], order: str, took: bool) -> float:  # solvable-first's
-        if took or order != "solvable-first":
+    def answer_pass(arm: str, preset: dict[str, Any], question_order: str, took: bool) -> float:  # solvable-first's
+        if took or question_order != "solvable-first":
             return 0.0
         return eval_rate(ARMS[arm]["init"] or "base") * candidate_questions(preset)
 
@@ -1115,9 +1117,10 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
         return arm if f"grpo-{arm}-{first}" in stages else "sft+grpo"
 
     def grpo_rate(arm: str) -> float:
-        step = stages[f"grpo-{grpo_used(arm)}-{first}"]
-        took = step.get("took_answers", bool(ARMS[grpo_used(arm)].get("draw")))
-        steps_s = step["wall_s"] - answer_pass(grpo_used(arm), mp, measured_order, took)
+        used = grpo_used(arm)
+        step = stages[f"grpo-{used}-{first}"]
+        took = step.get("took_answers", bool(ARMS[used].get("draw")))
+        steps_s = step["wall_s"] - answer_pass(used, mp, measured_order, took)
         return max(0.0, steps_s) / (mp["grpo_steps"] * measured_groups)
 
     def replay_s(arm: str) -> float:  # the first quarter's groups sampled again from the trained policy

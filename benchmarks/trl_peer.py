@@ -101,18 +101,15 @@ def peer_solvable_first(cfg: Any, examples: list, init: Path, out: Path, solvabl
 
     from mtr.backends import BackendPool
     from mtr.env import Environment
-    from mtr.stages.grpo import solvable_first, take_answers
+    from mtr.stages.grpo import solvable_first
     from mtr.toolmaker import ToolStore
-
-    if solvable_from is not None:
-        take_answers(out / "solvable.jsonl", Path(solvable_from))
 
     pool = BackendPool(cfg)
     env = Environment.from_config(cfg, "grpo", pool)
     if env.store is not None:
         env.store = ToolStore.from_config(cfg, pool, out / "tools.jsonl")
     try:
-        return solvable_first(cfg, env, examples, init, out / "solvable.jsonl")[0]
+        return solvable_first(cfg, env, examples, init, out / "solvable.jsonl", answers_from=solvable_from)[0]
     finally:
         env.close()
         asyncio.run(pool.aclose())

@@ -51,17 +51,21 @@ def questions_needed(trl: dict[str, Any], world_size: int = 1) -> int:
 
 
 def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], init: Path, path: Path,
-                   policy: Any = None) -> tuple[list[QAExample], int]:
+                   policy: Any = None, answers_from: Path | None = None) -> tuple[list[QAExample], int]:
     """The questions with those the policy at `init` answers at least partly right first (greedy, token F1 > 0,
     in the stage's Environment), each part in the file's order; and how many of them there are.
 
     The policy answers each question once; the answers go to `path` (a crash loses none, a re-run reads
     them). F1 rather than the answer reward's own metric: a 135M policy's greedy answer is rarely exact, but
-    one that is partly right shows it finds the evidence, and a sampled group then answers differently."""
+    one that is partly right shows it finds the evidence, and a sampled group then answers differently.
+    `answers_from`: another run's file of the same policy's answers, taken where `path` holds none yet
+    (`take_answers`)."""
     from mtr.agents import PolicyAgent
     from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
     from mtr.metrics import f1_score
 
+    if answers_from is not None:
+        take_answers(path, Path(answers_from))
     out = JsonlAppender(path, id_key="id")
     todo = [ex for ex in examples if ex.id not in out.done]
     # a re-run that finds every answer loads no policy
@@ -245,12 +249,11 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
         write_manifest(out, "grpo", stage_config(cfg), {"data": Path(data)},
                        extra={"init": str(init), "limit": limit}, overwrite=overwrite)
         order, solvable = examples, None
-        if solvable_order and solvable_from is not None:
-            take_answers(out / "solvable.jsonl", Path(solvable_from))
         if solvable_order:
             judge = env if solvable_mode in (None, env.mode) else Environment.from_config(
                 cfg, "grpo", pool, tools_path=tools_file, mode=solvable_mode, store=env.store)
-            order, solvable = solvable_first(cfg, judge, examples, Path(init), out / "solvable.jsonl")
+            order, solvable = solvable_first(cfg, judge, examples, Path(init), out / "solvable.jsonl",
+                                             answers_from=solvable_from)
             order = order[:limit] if limit else order
             console.print(f"grpo: the initial policy answers {solvable} of {len(examples)} questions at least "
                           f"partly right; {'they come' if solvable else 'none comes'} first")
