@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "src" / "mtr" / "configs" / "demo.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "learning.json"
 DOC = ROOT / "docs" / "learning.md"
+JOBS_RESULTS = ROOT / "benchmarks" / "results" / "jobs.json"  # bench_jobs.py: what --jobs gains here
 console = Console()
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -294,6 +295,8 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
         section, _, name = key.rpartition(".")
         (data["grpo"]["trl"] if section == "trl" else data["grpo"])[name] = value
     data["eval"] = {"benchmarks": BENCHMARKS, "limit": preset["eval_limit"], "modes": ["live"], "max_tool_calls": 2}
+    if preset.get("threads"):  # a unit of --jobs: llama.cpp's threads as torch's (OMP_NUM_THREADS), not half the CPU's
+        data["roles"] = {r: {**v, "n_threads": preset["threads"]} for r, v in data["roles"].items()}
     return parse_config(data, str(DEMO) + " (bench_learning)")
 
 
@@ -377,11 +380,15 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
              simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
-             grpo_pool: int | None = None, against: Path | None = None) -> dict[str, Any]:
+             grpo_pool: int | None = None, against: Path | None = None,
+             only: set[tuple[str, int]] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
-    steps skipped, for the comparisons over seeds (without copying their checkpoints into one directory)."""
+    steps skipped, for the comparisons over seeds (without copying their checkpoints into one directory).
+    `only`: run the shared steps (synthesis, filter, each seed's SFT) and then only these (arm, seed) units'
+    steps, and return no results (`--jobs`: the units run in processes of their own, then a last pass finds
+    every step done and gathers the results); `threads`, a unit's share of the cores."""
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rubric import Rubric
@@ -395,6 +402,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
 
     preset = preset_settings(preset_name, arms, seeds, grpo, eval_limit, every_seed, simulated_eval,
                              grpo_questions, grpo_pool)
+    if threads:
+        preset["threads"] = threads
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
@@ -430,6 +439,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     eval_dirs: dict[str, Path] = {}
 
     for seed in preset["seeds"]:
+        if only and all(s != seed for _, s in only):
+            continue  # another process's unit (its SFT ran before the units started)
         cfg = base_config(preset, seed)
         cfg.sft.trl.update(max_steps=sft_steps, save_steps=max(4, sft_steps // 4))
         tag = f"s{seed}"
@@ -443,6 +454,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
         drop_checkpoints(sft_dir)
         checkpoints["sft"] = sft_dir
         for arm in arms_in_seed(preset, seed):
+            if only is not None and (arm, seed) not in only:
+                continue
             spec = ARMS[arm]
             name = f"{arm}@{tag}" if arm != "base" else arm
             model = checkpoints[spec["init"] or "base"]
@@ -498,6 +511,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                     d, m, {f"benchmark:{k}": v for k, v in benchmark_files(c).items()}))
             results["arms"][name] = summarise_eval(edir)
             eval_dirs[name] = edir
+    if only is not None:
+        return {}
     results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb"),
                              **({"took_answers": v["took_answers"]} if "took_answers" in v else {})}
                          for k, v in stages.items()}
@@ -521,6 +536,123 @@ def arms_in_seed(preset: dict[str, Any], seed: int) -> list[str]:
     if seed == preset["seeds"][0]:
         return list(preset["arms"])
     return [a for a in preset["arms"] if a in SEEDED or a in DRAWS or (preset.get("every_seed") and a != "base")]
+
+
+# --- --jobs: the arms' steps in processes of their own ----------------------------------------------------
+# On 2 cores one process uses them poorly: a 135M model's matrices are too small for torch to keep two threads
+# busy (an evaluation ran at 1.55 cores). Two processes of one thread each, on two arms, did 1.3-1.4 times the
+# work of one process of two (benchmarks/bench_jobs.py, docs/performance.md). A unit is an arm in a seed: its
+# GRPO, replay and evaluation, which only its own later steps read.
+
+def units_in_order(preset: dict[str, Any]) -> list[tuple[str, int]]:
+    """The (arm, seed) units of a preset in the order `--jobs` starts them: the method first in every seed (the
+    arms that take its solvable-first answers wait for it), then the other GRPO arms, the TRL peer, the
+    slowest, first; then the arms that only evaluate."""
+    def rank(unit: tuple[str, int]) -> int:
+        spec = ARMS[unit[0]]
+        return 0 if unit[0] == "sft+grpo" else 1 if spec.get("peer") else 2 if "grpo" in spec else 3
+
+    return sorted(((arm, seed) for seed in preset["seeds"] for arm in arms_in_seed(preset, seed)), key=rank)
+
+
+def unit_needs(unit: tuple[str, int], preset: dict[str, Any]) -> tuple[str, int] | None:
+    """The unit that must finish first: the method in the same seed, for an arm that takes its answers."""
+    arm, seed = unit
+    return ("sft+grpo", seed) if shares_answers(arm) and "sft+grpo" in arms_in_seed(preset, seed) else None
+
+
+def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], tuple[str, int] | None],
+              start: Callable[[tuple[str, int]], Any], jobs: int, poll_s: float = 1.0,
+              on_change: Callable[[set, set, dict], None] | None = None) -> dict[tuple[str, int], int]:
+    """Start `units` in order, at most `jobs` at once, each once what it needs has finished; `start(unit)` gives
+    a process (`poll()` -> exit status or None). After a failure nothing new starts and the running ones
+    finish. Returns the failed units' exit status ({} when all finished). Hand-written: a process pool would
+    run the units in the parent's interpreter, where a crash takes the others with it and their logs mix."""
+    pending, running, done, failed = list(units), {}, set(), {}
+    while pending or running:
+        for unit, proc in list(running.items()):
+            rc = proc.poll()
+            if rc is not None:
+                del running[unit]
+                (done.add(unit) if rc == 0 else failed.__setitem__(unit, rc))
+        while not failed and len(running) < jobs:
+            ready = next((u for u in pending if needs(u) is None or needs(u) in done or needs(u) not in units), None)
+            if ready is None and not running and pending:
+                ready = pending[0]  # its need came later in the order: it then answers for itself
+            if ready is None:
+                break
+            pending.remove(ready)
+            running[ready] = start(ready)
+        if failed and not running:
+            break
+        if on_change:
+            on_change(set(running), done, failed)
+        if running:
+            time.sleep(poll_s)
+    return failed
+
+
+def units_makespan(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], tuple[str, int] | None],
+                   seconds: dict[tuple[str, int], float], jobs: int) -> float:
+    """How long `run_units` takes for units of these durations: the same order and waits, in simulated time."""
+    pending, running, finished, now = list(units), {}, {}, 0.0
+    while pending or running:
+        while len(running) < jobs:
+            ready = next((u for u in pending if needs(u) is None or needs(u) in finished and finished[needs(u)] <= now
+                          or needs(u) not in units), None)
+            if ready is None and not running and pending:
+                ready = pending[0]
+            if ready is None:
+                break
+            pending.remove(ready)
+            running[ready] = now + seconds[ready]
+        now = min(running.values())
+        for unit in [u for u, end in running.items() if end <= now]:
+            finished[unit] = running.pop(unit)
+    return now
+
+
+def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str]) -> None:
+    """Each unit of the preset as `bench_learning.py ARGV --unit ARM@SEED` in a process of its own, `jobs` at a
+    time, each with the CPU's cores shared out (OMP_NUM_THREADS), its output in work/jobs/ARM-sSEED.log. The
+    caller has run the shared steps; a unit already finished costs its process a few seconds of skipping."""
+    import os
+    import subprocess
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    logs = work / "jobs"
+    logs.mkdir(parents=True, exist_ok=True)
+    units = units_in_order(preset)
+
+    def log_of(unit: tuple[str, int]) -> Path:
+        return logs / f"{unit[0]}-s{unit[1]}.log"
+
+    def start(unit: tuple[str, int]) -> Any:
+        with log_of(unit).open("a", encoding="utf-8") as out:  # the child holds its own descriptor
+            return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--unit",
+                                     f"{unit[0]}@{unit[1]}", "--threads", str(threads)],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+    console.print(f"{len(units)} units, {jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each; "
+                  f"their output in {logs}/")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        task = bar.add_task("units", total=len(units))
+
+        def show(running: set, done: set, failed: dict) -> None:
+            bar.update(task, completed=len(done), description="running " + ", ".join(
+                f"{a}@s{s}" for a, s in sorted(running)) if running else "units")
+
+        failed = run_units(units, lambda u: unit_needs(u, preset), start, jobs, on_change=show)
+    if failed:
+        unit, rc = next(iter(failed.items()))
+        lines = [x for x in log_of(unit).read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+        raise SystemExit(f"unit {unit[0]}@s{unit[1]} failed (exit {rc}): {lines[-1] if lines else 'no output'} "
+                         f"(whole log: {log_of(unit)}); its finished steps are kept, run again to resume")
 
 
 # --- the figures -----------------------------------------------------------------------------------------
@@ -1069,7 +1201,7 @@ def candidate_questions(preset: dict[str, Any]) -> int:
 ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "grpo_pool", "eval_limit", "seeds")
 
 
-def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
+def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """How long a preset would take here, from a finished run's measured steps: SFT seconds a step, each GRPO
     arm's seconds a step, each arm's evaluation seconds a question (the same arm in another seed costs the
     same; an arm never measured costs as the method's GRPO and SFT's evaluation). A GRPO arm's step also
@@ -1079,7 +1211,9 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
     says whether it took them, `took_answers`; one from before it said so is taken to have answered afresh
     unless a draw). With each question seen once, each GRPO arm's replay of its first quarter (but the
     peer's) is priced at the measured replay's seconds a group, else a GRPO group's. Synthesis and filtering
-    (scripted teacher, seconds) are left out."""
+    (scripted teacher, seconds) are left out. `jobs` ({"jobs": N, "grpo"|"eval": {"slowdown": x}}, from
+    benchmarks/results/jobs.json): also how long `--jobs N` takes, each unit's steps slowed by the slowdown
+    measured for one process beside the others, the units run in run_jobs's order (`with_jobs`)."""
     p, m = PRESETS[preset_name], measured
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
@@ -1132,16 +1266,27 @@ def estimate(preset_name: str, measured: dict[str, Any]) -> dict[str, Any]:
 
     groups = groups_per_step(p)
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
+    beside: dict[tuple[str, int], float] = {}  # each unit's seconds beside other units (--jobs)
     for seed in p["seeds"]:
         for arm in arms_in_seed(p, seed):
+            grpo_s = 0.0
             if "grpo" in ARMS[arm]:
-                parts["grpo"] += (grpo_rate(arm) * p["grpo_steps"] * groups
-                                  + answer_pass(arm, p, order, shares_answers(arm)) + replay_s(arm))
+                grpo_s = (grpo_rate(arm) * p["grpo_steps"] * groups
+                          + answer_pass(arm, p, order, shares_answers(arm)) + replay_s(arm))
             modes = 2 if arm in p["simulated_eval"] else 1
-            parts["eval"] += eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
-    return {"preset": preset_name, "from": m.get("commit"), "sizes": {k: p.get(k) for k in ESTIMATED_SIZES},
-            "sft_steps": sft_steps, **{f"{k}_s": round(v) for k, v in parts.items()},
-            "total_s": round(sum(parts.values()))}
+            eval_s = eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
+            parts["grpo"] += grpo_s
+            parts["eval"] += eval_s
+            if jobs:
+                beside[(arm, seed)] = grpo_s * jobs["grpo"]["slowdown"] + eval_s * jobs["eval"]["slowdown"]
+    out = {"preset": preset_name, "from": m.get("commit"), "sizes": {k: p.get(k) for k in ESTIMATED_SIZES},
+           "sft_steps": sft_steps, **{f"{k}_s": round(v) for k, v in parts.items()},
+           "total_s": round(sum(parts.values()))}
+    if jobs:  # the units side by side, in run_jobs's order and waits; the shared steps (SFT) before them alone
+        span = units_makespan(units_in_order(p), lambda u: unit_needs(u, p), beside, jobs["jobs"])
+        out["with_jobs"] = {"jobs": jobs["jobs"], "slowdown": {k: jobs[k]["slowdown"] for k in ("grpo", "eval")},
+                            "total_s": round(parts["sft"] + span)}
+    return out
 
 
 # --- docs/learning.md ------------------------------------------------------------------------------------
@@ -1407,6 +1552,11 @@ def main() -> None:
                     help="comma-separated arms to evaluate with simulated tools too (the ToolActor, grounded in "
                     "retrieval), beside live ones, instead of the preset's (full: base, sft, sft+grpo); "
                     "a finished live evaluation is extended, not redone")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="run N arms at once, each in a process of its own with the cores shared out (default 1; "
+                    "2 on 2 cores did 1.3-1.4 times the work: docs/performance.md); their output in WORK/jobs/")
+    ap.add_argument("--unit", help=argparse.SUPPRESS)  # ARM@SEED: one unit of --jobs, run by run_jobs
+    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # that unit's share of the cores
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
     ap.add_argument("--merge", type=Path, metavar="FILE",
                     help="only copy the run --label from the results file FILE (a worktree's: a long run there "
@@ -1430,14 +1580,20 @@ def main() -> None:
         all_results = json.loads(RESULTS.read_text())
         if args.estimate not in all_results:
             raise SystemExit(f"--estimate: no run {args.estimate!r} in {RESULTS}; runs: {', '.join(all_results)}")
+        jobs = None
+        if JOBS_RESULTS.is_file():  # bench_jobs.py's figures: --jobs priced too
+            j = json.loads(JOBS_RESULTS.read_text())
+            jobs = {"jobs": j["jobs"], **j["parts"]}
         for name in ("main", "full"):  # the presets a user runs whole (quick's GRPO is too small to time by)
             try:
-                est = estimate(name, all_results[args.estimate])
+                est = estimate(name, all_results[args.estimate], jobs)
             except ValueError as e:
                 raise SystemExit(f"--estimate {args.estimate}: {e}") from None
             all_results[args.estimate].setdefault("estimates", {})[name] = est
             print(f"the {name} preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h (SFT "
-                  f"{est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)")
+                  f"{est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)"
+                  + (f"; with --jobs {est['with_jobs']['jobs']}: {est['with_jobs']['total_s'] / 3600:.1f} h"
+                     if "with_jobs" in est else ""))
         RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
         return
     if args.merge:
@@ -1449,6 +1605,7 @@ def main() -> None:
         print(f"wrote {DOC}")
         return
     import os
+    import sys
 
     from mtr.rundir import git_commit
 
@@ -1474,11 +1631,28 @@ def main() -> None:
     if args.grpo_pool is not None and args.grpo_pool < PRESETS[name]["train_per_source"]:
         raise SystemExit(f"--grpo-pool {args.grpo_pool}: a pool holds SFT's {PRESETS[name]['train_per_source']} "
                          f"training questions of each benchmark and more; give at least that")
-    res = run_arms(name, work, arms, seeds, parse_grpo_overrides(args.grpo), args.eval_limit, args.every_seed,
-                   parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
-                   args.grpo_questions, args.grpo_pool, work_dir(args.draws_against, "") if args.draws_against else None)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs {args.jobs}: expected a number of processes, at least 1")
+    grpo = parse_grpo_overrides(args.grpo)
+
+    def run(only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
+        return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
+                        parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
+                        args.grpo_questions, args.grpo_pool,
+                        work_dir(args.draws_against, "") if args.draws_against else None, only, args.threads)
+
+    if args.unit:  # one unit of a parent's --jobs: its steps only, no results
+        arm, _, seed = args.unit.partition("@")
+        run({(arm, int(seed))})
+        return
+    if args.jobs > 1:  # the shared steps here, the units in processes of their own, then the results below
+        run(set())
+        preset = preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed, simulated,
+                                 args.grpo_questions, args.grpo_pool)
+        run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]))
+    res = run()
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
-               cores=os.cpu_count(), wall_s=round(time.perf_counter() - t0, 1))
+               cores=os.cpu_count(), jobs=args.jobs, wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     label = args.label or name
     all_results[label] = res
@@ -1486,6 +1660,19 @@ def main() -> None:
     DOC.write_text(update_doc())
     console.print(doc_sections({label: res})[label], highlight=False)
     console.print(f"results: {RESULTS}; docs: {DOC}", highlight=False)
+
+
+def without_jobs(argv: list[str]) -> list[str]:
+    """A command line less its --jobs (a unit's process runs its own steps only)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--jobs":
+            skip = True
+        elif not a.startswith("--jobs="):
+            out.append(a)
+    return out
 
 
 def work_dir(given: Path | None, preset_name: str) -> Path:

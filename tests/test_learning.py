@@ -417,6 +417,117 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
         bl.estimate("full", measured)
 
 
+def test_jobs_start_the_method_first_and_an_arm_that_takes_its_answers_after_it():
+    p = bl.PRESETS["full"]
+    units = bl.units_in_order(p)
+    # every arm of every seed once; the method of each seed first, the peer before the other GRPO arms, the
+    # arms that only evaluate last
+    assert sorted(units) == sorted((a, s) for s in p["seeds"] for a in bl.arms_in_seed(p, s))
+    assert units[:2] == [("sft+grpo", 0), ("sft+grpo", 1)] and units[2] == ("trl-peer", 0)
+    assert {a for a, _ in units[-3:]} == {"base", "sft"}
+    needs = {u: bl.unit_needs(u, p) for u in units}
+    assert needs[("trl-peer", 0)] == ("sft+grpo", 0) and needs[("sim-trained", 0)] == ("sft+grpo", 0)
+    assert needs[("no-precheck", 0)] is None and needs[("grpo-no-sft", 0)] is None and needs[("sft", 1)] is None
+
+
+class FakeProcess:
+    def __init__(self, log: list, unit: tuple[str, int], polls: int, rc: int = 0):
+        self.log, self.unit, self.polls, self.rc = log, unit, polls, rc
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls > 0:
+            return None
+        self.log.append(("end", self.unit))
+        return self.rc
+
+
+def test_run_units_keeps_n_running_waits_for_a_units_need_and_stops_starting_after_a_failure():
+    log, lengths = [], {("m", 0): 3, ("peer", 0): 1, ("a", 0): 1, ("b", 0): 1}
+    needs = {("peer", 0): ("m", 0)}
+
+    def start(unit):
+        log.append(("start", unit))
+        return FakeProcess(log, unit, lengths[unit])
+
+    seen = []
+    failed = bl.run_units(list(lengths), needs.get, start, 2, poll_s=0,
+                          on_change=lambda running, done, failed: seen.append(len(running)))
+    assert failed == {} and max(seen) == 2
+    # the peer waited for the method although it came before the others: they took the free slot
+    assert log.index(("start", ("peer", 0))) > log.index(("end", ("m", 0)))
+    assert log.index(("start", ("a", 0))) < log.index(("start", ("peer", 0)))
+    assert sorted(u for e, u in log if e == "start") == sorted(lengths)
+    # a failure: the running unit finishes, nothing new starts, the failure is returned
+    log.clear()
+    failed = bl.run_units([("x", 0), ("y", 0), ("z", 0)], lambda u: None,
+                          lambda u: (log.append(("start", u)), FakeProcess(log, u, 1 if u == ("x", 0) else 3,
+                                                                           rc=7 if u == ("x", 0) else 0))[1], 2, poll_s=0)
+    assert failed == {("x", 0): 7} and ("start", ("z", 0)) not in log and ("end", ("y", 0)) in log
+
+
+def test_the_makespan_of_units_side_by_side_follows_their_order_and_waits():
+    needs = {("peer", 0): ("m", 0)}.get
+    seconds = {("m", 0): 10.0, ("peer", 0): 5.0, ("a", 0): 4.0, ("b", 0): 4.0}
+    units = list(seconds)
+    assert bl.units_makespan(units, needs, seconds, 1) == 23.0  # one at a time: the sum
+    # two: m (0-10) beside a (0-4), b (4-8); the peer waits for m: 10-15
+    assert bl.units_makespan(units, needs, seconds, 2) == 15.0
+    assert bl.units_makespan(units, lambda u: None, seconds, 2) == 13.0  # m beside peer (0-5), a (5-9), b (9-13)
+
+
+def test_the_estimate_prices_jobs_by_the_measured_slowdown_of_a_unit_beside_another():
+    measured = {"commit": "abc", "sft_steps": 10, "filter": {"episodes": 40, "kept": 40},
+                "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
+                "stages": {"sft-s0": {"wall_s": 100.0}, "grpo-sft+grpo-s0": {"wall_s": 80.0},
+                           "eval-sft-s0": {"wall_s": 40.0}, "eval-base-s0": {"wall_s": 20.0}}}
+    alone = bl.estimate("full", measured)
+    assert "with_jobs" not in alone
+    # a slowdown of 2 gains nothing: two units side by side each take twice as long
+    same = bl.estimate("full", measured, {"jobs": 2, "grpo": {"slowdown": 2.0}, "eval": {"slowdown": 2.0}})
+    assert same["total_s"] == alone["total_s"]
+    assert same["with_jobs"]["total_s"] >= alone["total_s"] - 1
+    faster = bl.estimate("full", measured, {"jobs": 2, "grpo": {"slowdown": 1.4}, "eval": {"slowdown": 1.5}})
+    w = faster["with_jobs"]
+    assert w["jobs"] == 2 and w["slowdown"] == {"grpo": 1.4, "eval": 1.5}
+    # no better than perfect sharing, no worse than the slowed work one unit at a time
+    work = alone["grpo_s"] * 1.4 + alone["eval_s"] * 1.5
+    assert alone["sft_s"] + work / 2 - 1 <= w["total_s"] <= alone["sft_s"] + work + 1
+    assert w["total_s"] < alone["total_s"]
+
+
+def test_a_units_command_line_is_the_runs_less_its_jobs():
+    assert bl.without_jobs(["--preset", "main", "--jobs", "2", "--label", "x"]) == ["--preset", "main", "--label", "x"]
+    assert bl.without_jobs(["--jobs=3", "--seeds", "0,1"]) == ["--seeds", "0,1"]
+
+
+def test_a_unit_runs_the_shared_steps_and_its_own_arm_only(tmp_path, monkeypatch):
+    """`only`: each seed's SFT (shared), then only the named units' GRPO and evaluation; no results."""
+    ran = []
+    monkeypatch.setattr(bl, "run_step", lambda d, identity, fn, on_resume=None: (ran.append(d.name), {
+        "wall_s": 1.0, "kept": 4, "episodes": 4, "rejected": 0})[1])
+    monkeypatch.setattr(bl, "check_disjoint", lambda train, cfg: None)
+    monkeypatch.setattr(bl, "training_file", lambda work, n, name="train.jsonl": tmp_path / name)
+    (tmp_path / "train.jsonl").write_text("{}\n")
+    (tmp_path / "grpo-train.jsonl").write_text("{}\n")
+    (tmp_path / "synth").mkdir()
+    (tmp_path / "synth" / "traces.jsonl").write_text("{}\n")
+    (tmp_path / "filter").mkdir()
+    (tmp_path / "filter" / "sft.jsonl").write_text("{}\n")
+    for fn in ("drop_checkpoints", "reward_curve", "summarise_eval"):
+        monkeypatch.setattr(bl, fn, lambda *a, **k: {})
+    monkeypatch.setattr("mtr.checkpoints.policy_checkpoint", lambda cfg: tmp_path / "base")
+    monkeypatch.setattr("mtr.rundir.checkpoint_stamp", lambda d: None)
+    assert bl.run_arms("full", tmp_path, only=set()) == {}
+    assert ran == ["synth", "filter", "sft-s0", "sft-s1"]
+    ran.clear()
+    assert bl.run_arms("full", tmp_path, only={("no-precheck", 0)}, threads=1) == {}
+    assert ran == ["synth", "filter", "sft-s0", "grpo-no-precheck-s0", "replay-no-precheck-s0", "eval-no-precheck-s0"]
+    # a unit's share of the cores goes to llama.cpp too
+    assert bl.base_config({**bl.PRESETS["main"], "threads": 1}, 0).roles.toolactor.n_threads == 1
+    assert bl.base_config(bl.PRESETS["main"], 0).roles.toolactor.n_threads is None
+
+
 def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs_stats(tmp_path):
     steps = [{"step": i + 1, "reward": 0.1 * i, "step_time": 10.0, "num_tokens": 1000.0 * (i + 1),
               "completions/mean_length": 50, "rewards/answer_reward/mean": 0.1 * i,
