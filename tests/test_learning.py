@@ -496,6 +496,30 @@ def test_the_estimate_prices_jobs_by_the_measured_slowdown_of_a_unit_beside_anot
     assert w["total_s"] < alone["total_s"]
 
 
+def test_run_jobs_gives_each_unit_its_share_of_the_cores_and_names_a_failed_units_log(tmp_path, monkeypatch):
+    started = []
+
+    class Child:
+        def __init__(self, argv, stdout, stderr, env, cwd):
+            started.append((argv, env["OMP_NUM_THREADS"]))
+            unit = argv[argv.index("--unit") + 1]
+            stdout.write(f"working on {unit}\nValueError: no such file\n" if unit == "sft@0" else "done\n")
+            stdout.flush()
+            self.rc = 3 if unit == "sft@0" else 0
+
+        def poll(self):
+            return self.rc
+
+    monkeypatch.setattr("subprocess.Popen", Child)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    preset = {**bl.PRESETS["main"], "arms": ["base", "sft"]}
+    with pytest.raises(SystemExit, match=r"unit sft@s0 failed \(exit 3\): ValueError: no such file \(whole log: .*sft-s0\.log\)"):
+        bl.run_jobs(preset, tmp_path, 2, ["--preset", "main"])
+    assert [(a[a.index("--unit") + 1], a[a.index("--threads") + 1], t) for a, t in started] == [
+        ("base@0", "2", "2"), ("sft@0", "2", "2")]
+    assert (tmp_path / "jobs" / "base-s0.log").read_text() == "done\n"
+
+
 def test_a_units_command_line_is_the_runs_less_its_jobs():
     assert bl.without_jobs(["--preset", "main", "--jobs", "2", "--label", "x"]) == ["--preset", "main", "--label", "x"]
     assert bl.without_jobs(["--jobs=3", "--seeds", "0,1"]) == ["--seeds", "0,1"]
@@ -503,6 +527,12 @@ def test_a_units_command_line_is_the_runs_less_its_jobs():
 
 def test_a_unit_runs_the_shared_steps_and_its_own_arm_only(tmp_path, monkeypatch):
     """`only`: each seed's SFT (shared), then only the named units' GRPO and evaluation; no results."""
+    import importlib
+
+    # imported before the patches below: a module imported under them would keep the patched function
+    for module in ("mtr.stages.evaluate", "mtr.stages.filter", "mtr.stages.grpo", "mtr.stages.sft",
+                   "mtr.stages.synth", "trl_peer"):
+        importlib.import_module(module)
     ran = []
     monkeypatch.setattr(bl, "run_step", lambda d, identity, fn, on_resume=None: (ran.append(d.name), {
         "wall_s": 1.0, "kept": 4, "episodes": 4, "rejected": 0})[1])
