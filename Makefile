@@ -54,8 +54,8 @@ test-slow: install
 bench: install
 	$(BIN)/python benchmarks/bench_perf.py
 
-# Does the method make the policy better? Every arm, two seeds, two arms at a time (--jobs 2: 1.3-1.5 times
-# the work of one process on 2 cores): estimated at 4 hours here (docs/learning.md); `.venv/bin/python
+# Does the method make the policy better? Every arm, two seeds, two arms at a time (--jobs 2: 1.4-1.5 times
+# the work of one process on 2 cores): estimated at under 4 hours here (docs/learning.md); `.venv/bin/python
 # benchmarks/bench_learning.py --quick` for every step once on little data (under 20 minutes here), `--preset
 # main` for one seed of the main comparison (under an hour here: docs/learning.md). Resumes after a crash.
 bench-learning: install

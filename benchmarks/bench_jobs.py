@@ -10,7 +10,8 @@ policy defaults to the embedded model; an SFT checkpoint of the learning benchma
 the trained arms do. Prints the figures and writes them to benchmarks/results/jobs.json: for each part the
 lone process's wall, the side-by-side processes' walls, the slowdown of one process beside the others
 (`beside_s / alone_s`, what bench_learning.py's estimate multiplies a unit's steps by) and the throughput
-(`jobs * alone_s / beside_s`: 1.0 means --jobs gains nothing).
+(`jobs * alone_s / beside_s`: 1.0 means --jobs gains nothing), the cores the lone process kept busy, and how
+many of its outputs (predictions; GRPO steps' mean completion lengths) each side-by-side process made alike.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ PARTS = ("eval", "grpo")
 
 
 def one_part(part: str, policy: str, out: Path, questions: int, steps: int) -> dict:
-    """In this process: one part's work; its wall seconds (the model's loading included, as a unit pays it)."""
+    """In this process: one part's work; its wall seconds (the model's loading included, as a unit pays it), the
+    cores it kept busy on average (CPU time over wall), and what it produced: the evaluation's predictions, the
+    GRPO steps' mean completion lengths."""
+    import resource
+
     import torch
 
     import bench_learning as bl
@@ -47,6 +52,9 @@ def one_part(part: str, policy: str, out: Path, questions: int, steps: int) -> d
         ecfg = cfg.with_policy(init)
         ecfg.eval = ecfg.eval.model_copy(update={"grounding": "retrieval", "limit": questions})
         asyncio.run(evaluate(ecfg, out, overwrite=True))
+        from mtr.jsonl import read_jsonl
+
+        made = {r["key"]: r["prediction"] for r in read_jsonl(out / "predictions.jsonl")}
     else:
         from mtr.stages.grpo import train_grpo
 
@@ -54,7 +62,12 @@ def one_part(part: str, policy: str, out: Path, questions: int, steps: int) -> d
                                                "trl": {**cfg.grpo.trl, "max_steps": steps, "save_steps": steps + 1}})
         train = bl.training_file(out, cfg.grpo.trl["max_steps"])
         train_grpo(cfg, train, init, out / "grpo", limit=steps, overwrite=True)
-    return {"wall_s": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads()}
+        logged = [json.loads(line) for line in (out / "grpo" / "log.jsonl").read_text().splitlines() if line.strip()]
+        made = {str(r["step"]): r["completions/mean_length"] for r in logged if "completions/mean_length" in r}
+    wall = time.perf_counter() - t0
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall_s": round(wall, 1), "threads": torch.get_num_threads(),
+            "cores_busy": round((used.ru_utime + used.ru_stime) / wall, 2), "made": made}
 
 
 def processes(part: str, n: int, threads: int, args: argparse.Namespace, work: Path) -> list[dict]:
@@ -92,20 +105,27 @@ def main() -> None:
     from bench_grpo_checkpointing import this_machine
     from mtr.rundir import git_commit
 
-    cores = os.cpu_count() or 1
+    from bench_learning import usable_cores
+
+    cores = usable_cores()
     res = {**this_machine(), "commit": (git_commit() or "?")[:7], "cores": cores, "jobs": args.jobs,
            "policy": args.policy, "questions_per_benchmark": args.questions, "grpo_steps": args.steps, "parts": {}}
     for part in PARTS:
         alone = processes(part, 1, cores, args, args.work)[0]
         beside = processes(part, args.jobs, max(1, cores // args.jobs), args, args.work)
         beside_s = max(b["wall_s"] for b in beside)
+        # greedy answers and sampled episodes alike whatever the threads? (float sums in another order may differ)
+        alike = [sum(b["made"].get(k) == v for k, v in alone["made"].items()) for b in beside]
         res["parts"][part] = {"alone_s": alone["wall_s"], "alone_threads": alone["threads"],
+                              "alone_cores_busy": alone["cores_busy"],
                               "beside_s": [b["wall_s"] for b in beside], "beside_threads": beside[0]["threads"],
+                              "outputs": len(alone["made"]), "alike_beside": alike,
                               "slowdown": round(beside_s / alone["wall_s"], 3),
                               "throughput": round(args.jobs * alone["wall_s"] / beside_s, 3)}
         print(f"{part}: one process of {alone['threads']} threads {alone['wall_s']} s; {args.jobs} of "
               f"{beside[0]['threads']} side by side {', '.join(str(b['wall_s']) for b in beside)} s: "
-              f"{res['parts'][part]['throughput']:.2f}x the work")
+              f"{res['parts'][part]['throughput']:.2f}x the work; the lone one kept {alone['cores_busy']} cores busy; "
+              f"outputs alike {alike} of {len(alone['made'])}")
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

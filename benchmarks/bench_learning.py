@@ -295,8 +295,6 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
         section, _, name = key.rpartition(".")
         (data["grpo"]["trl"] if section == "trl" else data["grpo"])[name] = value
     data["eval"] = {"benchmarks": BENCHMARKS, "limit": preset["eval_limit"], "modes": ["live"], "max_tool_calls": 2}
-    if preset.get("threads"):  # a unit of --jobs: llama.cpp's threads as torch's (OMP_NUM_THREADS), not half the CPU's
-        data["roles"] = {r: {**v, "n_threads": preset["threads"]} for r, v in data["roles"].items()}
     return parse_config(data, str(DEMO) + " (bench_learning)")
 
 
@@ -381,14 +379,14 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
              simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
              grpo_pool: int | None = None, against: Path | None = None,
-             only: set[tuple[str, int]] | None = None, threads: int | None = None) -> dict[str, Any]:
+             only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
     steps skipped, for the comparisons over seeds (without copying their checkpoints into one directory).
     `only`: run the shared steps (synthesis, filter, each seed's SFT) and then only these (arm, seed) units'
     steps, and return no results (`--jobs`: the units run in processes of their own, then a last pass finds
-    every step done and gathers the results); `threads`, a unit's share of the cores."""
+    every step done and gathers the results)."""
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rubric import Rubric
@@ -402,8 +400,6 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
 
     preset = preset_settings(preset_name, arms, seeds, grpo, eval_limit, every_seed, simulated_eval,
                              grpo_questions, grpo_pool)
-    if threads:
-        preset["threads"] = threads
     cfg0 = base_config(preset, preset["seeds"][0])
     train = training_file(work, preset["train_per_source"])
     check_disjoint(train, cfg0)
@@ -540,8 +536,8 @@ def arms_in_seed(preset: dict[str, Any], seed: int) -> list[str]:
 
 # --- --jobs: the arms' steps in processes of their own ----------------------------------------------------
 # On 2 cores one process uses them poorly: a 135M model's matrices are too small for torch to keep two threads
-# busy (an evaluation ran at 1.55 cores). Two processes of one thread each, on two arms, did 1.3-1.4 times the
-# work of one process of two (benchmarks/bench_jobs.py, docs/performance.md). A unit is an arm in a seed: its
+# busy. Two processes of one thread each, on two arms, did 1.4-1.5 times the work of one process of two
+# (benchmarks/bench_jobs.py, docs/performance.md). A unit is an arm in a seed: its
 # GRPO, replay and evaluation, which only its own later steps read.
 
 def units_in_order(preset: dict[str, Any]) -> list[tuple[str, int]]:
@@ -569,26 +565,32 @@ def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], t
     finish. Returns the failed units' exit status ({} when all finished). Hand-written: a process pool would
     run the units in the parent's interpreter, where a crash takes the others with it and their logs mix."""
     pending, running, done, failed = list(units), {}, set(), {}
-    while pending or running:
-        for unit, proc in list(running.items()):
-            rc = proc.poll()
-            if rc is not None:
-                del running[unit]
-                (done.add(unit) if rc == 0 else failed.__setitem__(unit, rc))
-        while not failed and len(running) < jobs:
-            ready = next((u for u in pending if needs(u) is None or needs(u) in done or needs(u) not in units), None)
-            if ready is None and not running and pending:
-                ready = pending[0]  # its need came later in the order: it then answers for itself
-            if ready is None:
+    try:
+        while pending or running:
+            for unit, proc in list(running.items()):
+                rc = proc.poll()
+                if rc is not None:
+                    del running[unit]
+                    (done.add(unit) if rc == 0 else failed.__setitem__(unit, rc))
+            while not failed and len(running) < jobs:
+                ready = next((u for u in pending if needs(u) is None or needs(u) in done or needs(u) not in units),
+                             None)
+                if ready is None and not running and pending:
+                    ready = pending[0]  # its need came later in the order: it then answers for itself
+                if ready is None:
+                    break
+                pending.remove(ready)
+                running[ready] = start(ready)
+            if failed and not running:
                 break
-            pending.remove(ready)
-            running[ready] = start(ready)
-        if failed and not running:
-            break
-        if on_change:
-            on_change(set(running), done, failed)
-        if running:
-            time.sleep(poll_s)
+            if on_change:
+                on_change(set(running), done, failed)
+            if running:
+                time.sleep(poll_s)
+    finally:  # an error or a signal here: no unit goes on without the run that started it
+        for proc in running.values():
+            if proc.poll() is None:
+                proc.terminate()
     return failed
 
 
@@ -612,17 +614,30 @@ def units_makespan(units: list[tuple[str, int]], needs: Callable[[tuple[str, int
     return now
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which a container's CPU set limits), else the CPU's."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str]) -> None:
     """Each unit of the preset as `bench_learning.py ARGV --unit ARM@SEED` in a process of its own, `jobs` at a
     time, each with the CPU's cores shared out (OMP_NUM_THREADS), its output in work/jobs/ARM-sSEED.log. The
-    caller has run the shared steps; a unit already finished costs its process a few seconds of skipping."""
+    caller has run the shared steps; a unit already finished costs its process a few seconds of skipping.
+    llama.cpp (the simulated tools) keeps its own default, half the CPU's threads: set through a role's
+    `n_threads`, the share would enter the steps' manifests, and a step begun with another share would refuse
+    to go on."""
     import os
     import subprocess
     import sys
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = max(1, usable_cores() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     logs = work / "jobs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -633,9 +648,9 @@ def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str]) -> 
 
     def start(unit: tuple[str, int]) -> Any:
         with log_of(unit).open("a", encoding="utf-8") as out:  # the child holds its own descriptor
+            # the parent's working directory: relative --work, --seed-work... name the same directories there
             return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--unit",
-                                     f"{unit[0]}@{unit[1]}", "--threads", str(threads)],
-                                    stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+                                     f"{unit[0]}@{unit[1]}"], stdout=out, stderr=subprocess.STDOUT, env=env)
 
     console.print(f"{len(units)} units, {jobs} at a time, {threads} thread{'s' if threads > 1 else ''} each; "
                   f"their output in {logs}/")
@@ -1215,6 +1230,9 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     benchmarks/results/jobs.json): also how long `--jobs N` takes, each unit's steps slowed by the slowdown
     measured for one process beside the others, the units run in run_jobs's order (`with_jobs`)."""
     p, m = PRESETS[preset_name], measured
+    if m.get("jobs", 1) > 1:
+        raise ValueError(f"its steps ran {m['jobs']} at a time (--jobs), each slowed by the others: not one "
+                         "process's seconds to estimate from")
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
     # a run of some arms only (e.g. --arms base,sft) has no rate for what it did not run
@@ -1517,7 +1535,9 @@ def update_doc(doc: Path = DOC, results_file: Path = RESULTS, plots: bool = True
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # no abbreviations: a unit's command line is the run's less --jobs, which an abbreviation would slip past
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 allow_abbrev=False)
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--preset", choices=list(PRESETS), default="full",
                        help="quick: every step once, small (under 20 minutes here); main: the main comparison, one "
@@ -1554,9 +1574,8 @@ def main() -> None:
                     "a finished live evaluation is extended, not redone")
     ap.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="run N arms at once, each in a process of its own with the cores shared out (default 1; "
-                    "2 on 2 cores did 1.3-1.4 times the work: docs/performance.md); their output in WORK/jobs/")
+                    "2 on 2 cores did 1.4-1.5 times the work: docs/performance.md); their output in WORK/jobs/")
     ap.add_argument("--unit", help=argparse.SUPPRESS)  # ARM@SEED: one unit of --jobs, run by run_jobs
-    ap.add_argument("--threads", type=int, help=argparse.SUPPRESS)  # that unit's share of the cores
     ap.add_argument("--label", help="the results' name in learning.json and docs/learning.md (default: the preset's)")
     ap.add_argument("--merge", type=Path, metavar="FILE",
                     help="only copy the run --label from the results file FILE (a worktree's: a long run there "
@@ -1639,7 +1658,7 @@ def main() -> None:
         return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
                         parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
                         args.grpo_questions, args.grpo_pool,
-                        work_dir(args.draws_against, "") if args.draws_against else None, only, args.threads)
+                        work_dir(args.draws_against, "") if args.draws_against else None, only)
 
     if args.unit:  # one unit of a parent's --jobs: its steps only, no results
         arm, _, seed = args.unit.partition("@")

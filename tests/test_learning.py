@@ -466,6 +466,38 @@ def test_run_units_keeps_n_running_waits_for_a_units_need_and_stops_starting_aft
     assert failed == {("x", 0): 7} and ("start", ("z", 0)) not in log and ("end", ("y", 0)) in log
 
 
+def test_run_units_takes_as_long_as_the_makespan_says_and_stops_its_units_when_it_fails():
+    # a fake process ends after its duration in polls, one poll a round: the rounds are the simulated time
+    seconds = {("m", 0): 5, ("peer", 0): 2, ("a", 0): 3, ("b", 0): 1, ("m", 1): 4}
+    needs = {("peer", 0): ("m", 0)}.get
+    for jobs in (1, 2, 3):
+        rounds = []
+        bl.run_units(list(seconds), needs, lambda u: FakeProcess([], u, seconds[u]), jobs, poll_s=0,
+                     on_change=lambda *a: rounds.append(1))
+        assert len(rounds) - 1 == bl.units_makespan(list(seconds), needs, {u: float(d) for u, d in seconds.items()},
+                                                    jobs)
+    stopped = []
+
+    class Running(FakeProcess):
+        def terminate(self):
+            stopped.append(self.unit)
+
+    def start(unit):
+        if unit == ("b", 0):
+            raise OSError("no more processes")
+        return Running([], unit, 100)
+
+    with pytest.raises(OSError):
+        bl.run_units([("a", 0), ("b", 0)], lambda u: None, start, 2, poll_s=0)
+    assert stopped == [("a", 0)]
+
+
+def test_a_run_made_with_jobs_is_not_estimated_from():
+    measured = {"jobs": 2, "sft_steps": 10, "filter": {"episodes": 4, "kept": 4}, "preset": {"seeds": [0]}, "stages": {}}
+    with pytest.raises(ValueError, match="ran 2 at a time"):
+        bl.estimate("full", measured)
+
+
 def test_the_makespan_of_units_side_by_side_follows_their_order_and_waits():
     needs = {("peer", 0): ("m", 0)}.get
     seconds = {("m", 0): 10.0, ("peer", 0): 5.0, ("a", 0): 4.0, ("b", 0): 4.0}
@@ -500,7 +532,7 @@ def test_run_jobs_gives_each_unit_its_share_of_the_cores_and_names_a_failed_unit
     started = []
 
     class Child:
-        def __init__(self, argv, stdout, stderr, env, cwd):
+        def __init__(self, argv, stdout, stderr, env):
             started.append((argv, env["OMP_NUM_THREADS"]))
             unit = argv[argv.index("--unit") + 1]
             stdout.write(f"working on {unit}\nValueError: no such file\n" if unit == "sft@0" else "done\n")
@@ -511,12 +543,12 @@ def test_run_jobs_gives_each_unit_its_share_of_the_cores_and_names_a_failed_unit
             return self.rc
 
     monkeypatch.setattr("subprocess.Popen", Child)
-    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    monkeypatch.setattr(bl, "usable_cores", lambda: 4)
     preset = {**bl.PRESETS["main"], "arms": ["base", "sft"]}
     with pytest.raises(SystemExit, match=r"unit sft@s0 failed \(exit 3\): ValueError: no such file \(whole log: .*sft-s0\.log\)"):
         bl.run_jobs(preset, tmp_path, 2, ["--preset", "main"])
-    assert [(a[a.index("--unit") + 1], a[a.index("--threads") + 1], t) for a, t in started] == [
-        ("base@0", "2", "2"), ("sft@0", "2", "2")]
+    assert [(a[a.index("--unit") + 1], a[-4:-2], t) for a, t in started] == [
+        ("base@0", ["--preset", "main"], "2"), ("sft@0", ["--preset", "main"], "2")]
     assert (tmp_path / "jobs" / "base-s0.log").read_text() == "done\n"
 
 
@@ -551,11 +583,8 @@ def test_a_unit_runs_the_shared_steps_and_its_own_arm_only(tmp_path, monkeypatch
     assert bl.run_arms("full", tmp_path, only=set()) == {}
     assert ran == ["synth", "filter", "sft-s0", "sft-s1"]
     ran.clear()
-    assert bl.run_arms("full", tmp_path, only={("no-precheck", 0)}, threads=1) == {}
+    assert bl.run_arms("full", tmp_path, only={("no-precheck", 0)}) == {}
     assert ran == ["synth", "filter", "sft-s0", "grpo-no-precheck-s0", "replay-no-precheck-s0", "eval-no-precheck-s0"]
-    # a unit's share of the cores goes to llama.cpp too
-    assert bl.base_config({**bl.PRESETS["main"], "threads": 1}, 0).roles.toolactor.n_threads == 1
-    assert bl.base_config(bl.PRESETS["main"], 0).roles.toolactor.n_threads is None
 
 
 def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs_stats(tmp_path):
