@@ -557,6 +557,14 @@ def unit_needs(unit: tuple[str, int], preset: dict[str, Any]) -> tuple[str, int]
     return ("sft+grpo", seed) if shares_answers(arm) and "sft+grpo" in arms_in_seed(preset, seed) else None
 
 
+def next_unit(pending: list[tuple[str, int]], units: list[tuple[str, int]],
+              needs: Callable[[tuple[str, int]], tuple[str, int] | None], done: Any, running: Any) -> tuple[str, int] | None:
+    """The first pending unit whose need has finished (or is no unit of the run); with nothing running and none
+    ready, the first pending one (its need came later in the order: it then answers for itself)."""
+    ready = next((u for u in pending if needs(u) is None or needs(u) in done or needs(u) not in units), None)
+    return pending[0] if ready is None and not running and pending else ready
+
+
 def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], tuple[str, int] | None],
               start: Callable[[tuple[str, int]], Any], jobs: int, poll_s: float = 1.0,
               on_change: Callable[[set, set, dict], None] | None = None) -> dict[tuple[str, int], int]:
@@ -573,10 +581,7 @@ def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], t
                     del running[unit]
                     (done.add(unit) if rc == 0 else failed.__setitem__(unit, rc))
             while not failed and len(running) < jobs:
-                ready = next((u for u in pending if needs(u) is None or needs(u) in done or needs(u) not in units),
-                             None)
-                if ready is None and not running and pending:
-                    ready = pending[0]  # its need came later in the order: it then answers for itself
+                ready = next_unit(pending, units, needs, done, running)
                 if ready is None:
                     break
                 pending.remove(ready)
@@ -600,10 +605,7 @@ def units_makespan(units: list[tuple[str, int]], needs: Callable[[tuple[str, int
     pending, running, finished, now = list(units), {}, {}, 0.0
     while pending or running:
         while len(running) < jobs:
-            ready = next((u for u in pending if needs(u) is None or needs(u) in finished and finished[needs(u)] <= now
-                          or needs(u) not in units), None)
-            if ready is None and not running and pending:
-                ready = pending[0]
+            ready = next_unit(pending, units, needs, finished, running)
             if ready is None:
                 break
             pending.remove(ready)

@@ -352,11 +352,16 @@ def test_paired_visits_compare_each_questions_first_and_last_step():
     assert gs.paired_visits([0.1], ["a"]) is None
 
 
+def measured_run() -> dict:
+    """A finished run's measured steps, as the results file holds them: SFT, the method's GRPO, two evaluations."""
+    return {"commit": "abc", "sft_steps": 10, "filter": {"episodes": 40, "kept": 40},
+            "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
+            "stages": {"sft-s0": {"wall_s": 100.0}, "grpo-sft+grpo-s0": {"wall_s": 80.0},
+                       "eval-sft-s0": {"wall_s": 40.0}, "eval-base-s0": {"wall_s": 20.0}}}
+
+
 def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
-    measured = {"commit": "abc", "sft_steps": 10, "filter": {"episodes": 40, "kept": 40},
-                "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
-                "stages": {"sft-s0": {"wall_s": 100.0}, "grpo-sft+grpo-s0": {"wall_s": 80.0},
-                           "eval-sft-s0": {"wall_s": 40.0}, "eval-base-s0": {"wall_s": 20.0}}}
+    measured = measured_run()
     est = bl.estimate("full", measured)
     p = bl.PRESETS["full"]
     questions = p["eval_limit"] * len(bl.BENCHMARKS)
@@ -509,10 +514,7 @@ def test_the_makespan_of_units_side_by_side_follows_their_order_and_waits():
 
 
 def test_the_estimate_prices_jobs_by_the_measured_slowdown_of_a_unit_beside_another():
-    measured = {"commit": "abc", "sft_steps": 10, "filter": {"episodes": 40, "kept": 40},
-                "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
-                "stages": {"sft-s0": {"wall_s": 100.0}, "grpo-sft+grpo-s0": {"wall_s": 80.0},
-                           "eval-sft-s0": {"wall_s": 40.0}, "eval-base-s0": {"wall_s": 20.0}}}
+    measured = measured_run()
     alone = bl.estimate("full", measured)
     assert "with_jobs" not in alone
     # a slowdown of 2 gains nothing: two units side by side each take twice as long
