@@ -45,10 +45,14 @@ def figures(text: str) -> list[re.Match]:
 
 
 def check(paths: list[Path] = DOCS) -> list[str]:
-    """Every quoted figure that differs from its results file (or names a value that is not there)."""
+    """Every quoted figure that differs from its results file (or names a value that is not there), and every
+    figure written as a template (`{f(...)}`, as the docs' generator writes them) that nothing rendered."""
     problems = []
     for path in paths:
-        for m in figures(path.read_text()):
+        text = path.read_text()
+        for m in re.finditer(r"\{f\([^}]*\)\}", text):
+            problems.append(f"{path.name}:{text.count(chr(10), 0, m.start()) + 1}: an unrendered figure {m[0]!r}")
+        for m in figures(text):
             try:
                 want = render(value_at(m["file"], m["path"]), m["fmt"])
             except (OSError, KeyError, IndexError, ValueError, TypeError) as e:

@@ -33,3 +33,6 @@ def test_a_stale_figure_is_caught(tmp_path):
                    "<!--fig:demo:no.such.key:.0f-->2<!--/fig-->")
     problems = figures.check([doc])
     assert len(problems) == 2 and "says '1'" in problems[0] and "KeyError" in problems[1]
+    # a figure left as the generator's template, never rendered
+    doc.write_text("a gain of\n{f(P3+'.comparisons.12.f1.0', '+.1f')} F1")
+    assert figures.check([doc]) == ["x.md:2: an unrendered figure \"{f(P3+'.comparisons.12.f1.0', '+.1f')}\""]
