@@ -463,7 +463,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                 trainer = train_trl_peer if spec.get("peer") else train_grpo
                 judged = {"solvable_mode": spec["solvable_mode"]} if spec.get("solvable_mode") else {}
                 # an arm that starts from the method's policy on its questions, judged with the same tools
-                # (another draw, the TRL peer, the transfer arms): the initial policy's greedy answers, by
+                # (another draw, the TRL peer, the transfer arms, the pre-check ablation where its setting
+                # changed no episode): the initial policy's greedy answers, by
                 # which solvable-first chooses, are the method's (one pass a seed, not one an arm: on a pool of
                 # 200 questions a pass costs what an evaluation does)
                 method = own / f"grpo-sft+grpo-{tag}"
@@ -779,13 +780,19 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
 # GRPO settings that solvable-first's judge does not read: it answers in its own mode (`solvable_mode`, else
 # the tools the arm trains against), so what the arm trains against besides does not enter its answers
 TRAINING_TOOLS = ("tool_mode", "grounding", "live_share")
+# nor the pre-check, which changes an episode only where it calls a tool with invalid arguments: the answers
+# record it (`invalid_args`), and an arm with the other setting takes those of the episodes that made no such
+# call (`take_answers`) and answers the rest itself
+ANSWER_BLIND = TRAINING_TOOLS + ("precheck",)
 
 
 def judged_by(grpo: dict[str, Any], solvable_mode: str | None) -> dict[str, Any]:
-    """The GRPO settings that make solvable-first's greedy answers: the judge's tool mode, and every setting
-    but those of the tools trained against (with a live judge: a simulated one reads `grounding` too)."""
+    """The GRPO settings that make solvable-first's greedy answers, where the pre-check does not: the judge's
+    tool mode, and every setting but the pre-check and those of the tools trained against (with a live judge:
+    a simulated one reads `grounding` too)."""
     judge = solvable_mode or grpo.get("tool_mode")
-    return {**{k: v for k, v in grpo.items() if k not in TRAINING_TOOLS or (judge != "live" and k != "tool_mode")},
+    return {**{k: v for k, v in grpo.items()
+               if k not in ANSWER_BLIND or (judge != "live" and k in ("grounding", "live_share"))},
             "judge_mode": judge}
 
 
@@ -809,8 +816,9 @@ def same_start(method: Path, data_id: str, init: Path, grpo: Any, solvable_mode:
 
 def shares_answers(arm: str) -> bool:
     """Whether an arm takes the method's solvable-first answers in its seed (`same_start`, as the presets run
-    it): another draw, the TRL peer, the arms trained against simulated tools (judged live); not the cold
-    start (another initial policy) nor the pre-check ablation (its judge lets invalid calls through)."""
+    it): another draw, the TRL peer, the arms trained against simulated tools (judged live), the pre-check
+    ablation (those of episodes that called no tool with invalid arguments: `take_answers`); not the cold
+    start (another initial policy)."""
     spec, method = ARMS[arm], ARMS["sft+grpo"]
     return (arm != "sft+grpo" and "grpo" in spec and spec["init"] == method["init"]
             and judged_by(spec["grpo"], spec.get("solvable_mode")) == judged_by(method["grpo"], None))
@@ -1224,7 +1232,8 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     same; an arm never measured costs as the method's GRPO and SFT's evaluation). A GRPO arm's step also
     holds solvable-first's pass, its initial policy's greedy answer to every candidate question: priced as
     that policy's evaluation a question, it is taken out of the measured steps and counted once a GRPO arm
-    that answers afresh (those that take the method's answers, `shares_answers`, count none; a measured step
+    that answers afresh (those that take the method's answers, `shares_answers`, count none, the pre-check
+    ablation's few questions with an invalid call left out; a measured step
     says whether it took them, `took_answers`; one from before it said so is taken to have answered afresh
     unless a draw). With each question seen once, each GRPO arm's replay of its first quarter (but the
     peer's) is priced at the measured replay's seconds a group, else a GRPO group's. Synthesis and filtering

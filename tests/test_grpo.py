@@ -476,6 +476,51 @@ def test_another_draw_takes_the_initial_policys_answers_and_answers_only_what_th
     assert [ex.id for ex in ranked] == ["q0", "q2", "q1"] and n == 2 and backend.calls["agent"] == 1
 
 
+def test_an_arm_with_the_other_precheck_takes_only_the_answers_the_precheck_did_not_change(tmp_path):
+    """The pre-check changes an episode only where it calls a tool with invalid arguments: an arm with the
+    pre-check off takes the other setting's answers to the other questions, and answers those itself."""
+    from mtr.data import load_qa
+    from mtr.jsonl import read_jsonl
+    from mtr.stages.grpo import solvable_first, take_answers
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Question {i}?", "answers": ["1755"]}) + "\n"
+                            for i in range(3)))
+
+    def agent(msgs):  # question 1 calls the tool with a number where a string is due, the others correctly
+        if any(m["role"] == "tool" or m["content"].startswith("Result of") for m in msgs if m["role"] != "system"):
+            return "<think>Found it.</think>\n<answer>1755</answer>"
+        institution = 5 if "Question 1?" in json.dumps(msgs) else "MSU"
+        return ("<think>Look it up.</think>\n<tool_call>\n" + json.dumps(
+            {"name": "get_founding_year", "arguments": {"institution": institution}}) + "\n</tool_call>")
+
+    def answers(precheck: bool, path, source=None):
+        cfg = Config()
+        cfg.grpo.tool_mode, cfg.grpo.precheck = "simulated", precheck
+        backend = ScriptedBackend(agent=agent)
+        env = Environment.from_config(cfg, "grpo", Pool(backend), tmp_path / "tools.jsonl")
+        try:
+            solvable_first(cfg, env, load_qa(data), tmp_path / "init", path, backend, answers_from=source)
+        finally:
+            env.close()
+        return {r["id"]: r for r in read_jsonl(path)}, backend
+
+    first, _ = answers(True, tmp_path / "on" / "solvable.jsonl")
+    assert {q: (r["precheck"], r["invalid_args"]) for q, r in first.items()} == {
+        "q0": (True, 0), "q1": (True, 1), "q2": (True, 0)}
+    # with the pre-check off: q0 and q2 taken, q1 answered afresh (its invalid call now played)
+    mine, backend = answers(False, tmp_path / "off" / "solvable.jsonl", tmp_path / "on" / "solvable.jsonl")
+    assert {q: r["precheck"] for q, r in mine.items()} == {"q0": True, "q1": False, "q2": True}
+    assert mine["q1"]["invalid_args"] == 1 and backend.calls["agent"] == 2 and backend.calls["actor"] >= 1
+    # the same setting takes every answer; a row from before the fields were recorded only with the pre-check on
+    same = tmp_path / "same.jsonl"
+    assert take_answers(same, tmp_path / "on" / "solvable.jsonl", True) and len(read_jsonl(same)) == 3
+    old = tmp_path / "old.jsonl"
+    old.write_text(json.dumps({"id": "q0", "prediction": "1755", "f1": 1.0}) + "\n")
+    assert take_answers(tmp_path / "old-on.jsonl", old, True) and len(read_jsonl(tmp_path / "old-on.jsonl")) == 1
+    assert take_answers(tmp_path / "old-off.jsonl", old, False) and read_jsonl(tmp_path / "old-off.jsonl") == []
+
+
 def test_draw_questions_keeps_the_order_given_without_shuffle(tmp_path):
     from mtr.data import load_qa
 

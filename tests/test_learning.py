@@ -372,10 +372,10 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
                             "grpo_questions": p["grpo_questions"], "grpo_pool": p["grpo_pool"],
                             "eval_limit": p["eval_limit"], "seeds": p["seeds"]}
     grpo_arms = [a for a in p["arms"] if "grpo" in bl.ARMS[a]] + [a for a in bl.SEEDED if "grpo" in bl.ARMS[a]]
-    # unmeasured arms at the method's rate; the pool answered once by the method in each seed, by the cold start
-    # and by the pre-check ablation (the other arms take the method's answers), at the evaluation's seconds a
-    # question of the policy answering: SFT's 2, the base model's 1 (grpo-no-sft)
-    fresh = ["sft+grpo", "grpo-no-sft", "no-precheck"] + ["sft+grpo"] * (len(p["seeds"]) - 1)
+    # unmeasured arms at the method's rate; the pool answered once by the method in each seed and by the cold
+    # start (the other arms take the method's answers), at the evaluation's seconds a question of the policy
+    # answering: SFT's 2, the base model's 1 (grpo-no-sft)
+    fresh = ["sft+grpo", "grpo-no-sft"] + ["sft+grpo"] * (len(p["seeds"]) - 1)
     assert sorted(a for a in grpo_arms if not bl.shares_answers(a)) == sorted(fresh)
 
     def answers_s(sft_rate: float) -> float:
@@ -432,7 +432,8 @@ def test_jobs_start_the_method_first_and_an_arm_that_takes_its_answers_after_it(
     assert {a for a, _ in units[-3:]} == {"base", "sft"}
     needs = {u: bl.unit_needs(u, p) for u in units}
     assert needs[("trl-peer", 0)] == ("sft+grpo", 0) and needs[("sim-trained", 0)] == ("sft+grpo", 0)
-    assert needs[("no-precheck", 0)] is None and needs[("grpo-no-sft", 0)] is None and needs[("sft", 1)] is None
+    assert needs[("no-precheck", 0)] == ("sft+grpo", 0)
+    assert needs[("grpo-no-sft", 0)] is None and needs[("sft", 1)] is None
 
 
 class FakeProcess:
@@ -1156,7 +1157,8 @@ def test_a_draw_takes_the_methods_answers_only_where_the_method_started_as_the_d
     assert bl.judged_by({"tool_mode": "simulated", "grounding": "retrieval"}, "live") == bl.judged_by(
         {"tool_mode": "live", "grounding": "none"}, None)
     # an arm trained against simulated tools and judged with live ones answers as the method did; judged
-    # with the tools it trains against, or with the pre-check off, it does not
+    # with the tools it trains against, it does not; with the pre-check off it takes the answers the pre-check
+    # did not change (take_answers)
     live = grpo.model_copy(update={"tool_mode": "live"})
     (method / "bench_identity.json").write_text(json.dumps(
         {"data": "data-1", "grpo": live.model_dump(mode="json"), "seed": 0, "init": str(sft),
@@ -1164,10 +1166,10 @@ def test_a_draw_takes_the_methods_answers_only_where_the_method_started_as_the_d
     simulated = live.model_copy(update={"tool_mode": "simulated", "grounding": "retrieval", "live_share": 0.5})
     assert bl.same_start(method, "data-1", sft, simulated, "live")
     assert not bl.same_start(method, "data-1", sft, simulated)
-    assert not bl.same_start(method, "data-1", sft, live.model_copy(update={"precheck": False}))
+    assert bl.same_start(method, "data-1", sft, live.model_copy(update={"precheck": False}))
     # the arms the presets run that take the method's answers, by their specs
     assert {a for a in bl.ARMS if bl.shares_answers(a)} == {
-        "sft+grpo-d2", "sft+grpo-d3", "trl-peer", "sim-trained", "mixed-trained"}
+        "sft+grpo-d2", "sft+grpo-d3", "trl-peer", "sim-trained", "mixed-trained", "no-precheck"}
     (sft / "stage_done.json").write_text(json.dumps({"wall_s": 1.0, "finished": "2099-01-01T00:00:00Z"}))
     assert not bl.same_start(method, "data-1", sft, live)  # SFT trained again since the method started
 

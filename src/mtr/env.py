@@ -195,7 +195,7 @@ class Environment:
                       tools=tools, meta=meta)
         by_name = {t.name: t for t in tools}
         budget = self.max_tool_calls if self.tools_on else 0
-        agent_tokens = actor_tokens = 0
+        agent_tokens = actor_tokens = invalid_args = 0
         role = "agent"
         try:
             for i in range(budget + 1):
@@ -222,6 +222,8 @@ class Environment:
                     break
                 checks = validate_call(step.call, tools)
                 step.checks.extend(checks)
+                # counted whatever the pre-check: the episode is the same with it on or off where this stays 0
+                invalid_args += not all(c.ok for c in checks) and step.call.name in by_name
                 # the pre-check: an invalid call gets the validation error instead of an observation (with the
                 # pre-check off, an existing tool plays even invalid arguments: the paper's ablation)
                 if not all(c.ok for c in checks) and (self.precheck or step.call.name not in by_name):
@@ -239,7 +241,8 @@ class Environment:
             trace.meta["retryable"] = True  # a resume runs this episode again
         if trace.error is None and trace.final_answer is None and trace.steps and trace.steps[-1].parse_error is None:
             trace.steps[-1].checks.append(Check(code="answer_present", ok=False, detail="no final answer"))
-        trace.meta.update(agent_tokens=agent_tokens, actor_tokens=actor_tokens, calls=len(trace.calls))
+        trace.meta.update(agent_tokens=agent_tokens, actor_tokens=actor_tokens, calls=len(trace.calls),
+                          invalid_args=invalid_args)
         return trace
 
 

@@ -59,13 +59,13 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
     them). F1 rather than the answer reward's own metric: a 135M policy's greedy answer is rarely exact, but
     one that is partly right shows it finds the evidence, and a sampled group then answers differently.
     `answers_from`: another run's file of the same policy's answers, taken where `path` holds none yet
-    (`take_answers`)."""
+    (`take_answers`; with the other pre-check setting, those of episodes that made no invalid call only)."""
     from mtr.agents import PolicyAgent
     from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
     from mtr.metrics import f1_score
 
     if answers_from is not None:
-        take_answers(path, Path(answers_from))
+        take_answers(path, Path(answers_from), env.precheck)
     out = JsonlAppender(path, id_key="id")
     todo = [ex for ex in examples if ex.id not in out.done]
     # a re-run that finds every answer loads no policy
@@ -77,7 +77,8 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
         trace = await env.rollout(ex, agent, ex.id, seed=cfg.seed)
         return {"id": ex.id, "prediction": trace.final_answer, "f1": f1_score(trace.final_answer, ex.answers),
                 "calls": len([s for s in trace.steps if s.call is not None]), "error": trace.error,
-                "retryable": bool(trace.meta.get("retryable"))}
+                "retryable": bool(trace.meta.get("retryable")), "precheck": env.precheck,
+                "invalid_args": trace.meta.get("invalid_args", 0)}
 
     async def answer_all() -> None:
         try:
@@ -183,12 +184,24 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
     return rollout_func
 
 
-def take_answers(path: Path, source: Path) -> bool:
+def take_answers(path: Path, source: Path, precheck: bool | None = None) -> bool:
     """Start the initial policy's answers at `path` (solvable_first's file) from another run's at `source`,
-    where `path` holds none yet and `source` exists; whether it did."""
+    where `path` holds none yet and `source` exists; whether it did. With `precheck` (this run's pre-check),
+    an answer is taken if it was made with the same setting (a row that does not say was made with it on,
+    the default) or its episode called no tool with invalid arguments, the one place the setting changes an
+    episode; solvable_first answers the others."""
+    from mtr.jsonl import read_jsonl
+
     if path.is_file() or not source.is_file():
         return False
-    shutil.copyfile(source, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if precheck is None:
+        shutil.copyfile(source, path)
+        return True
+    rows = [r for r in read_jsonl(source) if r.get("precheck", True) == precheck or r.get("invalid_args") == 0]
+    part = path.with_suffix(".part")  # whole or not at all: a file there is taken as this run's own answers
+    part.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    part.replace(path)
     return True
 
 
