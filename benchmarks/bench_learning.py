@@ -544,10 +544,13 @@ def arms_in_seed(preset: dict[str, Any], seed: int) -> list[str]:
 def units_in_order(preset: dict[str, Any]) -> list[tuple[str, int]]:
     """The (arm, seed) units of a preset in the order `--jobs` starts them: the method first in every seed (the
     arms that take its solvable-first answers wait for it), then the other GRPO arms, the TRL peer, the
-    slowest, first; then the arms that only evaluate."""
+    slowest, first; then the arms that only evaluate, the base model last: it rarely searches and answers in a
+    few tokens, the shortest unit, and the last unit runs beside nothing (the full preset estimated 3 minutes
+    shorter than with the base model before SFT)."""
     def rank(unit: tuple[str, int]) -> int:
         spec = ARMS[unit[0]]
-        return 0 if unit[0] == "sft+grpo" else 1 if spec.get("peer") else 2 if "grpo" in spec else 3
+        return (0 if unit[0] == "sft+grpo" else 1 if spec.get("peer") else 2 if "grpo" in spec
+                else 4 if unit[0] == "base" else 3)
 
     return sorted(((arm, seed) for seed in preset["seeds"] for arm in arms_in_seed(preset, seed)), key=rank)
 

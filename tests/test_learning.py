@@ -429,7 +429,7 @@ def test_jobs_start_the_method_first_and_an_arm_that_takes_its_answers_after_it(
     # arms that only evaluate last
     assert sorted(units) == sorted((a, s) for s in p["seeds"] for a in bl.arms_in_seed(p, s))
     assert units[:2] == [("sft+grpo", 0), ("sft+grpo", 1)] and units[2] == ("trl-peer", 0)
-    assert {a for a, _ in units[-3:]} == {"base", "sft"}
+    assert {a for a, _ in units[-3:]} == {"base", "sft"} and units[-1] == ("base", 0)
     needs = {u: bl.unit_needs(u, p) for u in units}
     assert needs[("trl-peer", 0)] == ("sft+grpo", 0) and needs[("sim-trained", 0)] == ("sft+grpo", 0)
     assert needs[("no-precheck", 0)] == ("sft+grpo", 0)
@@ -551,7 +551,7 @@ def test_run_jobs_gives_each_unit_its_share_of_the_cores_and_names_a_failed_unit
     with pytest.raises(SystemExit, match=r"unit sft@s0 failed \(exit 3\): ValueError: no such file \(whole log: .*sft-s0\.log\)"):
         bl.run_jobs(preset, tmp_path, 2, ["--preset", "main"])
     assert [(a[a.index("--unit") + 1], a[-4:-2], t) for a, t in started] == [
-        ("base@0", ["--preset", "main"], "2"), ("sft@0", ["--preset", "main"], "2")]
+        ("sft@0", ["--preset", "main"], "2"), ("base@0", ["--preset", "main"], "2")]  # the base model last
     assert (tmp_path / "jobs" / "base-s0.log").read_text() == "done\n"
 
 
