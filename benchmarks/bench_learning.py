@@ -477,10 +477,11 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                            "init": str(model), "trainer": trainer.__name__,
                            "init_done": checkpoint_stamp(model), "questions": preset["grpo_questions"],
                            **({"candidates": candidates} if candidates else {}), **judged},
-                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged, shared=shared: {
+                    lambda fresh, gcfg=gcfg, d=gdir, m=model, trainer=trainer, judged=judged, shared=shared, method=method: {
                         "steps": trainer(gcfg, grpo_train, m, d, limit=preset["grpo_questions"], resume=not fresh,
                                          overwrite=fresh, candidates=candidates, **judged, **shared).get("steps"),
-                        "took_answers": bool(shared)},  # for the estimate: its step's time holds no pass
+                        # for the estimate: how much of the pass its step's time does not hold
+                        "took_answers": answers_taken(d / "solvable.jsonl", method / "solvable.jsonl") if shared else 0},
                     on_resume=lambda d=gdir, m=model: follow_move(d, m, {"data": grpo_train}))
                 drop_checkpoints(gdir)
                 rollouts = gcfg.grpo.trl["per_device_train_batch_size"] * gcfg.grpo.trl["gradient_accumulation_steps"]
@@ -815,6 +816,18 @@ def same_start(method: Path, data_id: str, init: Path, grpo: Any, solvable_mode:
             and theirs.get("init_done") == checkpoint_stamp(init)
             and same_settings(portable(judged_by(theirs.get("grpo") or {}, theirs.get("solvable_mode"))),
                               portable(judged_by(grpo.model_dump(mode="json"), solvable_mode))))
+
+
+def answers_taken(mine: Path, theirs: Path) -> int:
+    """How many of an arm's solvable-first answers (`mine`) it took from the method's (`theirs`, take_answers)
+    rather than made: with the other pre-check setting, or from a method that ran before the answers recorded
+    it, fewer than all or none."""
+    from mtr.jsonl import json_lines
+
+    if not (mine.is_file() and theirs.is_file()):
+        return 0
+    ref = {r["id"]: r for _, r in json_lines(theirs) if r is not None}
+    return sum(r is not None and ref.get(r["id"]) == r for _, r in json_lines(mine))
 
 
 def shares_answers(arm: str) -> bool:
@@ -1237,8 +1250,8 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     that policy's evaluation a question, it is taken out of the measured steps and counted once a GRPO arm
     that answers afresh (those that take the method's answers, `shares_answers`, count none, the pre-check
     ablation's few questions with an invalid call left out; a measured step
-    says whether it took them, `took_answers`; one from before it said so is taken to have answered afresh
-    unless a draw). With each question seen once, each GRPO arm's replay of its first quarter (but the
+    says how many it took, `took_answers`, once a flag; one from before it said so is taken to have answered
+    afresh unless a draw). With each question seen once, each GRPO arm's replay of its first quarter (but the
     peer's) is priced at the measured replay's seconds a group, else a GRPO group's. Synthesis and filtering
     (scripted teacher, seconds) are left out. `jobs` ({"jobs": N, "grpo"|"eval": {"slowdown": x}}, from
     benchmarks/results/jobs.json): also how long `--jobs N` takes, each unit's steps slowed by the slowdown
@@ -1274,10 +1287,14 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     measured_order = m.get("config", {}).get("grpo", {}).get("question_order", "file")
     order = base_config(p, p["seeds"][0]).grpo.question_order
 
-    def answer_pass(arm: str, preset: dict[str, Any], question_order: str, took: bool) -> float:  # solvable-first's
-        if took or question_order != "solvable-first":
+    def answer_pass(arm: str, preset: dict[str, Any], question_order: str, taken: float) -> float:
+        """Solvable-first's pass over the candidates, but the share `taken` from the method's answers."""
+        if question_order != "solvable-first":
             return 0.0
-        return eval_rate(ARMS[arm]["init"] or "base") * candidate_questions(preset)
+        return eval_rate(ARMS[arm]["init"] or "base") * candidate_questions(preset) * (1.0 - taken)
+
+    def taken_share(took: bool | int) -> float:  # a step's `took_answers`: a flag before it was a count
+        return float(took) if isinstance(took, bool) else min(1.0, took / max(1, candidate_questions(mp)))
 
     def grpo_used(arm: str) -> str:
         return arm if f"grpo-{arm}-{first}" in stages else "sft+grpo"
@@ -1286,7 +1303,7 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
         used = grpo_used(arm)
         step = stages[f"grpo-{used}-{first}"]
         took = step.get("took_answers", bool(ARMS[used].get("draw")))
-        steps_s = step["wall_s"] - answer_pass(used, mp, measured_order, took)
+        steps_s = step["wall_s"] - answer_pass(used, mp, measured_order, taken_share(took))
         return max(0.0, steps_s) / (mp["grpo_steps"] * measured_groups)
 
     def replay_s(arm: str) -> float:  # the first quarter's groups sampled again from the trained policy
@@ -1304,7 +1321,7 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
             grpo_s = 0.0
             if "grpo" in ARMS[arm]:
                 grpo_s = (grpo_rate(arm) * p["grpo_steps"] * groups
-                          + answer_pass(arm, p, order, shares_answers(arm)) + replay_s(arm))
+                          + answer_pass(arm, p, order, float(shares_answers(arm))) + replay_s(arm))
             modes = 2 if arm in p["simulated_eval"] else 1
             eval_s = eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
             parts["grpo"] += grpo_s

@@ -514,11 +514,68 @@ def test_an_arm_with_the_other_precheck_takes_only_the_answers_the_precheck_did_
     assert mine["q1"]["invalid_args"] == 1 and backend.calls["agent"] == 2 and backend.calls["actor"] >= 1
     # the same setting takes every answer; a row from before the fields were recorded only with the pre-check on
     same = tmp_path / "same.jsonl"
-    assert take_answers(same, tmp_path / "on" / "solvable.jsonl", True) and len(read_jsonl(same)) == 3
+    assert take_answers(same, tmp_path / "on" / "solvable.jsonl", True) == 3
     old = tmp_path / "old.jsonl"
     old.write_text(json.dumps({"id": "q0", "prediction": "1755", "f1": 1.0}) + "\n")
-    assert take_answers(tmp_path / "old-on.jsonl", old, True) and len(read_jsonl(tmp_path / "old-on.jsonl")) == 1
-    assert take_answers(tmp_path / "old-off.jsonl", old, False) and read_jsonl(tmp_path / "old-off.jsonl") == []
+    assert take_answers(tmp_path / "old-on.jsonl", old, True) == 1
+    assert take_answers(tmp_path / "old-off.jsonl", old, False) == 0 and read_jsonl(tmp_path / "old-off.jsonl") == []
+
+
+def _call(name, institution):
+    return ("<think>Look it up.</think>\n<tool_call>\n"
+            + json.dumps({"name": name, "arguments": {"institution": institution}}) + "\n</tool_call>")
+
+
+def _answered_after_a_result(first_turn):
+    def agent(msgs):
+        seen = any(m["role"] == "tool" or m["content"].startswith("Result of") for m in msgs if m["role"] != "system")
+        return "<think>Found it.</think>\n<answer>1755</answer>" if seen else first_turn
+    return agent
+
+
+@pytest.mark.parametrize("agent, invalid", [
+    (_answered_after_a_result(_call("get_founding_year", "MSU")), 0),  # a valid call
+    (_answered_after_a_result(_call("no_such_tool", "MSU")), 0),  # an unknown tool: refused either way
+    (_answered_after_a_result("<tool_call>\n{not json\n</tool_call>"), 0),  # a turn that does not parse
+    (lambda msgs: _call("get_founding_year", "MSU"), 0),  # calls past the budget
+    (_answered_after_a_result(_call("get_founding_year", 5)), 1),  # invalid arguments: played only without it
+])
+def test_the_precheck_changes_an_episode_only_where_it_counts_an_invalid_call(tmp_path, agent, invalid):
+    """What take_answers relies on: an episode with no call to a tool with invalid arguments is the same with
+    the pre-check on or off."""
+    from mtr.agents import PolicyAgent
+    from mtr.data import load_qa
+
+    ex = load_qa(qa_file(tmp_path / "qa.jsonl", n=1))[0]
+
+    def episode(precheck: bool):
+        cfg = Config()
+        cfg.grpo.tool_mode, cfg.grpo.precheck = "simulated", precheck
+        backend = ScriptedBackend(agent=agent)
+        env = Environment.from_config(cfg, "grpo", Pool(backend), tmp_path / "tools.jsonl")
+        try:
+            trace = asyncio.run(env.rollout(ex, PolicyAgent(backend), ex.id, seed=0))
+        finally:
+            env.close()
+        return trace.meta["invalid_args"], [(s.call and (s.call.name, s.call.arguments), s.observation, s.player, s.parse_error)
+                                            for s in trace.steps], trace.final_answer
+
+    on, off = episode(True), episode(False)
+    assert on[0] == off[0] == invalid
+    assert (on[1:] == off[1:]) == (invalid == 0)
+
+
+def test_another_runs_answers_cut_short_in_their_last_line_are_taken_but_that_one(tmp_path):
+    from mtr.jsonl import read_jsonl
+    from mtr.stages.grpo import take_answers
+
+    source = tmp_path / "theirs.jsonl"
+    source.write_text(json.dumps({"id": "q0", "prediction": "1755", "f1": 1.0}) + "\n" + '{"id": "q1", "pred')
+    assert take_answers(tmp_path / "mine.jsonl", source) == 1 and [r["id"] for r in read_jsonl(tmp_path / "mine.jsonl")] == ["q0"]
+    source.write_text('{"id": "q1", "pred\n' + json.dumps({"id": "q0", "prediction": "1755", "f1": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=r"theirs.jsonl:1: corrupt record"):
+        take_answers(tmp_path / "mine2.jsonl", source)
+    assert not (tmp_path / "mine2.jsonl").exists()
 
 
 def test_draw_questions_keeps_the_order_given_without_shuffle(tmp_path):

@@ -416,6 +416,10 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     measured["stages"]["grpo-sft+grpo-s0"]["took_answers"] = True
     assert bl.estimate("full", measured)["grpo_s"] == round(10 * p["grpo_steps"] * len(grpo_arms) + answer_s
                                                              + 6 * p["grpo_steps"] // 4 * len(replayed))
+    # one that took half of them (the pre-check ablation's, say): half the pass
+    measured["stages"]["grpo-sft+grpo-s0"]["took_answers"] = 2
+    assert bl.estimate("full", measured)["grpo_s"] == round(9.75 * p["grpo_steps"] * len(grpo_arms) + answer_s
+                                                             + 6 * p["grpo_steps"] // 4 * len(replayed))
     del measured["stages"]["grpo-sft+grpo-s0"]["took_answers"]
     del measured["stages"]["grpo-sft+grpo-s0"]  # a run of base and SFT only: no GRPO rate to go by
     with pytest.raises(ValueError, match=r"measured no grpo-sft\+grpo-s0 \(its steps: sft-s0, eval-sft-s0"):
@@ -1172,6 +1176,24 @@ def test_a_draw_takes_the_methods_answers_only_where_the_method_started_as_the_d
         "sft+grpo-d2", "sft+grpo-d3", "trl-peer", "sim-trained", "mixed-trained", "no-precheck"}
     (sft / "stage_done.json").write_text(json.dumps({"wall_s": 1.0, "finished": "2099-01-01T00:00:00Z"}))
     assert not bl.same_start(method, "data-1", sft, live)  # SFT trained again since the method started
+
+
+def test_a_step_records_how_many_of_the_methods_answers_it_took(tmp_path):
+    from mtr.stages.grpo import take_answers
+
+    theirs, mine = tmp_path / "method.jsonl", tmp_path / "arm.jsonl"
+    rows = [{"id": "q0", "f1": 1.0, "precheck": True, "invalid_args": 0},
+            {"id": "q1", "f1": 0.0, "precheck": True, "invalid_args": 1}]
+    theirs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bl.answers_taken(mine, theirs) == 0  # nothing there yet
+    take_answers(mine, theirs, precheck=False)  # the pre-check ablation: q1's episode made an invalid call
+    with mine.open("a") as f:  # ... which it answers itself
+        f.write(json.dumps({"id": "q1", "f1": 0.5, "precheck": False, "invalid_args": 1}) + "\n")
+    assert bl.answers_taken(mine, theirs) == 1
+    old = tmp_path / "old.jsonl"  # a method's answers from before they recorded the setting: none taken
+    old.write_text("".join(json.dumps({k: v for k, v in r.items() if k == "id" or k == "f1"}) + "\n" for r in rows))
+    take_answers(tmp_path / "arm2.jsonl", old, precheck=False)
+    assert bl.answers_taken(tmp_path / "arm2.jsonl", old) == 0
 
 
 def test_the_trl_peer_takes_the_methods_answers_and_loads_no_policy_when_they_are_all_there(tmp_path, monkeypatch):

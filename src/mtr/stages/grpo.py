@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -184,25 +183,28 @@ def make_rollout_func(cfg: Config, env: Environment, examples: list[QAExample], 
     return rollout_func
 
 
-def take_answers(path: Path, source: Path, precheck: bool | None = None) -> bool:
+def take_answers(path: Path, source: Path, precheck: bool | None = None) -> int:
     """Start the initial policy's answers at `path` (solvable_first's file) from another run's at `source`,
-    where `path` holds none yet and `source` exists; whether it did. With `precheck` (this run's pre-check),
-    an answer is taken if it was made with the same setting (a row that does not say was made with it on,
-    the default) or its episode called no tool with invalid arguments, the one place the setting changes an
-    episode; solvable_first answers the others."""
-    from mtr.jsonl import read_jsonl
+    where `path` holds none yet and `source` exists; how many it took (0: none). With `precheck` (this run's
+    pre-check), an answer is taken if it was made with the same setting (a row that does not say was made
+    with it on, the default) or its episode called no tool with invalid arguments, the one place the setting
+    changes an episode; solvable_first answers the others. A last line cut short (the other run stopped while
+    writing it) is left for solvable_first to answer, as its own file's would be."""
+    from mtr.jsonl import json_lines
 
     if path.is_file() or not source.is_file():
-        return False
+        return 0
+    lines = list(json_lines(source))
+    torn = [n for n, r in lines if r is None]
+    if torn and torn != [lines[-1][0]]:
+        raise ValueError(f"{source}:{torn[0]}: corrupt record; its answers are not taken")
+    rows = [r for _, r in lines if r is not None
+            and (precheck is None or r.get("precheck", True) == precheck or r.get("invalid_args") == 0)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if precheck is None:
-        shutil.copyfile(source, path)
-        return True
-    rows = [r for r in read_jsonl(source) if r.get("precheck", True) == precheck or r.get("invalid_args") == 0]
     part = path.with_suffix(".part")  # whole or not at all: a file there is taken as this run's own answers
-    part.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    part.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     part.replace(path)
-    return True
+    return len(rows)
 
 
 def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None = None, resume: bool = False,
