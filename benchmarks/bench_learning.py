@@ -960,7 +960,17 @@ def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None, live: dict[s
     if (grpo_dir / "samples.jsonl").is_file():
         curve["passages"] = observed_passages(grpo_dir / "samples.jsonl", live)
         curve["question_ids"] = trained_questions(grpo_dir / "samples.jsonl")
+        curve["invalid_calls"] = invalid_calls(grpo_dir / "samples.jsonl")
     return curve
+
+
+def invalid_calls(samples: Path) -> dict[str, int]:
+    """The calls of GRPO's logged training episodes, and how many of them called an existing tool with invalid
+    arguments: what the pre-check stops (with it off, they are played). Where there are none, the pre-check
+    ablation could not differ from the method but by its draw."""
+    calls = [s for _, t in logged_traces(samples)[0] for s in t.steps if s.call is not None]
+    return {"calls": len(calls),  # validate_call checks the arguments only of a tool that exists
+            "invalid": sum(any(c.code == "args_valid" and not c.ok for c in s.checks) for s in calls)}
 
 
 def trained_questions(samples: Path) -> list[str]:
@@ -1465,6 +1475,11 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                 lines += ["", "Training episodes GRPO logged (two a step), by the calls they made: how many, and their "
                           "mean reward (answer and consistency before their weights; the total with them): "
                           + "; ".join(parts) + "."]
+            invalid = {k: v["invalid_calls"] for k, v in curves.items() if v.get("invalid_calls")}
+            if invalid:
+                lines += ["", "Calls with invalid arguments to an existing tool in the training episodes GRPO logged (what "
+                          "the pre-check stops; without it they are played): " + "; ".join(
+                              f"{k} {d['invalid']} of {d['calls']}" for k, d in invalid.items()) + "."]
             within = {k: v["by_calls"]["more_calls"] for k, v in curves.items()
                       if v.get("by_calls", {}).get("more_calls")}
             if within:
@@ -1752,7 +1767,8 @@ def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc
 
 def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
                 results_file: Path = RESULTS, doc: Path = DOC) -> list[str]:
-    """Score the logged training episodes of run `label`'s GRPO arms by the calls they made (`by_calls`),
+    """Score the logged training episodes of run `label`'s GRPO arms by the calls they made (`by_calls`; also
+    the passages they read and their calls with invalid arguments),
     from the work directories it ran in (`work`, and `--seed-work SEED=DIR` items for the run's own seeds),
     with the rubric of its own recorded settings: for a run whose results came from code before `by_calls`
     existed, or merged from a machine that kept its work directories. Returns the curves filled in; a curve
@@ -1795,6 +1811,7 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
         res["curves"][name]["by_calls"] = episodes_by_calls(samples, Rubric.from_config(arm_settings))
         res["curves"][name]["passages"] = observed_passages(samples, replay_players(arm_settings, retriever))
         res["curves"][name]["question_ids"] = trained_questions(samples)
+        res["curves"][name]["invalid_calls"] = invalid_calls(samples)
     write_text_atomic(results_file, json.dumps(all_results, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
     return list(found)

@@ -996,6 +996,26 @@ def test_logged_training_episodes_are_scored_by_the_calls_they_made(tmp_path):
     assert "by_calls" not in bl.reward_curve(tmp_path, rollouts=4)
 
 
+def test_the_invalid_calls_of_the_logged_training_episodes_are_counted(tmp_path):
+    from mtr.trace import Check, Step, ToolCall, Trace
+
+    bad = Trace(id="q9#0", question="When?", answers=["1755"], steps=[
+        Step(call=ToolCall(name="search", arguments={"query": 5}), observation='{"text": "Founded in 1755."}',
+             checks=[Check(code="tool_exists", ok=True), Check(code="args_valid", ok=False, detail="query: 5")]),
+        # an unknown tool and an observation the tool spoiled: not what the pre-check plays or stops
+        Step(call=ToolCall(name="nope", arguments={}), checks=[Check(code="tool_exists", ok=False)]),
+        Step(call=ToolCall(name="search", arguments={"query": "MSU"}), observation="not JSON",
+             checks=[Check(code="tool_exists", ok=True), Check(code="args_valid", ok=True),
+                     Check(code="observation_valid", ok=False)]),
+        Step(answer="1755")])
+    lines = [_logged_episode(0, ["MSU", "MSU founded"], "1755"), _logged_episode(1, ["MSU"], "1755"),
+             json.dumps({"step": 9, "trace": bad.model_dump(mode="json", exclude_none=True)})]
+    (tmp_path / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    assert bl.invalid_calls(tmp_path / "samples.jsonl") == {"calls": 6, "invalid": 1}
+    (tmp_path / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 1.0}) + "\n")
+    assert bl.reward_curve(tmp_path, rollouts=4)["invalid_calls"] == {"calls": 6, "invalid": 1}
+
+
 def test_the_passages_the_tools_returned_in_training_are_measured_by_who_played_them(tmp_path):
     from mtr.trace import Step, ToolCall, Trace
 
@@ -1123,6 +1143,7 @@ def test_a_runs_logged_episodes_are_rescored_from_its_work_directories_with_its_
     assert s0["reward"] == run["curves"]["sft+grpo@s0"]["reward"] and s0["by_calls"]["more_calls"]["answer"] == 1.0
     assert s0["by_calls"]["2"]["total"] == pytest.approx(1.5)  # the run's weights: consistency counts nothing
     assert list(s1["by_calls"]) == ["1"] and s1["by_calls"]["1"]["n"] == 1
+    assert s1["invalid_calls"] == {"calls": 1, "invalid": 0}
     assert "by_calls" not in got["old"]["curves"]["trl-peer@s0"]
     assert got["other"] == run
     assert "the one with more minus the one with fewer" in doc.read_text()  # the section, with the new figures
