@@ -222,11 +222,12 @@ class Environment:
                     break
                 checks = validate_call(step.call, tools)
                 step.checks.extend(checks)
+                invalid = not all(c.ok for c in checks)
                 # counted whatever the pre-check: the episode is the same with it on or off where this stays 0
-                invalid_args += not all(c.ok for c in checks) and step.call.name in by_name
+                invalid_args += invalid and step.call.name in by_name
                 # the pre-check: an invalid call gets the validation error instead of an observation (with the
                 # pre-check off, an existing tool plays even invalid arguments: the paper's ablation)
-                if not all(c.ok for c in checks) and (self.precheck or step.call.name not in by_name):
+                if invalid and (self.precheck or step.call.name not in by_name):
                     step.observation = validation_error_observation(checks)
                     continue
                 player = players[step.call.name]
