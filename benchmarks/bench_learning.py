@@ -217,15 +217,15 @@ def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def portable(identity: Any) -> Any:
-    """A step's identity as it is compared: a checkpoint a step wrote (one with a stamp, `init_done` or
-    `policy_done`: when that step finished) is named by its directory's name and the stamp, not its path, so
+    """A step's identity as it is compared: a checkpoint a step wrote (one with a stamp, `init_done`,
+    `policy_done` or `trained_done`: when that step finished) is named by its directory's name and the stamp, not its path, so
     a work directory moved or copied elsewhere keeps its finished steps (by their paths, every step ran
     again, and an evaluation run afresh starts without its answers). The embedded model, which no step wrote,
     stays named by its path."""
     if not isinstance(identity, dict):
         return identity
     out = dict(identity)
-    for key in ("init", "policy"):
+    for key in ("init", "policy", "trained"):
         if out.get(f"{key}_done") and isinstance(out.get(key), str):
             out[key] = Path(out[key]).name
     return out
@@ -493,8 +493,21 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                         rdir, {"policy": str(gdir), "policy_done": checkpoint_stamp(gdir), "data": grpo_data_id,
                                "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed},
                         lambda fresh, gcfg=gcfg, g=gdir, d=rdir: {
-                            "replay": replay_first_quarter(gcfg, g, grpo_train, d)})
-                    results["curves"][name]["replay"] = stages[f"replay-{arm}-{tag}"].get("replay")
+                            "replay": replay_quarter(gcfg, g, grpo_train, d)})
+                    curve = results["curves"][name]
+                    curve["replay"] = stages[f"replay-{arm}-{tag}"].get("replay")
+                    if replays_both_quarters(arm):
+                        ldir = own / f"replay-last-{arm}-{tag}"
+                        stages[f"replay-last-{arm}-{tag}"] = run_step(
+                            ldir, {"policy": str(model), "policy_done": checkpoint_stamp(model), "trained": str(gdir),
+                                   "trained_done": checkpoint_stamp(gdir), "data": grpo_data_id,
+                                   "grpo": gcfg.grpo.model_dump(mode="json"), "seed": gcfg.seed},
+                            lambda fresh, gcfg=gcfg, g=gdir, d=ldir, m=model: {
+                                "replay": replay_quarter(gcfg, g, grpo_train, d, policy=m, last=True)})
+                        curve["replay_last"] = stages[f"replay-last-{arm}-{tag}"].get("replay")
+                        both = paired_rise(replay_pairs(gdir, rdir) + replay_pairs(gdir, ldir, last=True))
+                        if both:
+                            curve["replay_both"] = both
                 model = gdir
             modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
             ecfg = cfg.with_policy(model)
@@ -1146,16 +1159,16 @@ def quarters(values: list[float]) -> dict[str, Any] | None:
 
 def each_question_once(preset: dict[str, Any]) -> bool:
     """Whether GRPO sees each of its questions in one step only, one question a step: its reward curve's
-    quarters then hold different questions, and `replay_first_quarter` pairs a question's group with itself
+    quarters then hold different questions, and `replay_quarter` pairs a question's group with itself
     (with two groups a step, training logs two episodes of the first group only, and a step's reward mixes
     two questions)."""
     return groups_per_step(preset) == 1 and preset["grpo_questions"] >= preset["grpo_steps"]
 
 
-def first_quarter_groups(grpo_dir: Path) -> list[tuple[int, str, float]]:
-    """(step, question id, the group's mean total reward) for each step of the first quarter of GRPO's steps
-    whose question the samples logged; empty for a run of more than one group a step (a step's reward then
-    mixes questions)."""
+def quarter_groups(grpo_dir: Path, last: bool = False) -> list[tuple[int, str, float]]:
+    """(step, question id, the group's mean total reward) for each step of the first (`last`: the last) quarter
+    of GRPO's steps whose question the samples logged; empty for a run of more than one group a step (a step's
+    reward then mixes questions)."""
     from mtr.training import read_log
 
     steps = {e["step"]: e["reward"] for e in read_log(grpo_dir) if "reward" in e and "step" in e}
@@ -1163,19 +1176,22 @@ def first_quarter_groups(grpo_dir: Path) -> list[tuple[int, str, float]]:
     for step, trace in logged_traces(grpo_dir / "samples.jsonl")[0] if (grpo_dir / "samples.jsonl").is_file() else []:
         asked.setdefault(step, set()).add(trace.id.split("#")[0])
     k = len(steps) // 4
-    if any(len(q) > 1 for q in asked.values()):
+    if k == 0 or any(len(q) > 1 for q in asked.values()):
         return []
-    return [(s, next(iter(asked[s - 1])), steps[s]) for s in sorted(steps)[:k] if s - 1 in asked]
+    chosen = sorted(steps)[-k:] if last else sorted(steps)[:k]
+    return [(s, next(iter(asked[s - 1])), steps[s]) for s in chosen if s - 1 in asked]
 
 
-def replay_first_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path) -> dict[str, Any] | None:
-    """The trained policy's total reward on the questions of the first quarter of GRPO's steps, each sampled as
-    training sampled it (a group of `num_generations` at its temperature, in the same Environment, scored by
-    the same Rubric), paired with the reward that question's group got in training: mean difference and its
-    standard error over questions, and whether it rises by two of them. With each question seen once (a
-    pool), the curve's quarters hold different questions and their difference says nothing of learning;
-    this compares the same questions before and after the steps between. The episodes go to
-    `out/episodes.jsonl` (a crash loses none; a re-run samples only the questions not yet there)."""
+def replay_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path, policy: Path | None = None,
+                   last: bool = False) -> dict[str, Any] | None:
+    """A quarter of GRPO's questions sampled again, each as training sampled it (a group of `num_generations` at
+    its temperature, in the same Environment, scored by the same Rubric), and paired with the reward that
+    question's group got in training (`replay_reading`): the first quarter's from the trained policy
+    (`grpo_dir`), or with `last` the last quarter's from the initial one (`policy`, a checkpoint: the arms
+    that start from SFT). With each question seen once (a pool), the curve's quarters hold different questions
+    and their difference says nothing of learning; this compares the same questions before and after the steps
+    between. The episodes go to `out/episodes.jsonl` (a crash loses none; a re-run samples only the questions
+    not yet there)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -1183,23 +1199,23 @@ def replay_first_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path) -> dic
     from mtr.checkpoints import load_tokenizer
     from mtr.data import load_qa
     from mtr.env import Environment
-    from mtr.jsonl import JsonlAppender, read_jsonl
+    from mtr.jsonl import JsonlAppender
     from mtr.rollout import RolloutAgent
     from mtr.rubric import Rubric
 
-    groups = first_quarter_groups(grpo_dir)
+    groups = quarter_groups(grpo_dir, last)
     if len(groups) < 2:
         return None
     g, t = cfg.grpo, cfg.grpo.trl
     n = t["num_generations"]
     by_id = {ex.id: ex for ex in load_qa(data)}
-    path = out / "episodes.jsonl"
-    done = JsonlAppender(path, id_key="id")
+    done = JsonlAppender(out / "episodes.jsonl", id_key="id")
     try:
         todo = [(s, q) for s, q, _ in groups if q not in done.done]
         if todo:
-            model = AutoModelForCausalLM.from_pretrained(str(grpo_dir), dtype=torch.float32).eval()
-            tok = load_tokenizer(grpo_dir)
+            source = Path(policy) if last else grpo_dir
+            model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32).eval()
+            tok = load_tokenizer(source)
             pool = BackendPool(cfg)
             env = Environment.from_config(cfg, "grpo", pool)
             rubric = Rubric.from_config(g)
@@ -1218,12 +1234,53 @@ def replay_first_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path) -> dic
                 asyncio.run(pool.aclose())
     finally:
         done.close()
+    return replay_reading(grpo_dir, out, last)
+
+
+def replay_pairs(grpo_dir: Path, out: Path, last: bool = False) -> list[tuple[float, float]]:
+    """(before, after) for each question of a quarter replayed into `out` (`replay_quarter`): the first quarter's
+    reward in training and its replay from the trained policy; the last quarter's replay from the initial
+    policy and its reward in training."""
+    from mtr.jsonl import read_jsonl
+
+    path = out / "episodes.jsonl"
+    if not path.is_file():
+        return []
     replayed = {r["id"]: statistics.fmean(r["totals"]) for r in read_jsonl(path, latest_by="id")}
-    pairs = [(r, replayed[q]) for _, q, r in groups if q in replayed]  # (in training, replayed)
+    pairs = [(r, replayed[q]) for _, q, r in quarter_groups(grpo_dir, last) if q in replayed]  # (training, replay)
+    return [(b, a) for a, b in pairs] if last else pairs
+
+
+def paired_rise(pairs: list[tuple[float, float]]) -> dict[str, Any] | None:
+    """The mean of after minus before over (before, after) pairs, its standard error, and whether it is above
+    zero by two of them; None for fewer than two pairs."""
+    if len(pairs) < 2:
+        return None
     diff, se = mean_se([b - a for a, b in pairs])
-    return {"questions": len(pairs), "trained": round(statistics.fmean(a for a, _ in pairs), 4),
-            "replayed": round(statistics.fmean(b for _, b in pairs), 4),
-            "diff": round(diff, 4), "se": round(se, 4), "rises": diff > 0 and diff >= 2 * se}
+    return {"questions": len(pairs), "diff": round(diff, 4), "se": round(se, 4), "rises": diff > 0 and diff >= 2 * se}
+
+
+def replay_reading(grpo_dir: Path, out: Path, last: bool = False) -> dict[str, Any] | None:
+    """A replayed quarter's pairs (`replay_pairs`): the first quarter's as `trained` -> `replayed` (the trained
+    policy), the last's as `initial` (the initial policy) -> `trained`; the mean paired rise and its standard
+    error (`paired_rise`)."""
+    pairs = replay_pairs(grpo_dir, out, last)
+    rise = paired_rise(pairs)
+    if rise is None:
+        return None
+    names = ("initial", "trained") if last else ("trained", "replayed")
+    return {"questions": rise["questions"], **{k: round(statistics.fmean(p[i] for p in pairs), 4)
+                                               for i, k in enumerate(names)},
+            **{k: rise[k] for k in ("diff", "se", "rises")}}
+
+
+# the arms whose reward target is read on both quarters (the method's draws, whose target it is): the last
+# quarter's questions sampled again from the initial policy as well, a GRPO arm's replay more (about 100 s here).
+# With six questions, one quarter's reading left the rise within two standard errors in two seeds of three
+# where the mean rose in all three (docs/learning.md, main-pool-3seeds); both quarters' pairs together hold
+# twice the questions, each still before and after the same steps between
+def replays_both_quarters(arm: str) -> bool:
+    return arm == "sft+grpo" or arm in DRAWS
 
 
 def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
@@ -1239,6 +1296,8 @@ def targets(results: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
             out[f"reward_rises@{t}"] = curve["quarters"]["rises"]
         if curve.get("replay"):  # the first quarter's questions again, from the trained policy
             out[f"replayed_reward_rises@{t}"] = curve["replay"]["rises"]
+        if curve.get("replay_both"):  # and the last quarter's from the initial policy: twice the questions
+            out[f"replayed_both_rises@{t}"] = curve["replay_both"]["rises"]
     return out
 
 
@@ -1262,7 +1321,8 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     ablation's few questions with an invalid call left out; a measured step
     says how many it took, `took_answers`, once a flag; one from before it said so is taken to have answered
     afresh unless a draw). With each question seen once, each GRPO arm's replay of its first quarter (but the
-    peer's) is priced at the measured replay's seconds a group, else a GRPO group's. Synthesis and filtering
+    peer's) is priced at the measured replay's seconds a group, else a GRPO group's, and the method's draws'
+    replay of their last quarter at its own measured rate, else the first's. Synthesis and filtering
     (scripted teacher, seconds) are left out. `jobs` ({"jobs": N, "grpo"|"eval": {"slowdown": x}}, from
     benchmarks/results/jobs.json): also how long `--jobs N` takes, each unit's steps slowed by the slowdown
     measured for one process beside the others, the units run in run_jobs's order (`with_jobs`)."""
@@ -1316,12 +1376,16 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
         steps_s = step["wall_s"] - answer_pass(used, mp, measured_order, taken_share(took))
         return max(0.0, steps_s) / (mp["grpo_steps"] * measured_groups)
 
-    def replay_s(arm: str) -> float:  # the first quarter's groups sampled again from the trained policy
+    def replay_s(arm: str) -> float:  # a quarter's groups sampled again: the first's, and the last's for some
         if ARMS[arm].get("peer") or not each_question_once(p):
             return 0.0
-        k = f"replay-{grpo_used(arm)}-{first}"
-        rate = stages[k]["wall_s"] / max(1, mp["grpo_steps"] // 4) if k in stages else grpo_rate(arm)
-        return rate * (p["grpo_steps"] // 4)
+        rate, total = grpo_rate(arm), 0.0
+        for kind in ("replay", "replay-last") if replays_both_quarters(arm) else ("replay",):
+            k = f"{kind}-{grpo_used(arm)}-{first}"
+            # the last quarter's replay, unmeasured, at the first's rate
+            rate = stages[k]["wall_s"] / max(1, mp["grpo_steps"] // 4) if k in stages else rate
+            total += rate * (p["grpo_steps"] // 4)
+        return total
 
     groups = groups_per_step(p)
     parts: dict[str, float] = {"sft": sft_rate * sft_steps * len(p["seeds"]), "grpo": 0.0, "eval": 0.0}
@@ -1454,6 +1518,16 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                               f"{k} {r['trained']:.3f} -> {r['replayed']:.3f} on {r['questions']} questions, "
                               f"{r['diff']:+.3f} ± {r['se']:.3f}{', rises by 2 SE' if r['rises'] else ''}"
                               for k, r in replayed.items()) + "."]
+            last = {k: v for k, v in curves.items() if v.get("replay_last")}
+            if last:
+                lines += ["", "The last quarter's questions again, each a group sampled from the initial policy, "
+                          "against the reward its group got in training; then both quarters' questions together, "
+                          "each after the steps between minus before them: " + "; ".join(
+                              f"{k} {r['initial']:.3f} -> {r['trained']:.3f} on {r['questions']} questions, "
+                              f"{r['diff']:+.3f} ± {r['se']:.3f}{', rises by 2 SE' if r['rises'] else ''}"
+                              + (f"; both quarters {b['diff']:+.3f} ± {b['se']:.3f} on {b['questions']} questions"
+                                 f"{', rises by 2 SE' if b['rises'] else ''}" if (b := v.get("replay_both")) else "")
+                              for k, v in last.items() for r in [v["replay_last"]]) + "."]
             moved = {k: v["quarter_means"] for k, v in curves.items() if v.get("quarter_means")}
             if moved:
                 parts = ["{}: {}".format(k, ", ".join(f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()))

@@ -382,9 +382,10 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
         return sum((1.0 if bl.ARMS[a]["init"] == "base" else sft_rate) * bl.candidate_questions(p) for a in fresh)
 
     answer_s = answers_s(2.0)
-    # each question seen once: every GRPO arm but the peer samples its first quarter's groups again, none
-    # measured here, each at a GRPO group's seconds
-    replayed = [a for a in grpo_arms if a != "trl-peer"]
+    # each question seen once: every GRPO arm but the peer samples its first quarter's groups again, and the
+    # method its last quarter's too, none measured here, each at a GRPO group's seconds
+    replayed = [a for a in grpo_arms if a != "trl-peer"] + [a for a in grpo_arms if bl.replays_both_quarters(a)]
+    assert len(replayed) == len(grpo_arms) - 1 + len(p["seeds"])
     replay_s = 10 * p["grpo_steps"] // 4 * len(replayed)
     assert bl.candidate_questions(p) == p["grpo_pool"] * len(bl.BENCHMARKS) and "grpo-no-sft" in grpo_arms
     assert est["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s + replay_s
@@ -412,6 +413,13 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     measured["stages"]["replay-sft+grpo-s0"] = {"wall_s": 12.0}
     assert bl.estimate("full", measured)["grpo_s"] == round(9.5 * p["grpo_steps"] * len(grpo_arms) + answer_s
                                                              + 6 * p["grpo_steps"] // 4 * len(replayed))
+    # a measured replay of the last quarter: 20 s for its 2 groups, the method's own (the first's stays at 6 s)
+    measured["stages"]["replay-last-sft+grpo-s0"] = {"wall_s": 20.0}
+    last = [a for a in grpo_arms if bl.replays_both_quarters(a)]
+    assert bl.estimate("full", measured)["grpo_s"] == round(9.5 * p["grpo_steps"] * len(grpo_arms) + answer_s
+                                                             + 6 * p["grpo_steps"] // 4 * (len(replayed) - len(last))
+                                                             + 10 * p["grpo_steps"] // 4 * len(last))
+    del measured["stages"]["replay-last-sft+grpo-s0"]
     # a GRPO step that took the method's answers holds no pass of its own
     measured["stages"]["grpo-sft+grpo-s0"]["took_answers"] = True
     assert bl.estimate("full", measured)["grpo_s"] == round(10 * p["grpo_steps"] * len(grpo_arms) + answer_s
@@ -592,6 +600,11 @@ def test_a_unit_runs_the_shared_steps_and_its_own_arm_only(tmp_path, monkeypatch
     ran.clear()
     assert bl.run_arms("full", tmp_path, only={("no-precheck", 0)}) == {}
     assert ran == ["synth", "filter", "sft-s0", "grpo-no-precheck-s0", "replay-no-precheck-s0", "eval-no-precheck-s0"]
+    ran.clear()
+    # the method's unit replays its last quarter too, from the initial policy, before its evaluation
+    assert bl.run_arms("full", tmp_path, only={("sft+grpo", 1)}) == {}
+    assert ran == ["synth", "filter", "sft-s1", "grpo-sft+grpo-s1", "replay-sft+grpo-s1",
+                   "replay-last-sft+grpo-s1", "eval-sft+grpo-s1"]
 
 
 def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs_stats(tmp_path):
@@ -1270,7 +1283,7 @@ def test_the_first_quarters_questions_are_sampled_again_from_the_trained_policy_
             for i in range(2):
                 trace = Trace(id=f"{q}#{i}", question=f"Question {q}?", answers=[answers[q]])
                 f.write(json.dumps({"step": step, "trace": trace.model_dump(mode="json")}) + "\n")
-    assert bl.first_quarter_groups(grpo) == [(1, "q0", 0.2), (2, "q1", 0.1)]
+    assert bl.quarter_groups(grpo) == [(1, "q0", 0.2), (2, "q1", 0.1)]
 
     cfg = Config()
     cfg.grpo.tool_mode = "off"
@@ -1293,7 +1306,7 @@ def test_the_first_quarters_questions_are_sampled_again_from_the_trained_policy_
     cfg.seed = 7
     out = tmp_path / "replay"
     out.mkdir()
-    got = bl.replay_first_quarter(cfg, grpo, data, out)
+    got = bl.replay_quarter(cfg, grpo, data, out)
     n = cfg.grpo.trl["num_generations"]
     assert backend.calls["agent"] == 2 * n  # a group for each of the quarter's two questions
     # each group in the world its question's training step had (the rollout's global step: the log's - 1),
@@ -1314,12 +1327,86 @@ def test_the_first_quarters_questions_are_sampled_again_from_the_trained_policy_
     assert rows[0]["totals"][0] == pytest.approx(right["total"])
     # a re-run reads the episodes and loads no policy
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: pytest.fail("loaded"))
-    assert bl.replay_first_quarter(cfg, grpo, data, out) == got and backend.calls["agent"] == 2 * n
+    assert bl.replay_quarter(cfg, grpo, data, out) == got and backend.calls["agent"] == 2 * n
     # two questions a step (two groups): a step's reward mixes them, so there is nothing to pair
     with (grpo / "samples.jsonl").open("a") as f:
         f.write(json.dumps({"step": 0, "trace": Trace(id="q7#0", question="Question q7?").model_dump(mode="json")})
                 + "\n")
-    assert bl.first_quarter_groups(grpo) == [] and bl.replay_first_quarter(cfg, grpo, data, out) is None
+    assert bl.quarter_groups(grpo) == [] and bl.replay_quarter(cfg, grpo, data, out) is None
+
+
+def test_the_last_quarters_questions_are_sampled_again_from_the_initial_policy_and_both_quarters_paired(
+        tmp_path, monkeypatch):
+    """The last quarter's questions are read again from the initial policy (its checkpoint loaded, not the
+    trained one), paired as before -> after; both quarters' pairs together make the target's second reading."""
+    import transformers
+
+    import mtr.backends
+    import mtr.checkpoints
+    from mtr.agents import PolicyAgent
+    from mtr.config import Config
+    from mtr.rollout import RolloutAgent
+    from mtr.trace import Trace
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from scripted import Pool, ScriptedBackend
+
+    grpo, init = tmp_path / "grpo", tmp_path / "sft"
+    grpo.mkdir()
+    data = tmp_path / "qa.jsonl"
+    answers = {f"q{i}": a for i, a in enumerate(["x", "x", "x", "x", "x", "x", "1755", "w"])}
+    data.write_text("".join(json.dumps({"id": q, "question": f"Question {q}?", "answers": [a]}) + "\n"
+                            for q, a in answers.items()))
+    trained = [0.2, 0.1, 0.4, 0.3, 0.9, 0.9, 0.9, 0.8]  # eight steps: the last quarter is steps 7 and 8
+    (grpo / "log.jsonl").write_text("".join(json.dumps({"step": i + 1, "reward": r}) + "\n"
+                                            for i, r in enumerate(trained)))
+    with (grpo / "samples.jsonl").open("w") as f:
+        for step, q in enumerate(answers):
+            for i in range(2):
+                trace = Trace(id=f"{q}#{i}", question=f"Question {q}?", answers=[answers[q]])
+                f.write(json.dumps({"step": step, "trace": trace.model_dump(mode="json")}) + "\n")
+    assert bl.quarter_groups(grpo, last=True) == [(7, "q6", 0.9), (8, "q7", 0.8)]
+
+    cfg = Config()
+    cfg.grpo.tool_mode = "off"
+    cfg.tools.toolmaker = False
+    backend = ScriptedBackend(agent=lambda m: "<think>I recall it.</think>\n<answer>1755</answer>")
+    loaded = []
+
+    def load(path, **k):
+        loaded.append(path)
+        return type("M", (), {"eval": lambda self: self})()
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", load)
+    monkeypatch.setattr(mtr.checkpoints, "load_tokenizer", lambda *a, **k: None)
+    monkeypatch.setattr(mtr.backends, "BackendPool", lambda cfg: Pool(backend))
+    monkeypatch.setattr(RolloutAgent, "with_model", lambda *a, **k: PolicyAgent(backend))
+    last = tmp_path / "replay-last"
+    last.mkdir()
+    got = bl.replay_quarter(cfg, grpo, data, last, policy=init, last=True)
+    assert loaded == [str(init)]
+    rows = {r["id"]: statistics.fmean(r["totals"]) for r in map(json.loads, (last / "episodes.jsonl").read_text().splitlines())}
+    assert set(rows) == {"q6", "q7"} and rows["q6"] > rows["q7"]  # the initial policy's answer is q6's
+    # before: the initial policy's replay; after: training's reward
+    assert bl.replay_pairs(grpo, last, last=True) == [(rows["q6"], 0.9), (rows["q7"], 0.8)]
+    diffs = [0.9 - rows["q6"], 0.8 - rows["q7"]]
+    assert got["initial"] == pytest.approx(statistics.fmean(rows.values()), abs=1e-4) and got["trained"] == 0.85
+    assert got["diff"] == pytest.approx(statistics.fmean(diffs), abs=1e-4)
+    assert got["se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2), abs=1e-4)
+
+    first = tmp_path / "replay"
+    first.mkdir()
+    bl.replay_quarter(cfg, grpo, data, first)
+    assert loaded[-1] == str(grpo)  # the first quarter's from the trained policy
+    both = bl.paired_rise(bl.replay_pairs(grpo, first) + bl.replay_pairs(grpo, last, last=True))
+    first_diffs = [b - a for a, b in bl.replay_pairs(grpo, first)]
+    assert both["questions"] == 4
+    assert both["diff"] == pytest.approx(statistics.fmean(first_diffs + diffs), abs=1e-4)
+    assert both["rises"] == (both["diff"] > 0 and both["diff"] >= 2 * both["se"])
+    assert bl.paired_rise([(0.1, 0.2)]) is None  # one pair has no standard error
+    # fewer than four steps: no quarter to replay
+    (grpo / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5}) + "\n")
+    assert bl.quarter_groups(grpo, last=True) == []
 
 
 def test_the_quarters_reward_target_is_read_only_where_the_quarters_hold_the_same_questions():
@@ -1327,6 +1414,10 @@ def test_the_quarters_reward_target_is_read_only_where_the_quarters_hold_the_sam
     pool = bl.preset_settings("main")
     assert bl.each_question_once(pool)
     assert bl.targets({"arms": {}, "curves": curves}, pool) == {"replayed_reward_rises@s0": False}
+    curves["sft+grpo@s0"]["replay_both"] = {"rises": True}
+    assert bl.targets({"arms": {}, "curves": curves}, pool) == {"replayed_reward_rises@s0": False,
+                                                                "replayed_both_rises@s0": True}
+    del curves["sft+grpo@s0"]["replay_both"]
     six = bl.preset_settings("main", grpo_questions=6, grpo_pool=24)
     assert not bl.each_question_once(six)
     assert bl.targets({"arms": {}, "curves": curves}, six)["reward_rises@s0"] is True
