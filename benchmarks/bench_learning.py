@@ -134,13 +134,20 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     `on_resume` runs first when it goes on from an earlier attempt (`follow_move`)."""
     from mtr.jsonl import write_text_atomic
     from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
-    from mtr.rundir import mark_done, same_settings, stage_done
+    from mtr.rundir import limit_grew, mark_done, same_settings, stage_done
 
     done = stage_done(d)
     # same_settings: an identity written before an option was added to mtr, which now holds its default, is
     # the same step (the identities' `grpo`, `eval`... are Config sections)
     if done is not None and same_settings(portable(done.get("identity")), portable(identity)):
         console.print(f"[dim]{d.name}: done earlier ({done['wall_s']:.0f} s), skipped[/dim]")
+        return done
+    # an evaluation finished in more modes than asked (a larger preset's, over the same work directory: the
+    # full preset adds simulated tools to the main arms' evaluations) holds this one whole: run afresh, it lost
+    # the other modes' episodes (half an hour of a trained policy's simulated ones here), and its results
+    # gain those modes' rows, which no comparison reads in place of the live ones
+    if done is not None and limit_grew(portable(identity), portable(done.get("identity")), "eval.modes"):
+        console.print(f"[dim]{d.name}: done earlier in more modes ({done['wall_s']:.0f} s), skipped[/dim]")
         return done
     started = d / "bench_identity.json"
     old = json.loads(started.read_text()) if started.is_file() else done.get("identity") if done else None

@@ -113,6 +113,29 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
     assert not bl.continues(ident, {"eval": {"limit": 100, "modes": ["live", "simulated"]}, "policy": "q"})
 
 
+def test_an_evaluation_finished_in_more_modes_is_kept_for_a_run_that_asks_fewer(tmp_path):
+    """A run that asks live tools only over an evaluation finished with simulated ones too skips it: afresh, it
+    would throw away the other mode's episodes. Fewer questions, or another policy, still start afresh."""
+    calls = []
+
+    def fn(fresh):
+        calls.append(fresh)
+        (d / "predictions.jsonl").write_text("{}\n")
+        return {}
+
+    d = tmp_path / "eval"
+    both = {"eval": {"limit": 100, "modes": ["live", "simulated"]}, "policy": "p"}
+    bl.run_step(d, both, fn)
+    live = {"eval": {"limit": 100, "modes": ["live"]}, "policy": "p"}
+    assert bl.run_step(d, live, fn)["identity"] == both and calls == [False]  # skipped, kept
+    assert (d / "predictions.jsonl").is_file()
+    bl.run_step(d, {"eval": {"limit": 50, "modes": ["live"]}, "policy": "p"}, fn)
+    assert calls[-1] is True
+    bl.run_step(d, both, fn)
+    bl.run_step(d, {**live, "policy": "q"}, fn)
+    assert calls[-1] is True and len(calls) == 4
+
+
 def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_path):
     from mtr.config import Config
     from mtr.rundir import same_settings
