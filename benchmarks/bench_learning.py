@@ -134,7 +134,7 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     `on_resume` runs first when it goes on from an earlier attempt (`follow_move`)."""
     from mtr.jsonl import write_text_atomic
     from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
-    from mtr.rundir import limit_grew, mark_done, same_settings, stage_done
+    from mtr.rundir import inputs_shrank, mark_done, same_settings, stage_done
 
     done = stage_done(d)
     # same_settings: an identity written before an option was added to mtr, which now holds its default, is
@@ -145,8 +145,9 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     # an evaluation finished in more modes than asked (a larger preset's, over the same work directory: the
     # full preset adds simulated tools to the main arms' evaluations) holds this one whole: run afresh, it lost
     # the other modes' episodes (half an hour of a trained policy's simulated ones here), and its results
-    # gain those modes' rows, which no comparison reads in place of the live ones
-    if done is not None and limit_grew(portable(identity), portable(done.get("identity")), "eval.modes"):
+    # gain those modes' rows, which no comparison reads in place of the live ones. Asked on more questions as
+    # well, it still starts afresh (neither held nor continued)
+    if done is not None and inputs_shrank(portable(done.get("identity")), portable(identity), "eval.modes"):
         console.print(f"[dim]{d.name}: done earlier in more modes ({done['wall_s']:.0f} s), skipped[/dim]")
         return done
     started = d / "bench_identity.json"
@@ -531,8 +532,9 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             eval_dirs[name] = edir
     if only is not None:
         return {}
+    # an evaluation's episodes (`n`): a step kept from a run in more modes holds more than this run asked
     results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb"),
-                             **({"took_answers": v["took_answers"]} if "took_answers" in v else {})}
+                             **{x: v[x] for x in ("took_answers", "n") if x in v and (x != "n" or k.startswith("eval-"))}}
                          for k, v in stages.items()}
     results["filter"] = {k: stages["filter"].get(k) for k in ("episodes", "kept", "rejected")}
     results["sft_steps"] = sft_steps
@@ -1210,6 +1212,9 @@ def replay_quarter(cfg: Any, grpo_dir: Path, data: Path, out: Path, policy: Path
     from mtr.rollout import RolloutAgent
     from mtr.rubric import Rubric
 
+    if last and policy is None:
+        raise ValueError("replay_quarter: the last quarter is sampled again from the initial policy: give its "
+                         "checkpoint (policy=)")
     groups = quarter_groups(grpo_dir, last)
     if len(groups) < 2:
         return None
@@ -1357,8 +1362,11 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
 
     def eval_rate(arm: str) -> float:  # seconds an episode: an arm evaluated in both modes ran twice as many
         used = arm if f"eval-{arm}-{first}" in stages else "sft"
+        step = stages[f"eval-{used}-{first}"]
+        if step.get("n"):  # the episodes it holds: a step kept from a run in more modes holds theirs
+            return step["wall_s"] / step["n"]
         modes = 2 if used in mp.get("simulated_eval", ()) else 1  # older runs: live only
-        return stages[f"eval-{used}-{first}"]["wall_s"] / (measured_q * modes)
+        return step["wall_s"] / (measured_q * modes)
 
     # the order the measured run and the preset choose their questions in (a run before the option: the file's)
     measured_order = m.get("config", {}).get("grpo", {}).get("question_order", "file")
@@ -1525,16 +1533,20 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                               f"{k} {r['trained']:.3f} -> {r['replayed']:.3f} on {r['questions']} questions, "
                               f"{r['diff']:+.3f} ± {r['se']:.3f}{', rises by 2 SE' if r['rises'] else ''}"
                               for k, r in replayed.items()) + "."]
-            last = {k: v for k, v in curves.items() if v.get("replay_last")}
+            last = {k: v for k, v in curves.items() if v.get("replay_last") or v.get("replay_both")}
             if last:
+
+                def rise(r: dict[str, Any]) -> str:
+                    return (f"{r['diff']:+.3f} ± {r['se']:.3f} on {r['questions']} questions"
+                            f"{', rises by 2 SE' if r['rises'] else ''}")
+
                 lines += ["", "The last quarter's questions again, each a group sampled from the initial policy, "
                           "against the reward its group got in training; then both quarters' questions together, "
-                          "each after the steps between minus before them: " + "; ".join(
-                              f"{k} {r['initial']:.3f} -> {r['trained']:.3f} on {r['questions']} questions, "
-                              f"{r['diff']:+.3f} ± {r['se']:.3f}{', rises by 2 SE' if r['rises'] else ''}"
-                              + (f"; both quarters {b['diff']:+.3f} ± {b['se']:.3f} on {b['questions']} questions"
-                                 f"{', rises by 2 SE' if b['rises'] else ''}" if (b := v.get("replay_both")) else "")
-                              for k, v in last.items() for r in [v["replay_last"]]) + "."]
+                          "each after the steps between minus before them (the reward target's reading): " + "; ".join(
+                              f"{k} " + ", ".join(
+                                  ([f"{r['initial']:.3f} -> {r['trained']:.3f}, {rise(r)}"] if (r := v.get("replay_last")) else [])
+                                  + ([f"both quarters {rise(b)}"] if (b := v.get("replay_both")) else []))
+                              for k, v in last.items()) + "."]
             moved = {k: v["quarter_means"] for k, v in curves.items() if v.get("quarter_means")}
             if moved:
                 parts = ["{}: {}".format(k, ", ".join(f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()))

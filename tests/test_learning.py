@@ -115,22 +115,30 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
 
 def test_an_evaluation_finished_in_more_modes_is_kept_for_a_run_that_asks_fewer(tmp_path):
     """A run that asks live tools only over an evaluation finished with simulated ones too skips it: afresh, it
-    would throw away the other mode's episodes. Fewer questions, or another policy, still start afresh."""
+    would throw away the other mode's episodes. So too when mtr added an evaluation setting since, which the run
+    holds at its default. Fewer questions, more questions, or another policy still start afresh."""
+    from mtr.rundir import inputs_shrank
+
     calls = []
 
     def fn(fresh):
         calls.append(fresh)
-        (d / "predictions.jsonl").write_text("{}\n")
         return {}
 
     d = tmp_path / "eval"
     both = {"eval": {"limit": 100, "modes": ["live", "simulated"]}, "policy": "p"}
     bl.run_step(d, both, fn)
+    (d / "episodes-of-both-modes").write_text("kept")  # what running afresh would remove
     live = {"eval": {"limit": 100, "modes": ["live"]}, "policy": "p"}
     assert bl.run_step(d, live, fn)["identity"] == both and calls == [False]  # skipped, kept
-    assert (d / "predictions.jsonl").is_file()
+    # a setting added to mtr since the evaluation finished, at its default in the run's identity
+    assert bl.run_step(d, {"eval": {**live["eval"], "grounding": "none"}, "policy": "p"}, fn)["identity"] == both
+    assert calls == [False] and (d / "episodes-of-both-modes").is_file()
+    # ... not at its default: another evaluation
+    assert not inputs_shrank(both, {"eval": {**live["eval"], "grounding": "retrieval"}, "policy": "p"}, "eval.modes")
+    assert not inputs_shrank(both, {"eval": {"limit": 200, "modes": ["live"]}, "policy": "p"}, "eval.modes")
     bl.run_step(d, {"eval": {"limit": 50, "modes": ["live"]}, "policy": "p"}, fn)
-    assert calls[-1] is True
+    assert calls[-1] is True and not (d / "episodes-of-both-modes").exists()
     bl.run_step(d, both, fn)
     bl.run_step(d, {**live, "policy": "q"}, fn)
     assert calls[-1] is True and len(calls) == 4
@@ -420,6 +428,13 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     halved = bl.estimate("full", measured)
     want = sum(1.0 * questions * modes for _, modes in evals)  # SFT's 40 s over 20 questions twice: base's rate
     assert halved["eval_s"] == round(want) and halved["sft_s"] == est["sft_s"]
+    # ... as a step that says how many episodes it holds does, whatever its run asked (kept from a run in more
+    # modes: the main preset's run over the full preset's work directory)
+    measured["preset"]["simulated_eval"] = []
+    measured["stages"]["eval-sft-s0"]["n"] = 40
+    assert bl.estimate("full", measured)["eval_s"] == halved["eval_s"]
+    measured["preset"]["simulated_eval"] = ["sft"]
+    del measured["stages"]["eval-sft-s0"]["n"]
     answer_s = answers_s(1.0)  # the pool's answers too, at SFT's seconds an episode
     assert halved["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s + replay_s
     # a run of two groups a step (8 episodes of 4): its seconds a step are two groups', the full preset's one
@@ -1430,6 +1445,21 @@ def test_the_last_quarters_questions_are_sampled_again_from_the_initial_policy_a
     # fewer than four steps: no quarter to replay
     (grpo / "log.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5}) + "\n")
     assert bl.quarter_groups(grpo, last=True) == []
+
+
+def test_the_docs_give_the_last_quarters_replay_and_both_quarters_reading():
+    import copy
+
+    res = copy.deepcopy(json.loads(bl.RESULTS.read_text())["main-pool-3seeds"])
+    res["curves"]["sft+grpo@s0"].update(
+        replay_last={"questions": 6, "initial": 0.9, "trained": 1.2, "diff": 0.3, "se": 0.1, "rises": True},
+        replay_both={"questions": 12, "diff": 0.2, "se": 0.07, "rises": True})
+    # the pooled reading alone (the last quarter's too few pairs for its own)
+    res["curves"]["sft+grpo@s1"]["replay_both"] = {"questions": 5, "diff": 0.1, "se": 0.2, "rises": False}
+    text = bl.doc_sections({"r": res})["r"]
+    assert ("sft+grpo@s0 0.900 -> 1.200, +0.300 ± 0.100 on 6 questions, rises by 2 SE, both quarters +0.200 ± "
+            "0.070 on 12 questions, rises by 2 SE; sft+grpo@s1 both quarters +0.100 ± 0.200 on 5 questions.") in text
+    assert "sft+grpo@s2 both" not in text
 
 
 def test_the_quarters_reward_target_is_read_only_where_the_quarters_hold_the_same_questions():

@@ -129,6 +129,16 @@ def limit_grew(old: dict[str, Any], new: dict[str, Any], *paths: str) -> bool:
     return grown and same_settings(old, new)
 
 
+def inputs_shrank(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
+    """Whether `new` is `old` with the list of inputs at `path` ("section.key": modes...) cut to some of them and
+    nothing else changed (up to settings added to mtr since `old` was recorded, at their defaults): a stage
+    finished on `old` then holds the whole of `new`'s output."""
+    before, after = _lookup(old, path), _lookup(new, path)
+    if not (isinstance(before, list) and isinstance(after, list) and set(after) < set(before)):
+        return False
+    return same_settings(_replaced(old, path, after), new)
+
+
 _MISSING = object()
 
 
