@@ -226,10 +226,10 @@ def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 def portable(identity: Any) -> Any:
     """A step's identity as it is compared: a checkpoint a step wrote (one with a stamp, `init_done`,
-    `policy_done` or `trained_done`: when that step finished) is named by its directory's name and the stamp, not its path, so
-    a work directory moved or copied elsewhere keeps its finished steps (by their paths, every step ran
-    again, and an evaluation run afresh starts without its answers). The embedded model, which no step wrote,
-    stays named by its path."""
+    `policy_done` or `trained_done`: when that step finished) is named by its directory's name and the stamp,
+    not its path, so a work directory moved or copied elsewhere keeps its finished steps (by their paths, every
+    step ran again, and an evaluation run afresh starts without its answers). The embedded model, which no step
+    wrote, stays named by its path."""
     if not isinstance(identity, dict):
         return identity
     out = dict(identity)
@@ -1287,7 +1287,7 @@ def replay_reading(grpo_dir: Path, out: Path, last: bool = False) -> dict[str, A
 
 
 # the arms whose reward target is read on both quarters (the method's draws, whose target it is): the last
-# quarter's questions sampled again from the initial policy as well, a GRPO arm's replay more (about 100 s here).
+# quarter's questions sampled again from the initial policy as well, a replay more (about two minutes here).
 # With six questions, one quarter's reading left the rise within two standard errors in two seeds of three
 # where the mean rose in all three (docs/learning.md, main-pool-3seeds); both quarters' pairs together hold
 # twice the questions, each still before and after the same steps between
