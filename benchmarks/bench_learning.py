@@ -532,9 +532,10 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             eval_dirs[name] = edir
     if only is not None:
         return {}
-    # an evaluation's episodes (`n`): a step kept from a run in more modes holds more than this run asked
+    # an evaluation's episodes (`n`, which only evaluations record): a step kept from a run in more modes holds
+    # more than this run asked
     results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb"),
-                             **{x: v[x] for x in ("took_answers", "n") if x in v and (x != "n" or k.startswith("eval-"))}}
+                             **{x: v[x] for x in ("took_answers", "n") if x in v}}
                          for k, v in stages.items()}
     results["filter"] = {k: stages["filter"].get(k) for k in ("episodes", "kept", "rejected")}
     results["sft_steps"] = sft_steps
@@ -1540,13 +1541,18 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                     return (f"{r['diff']:+.3f} ± {r['se']:.3f} on {r['questions']} questions"
                             f"{', rises by 2 SE' if r['rises'] else ''}")
 
+                readings = []
+                for k, v in last.items():
+                    parts = []
+                    if r := v.get("replay_last"):
+                        parts.append(f"{r['initial']:.3f} -> {r['trained']:.3f}, {rise(r)}")
+                    if b := v.get("replay_both"):
+                        parts.append(f"both quarters {rise(b)}")
+                    readings.append(f"{k} " + ", ".join(parts))
                 lines += ["", "The last quarter's questions again, each a group sampled from the initial policy, "
                           "against the reward its group got in training; then both quarters' questions together, "
-                          "each after the steps between minus before them (the reward target's reading): " + "; ".join(
-                              f"{k} " + ", ".join(
-                                  ([f"{r['initial']:.3f} -> {r['trained']:.3f}, {rise(r)}"] if (r := v.get("replay_last")) else [])
-                                  + ([f"both quarters {rise(b)}"] if (b := v.get("replay_both")) else []))
-                              for k, v in last.items()) + "."]
+                          "each after the steps between minus before them (the reward target's reading): "
+                          + "; ".join(readings) + "."]
             moved = {k: v["quarter_means"] for k, v in curves.items() if v.get("quarter_means")}
             if moved:
                 parts = ["{}: {}".format(k, ", ".join(f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()))
