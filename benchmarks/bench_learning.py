@@ -109,14 +109,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "main": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 24, "grpo_pool": 100,
              "eval_limit": 30, "arms": ["base", "sft", "sft+grpo"], "seeds": [0], "simulated_eval": [],
              "grpo": ADOPTED_GRPO},
-    # every arm; the main comparison in two seeds; the main arms also with simulated tools. Trained as `main` is,
+    # every arm; the main comparison in two seeds; SFT and the method also with simulated tools in the first seed
+    # (`simulated_in_seed`; not the base model, which calls no tool: its two evaluations were the same episodes,
+    # `full-pool`). Trained as `main` is,
     # evaluated on 100 held-out questions a benchmark (the runs of docs/learning.md at `--eval-limit 100`): until
     # 2026-12-04 it trained on 100 questions a benchmark and for 48 GRPO steps on 12, sizes no run ever measured
     # (48 steps on 6 questions did not add to the held-out gain of 24: docs/learning.md, *Settings tried* 13),
     # estimated at 10 to 13 hours here; these sizes share every step with the main preset's runs
     "full": {"train_per_source": 24, "sft_epochs": 1.0, "grpo_steps": 24, "grpo_questions": 24, "grpo_pool": 100,
              "eval_limit": 100,
-             "arms": [a for a in ARMS if a not in DRAWS], "seeds": [0, 1], "simulated_eval": ["base", "sft", "sft+grpo"],
+             "arms": [a for a in ARMS if a not in DRAWS], "seeds": [0, 1], "simulated_eval": ["sft", "sft+grpo"],
              "grpo": ADOPTED_GRPO},
 }
 SEEDED = ("sft", "sft+grpo")  # the arms run in every seed; the ablations in the first (with --every-seed, in all)
@@ -517,7 +519,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                         if both:
                             curve["replay_both"] = both
                 model = gdir
-            modes = ["live"] + (["simulated"] if arm in preset["simulated_eval"] else [])
+            modes = ["live"] + (["simulated"] if simulated_in_seed(preset, arm, seed) else [])
             ecfg = cfg.with_policy(model)
             ecfg.eval = ecfg.eval.model_copy(update={"modes": modes, "grounding": "retrieval"})
             edir = (own if arm != "base" else work) / f"eval-{arm}-{tag}"
@@ -557,6 +559,15 @@ def arms_in_seed(preset: dict[str, Any], seed: int) -> list[str]:
     if seed == preset["seeds"][0]:
         return list(preset["arms"])
     return [a for a in preset["arms"] if a in SEEDED or a in DRAWS or (preset.get("every_seed") and a != "base")]
+
+
+def simulated_in_seed(preset: dict[str, Any], arm: str, seed: int) -> bool:
+    """Whether the arm's evaluation in this seed runs with simulated tools too: the preset's `simulated_eval`
+    arms in its first seed, in every seed with `every_seed`, as the ablations. How far the ToolActor's world
+    reads from the live one is the simulator's figure more than the seed's (`full-pool`: SFT's and the
+    method's gaps alike in both seeds, docs/learning.md), and the second seed's cost a quarter hour of the
+    full preset's three."""
+    return arm in preset["simulated_eval"] and (seed == preset["seeds"][0] or bool(preset.get("every_seed")))
 
 
 # --- --jobs: the arms' steps in processes of their own ----------------------------------------------------
@@ -1324,7 +1335,8 @@ def candidate_questions(preset: dict[str, Any]) -> int:
 ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "grpo_pool", "eval_limit", "seeds")
 
 
-def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | None = None) -> dict[str, Any]:
+def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | None = None,
+             also: dict[str, Any] | None = None) -> dict[str, Any]:
     """How long a preset would take here, from a finished run's measured steps: SFT seconds a step, each GRPO
     arm's seconds a step, each arm's evaluation seconds a question (the same arm in another seed costs the
     same; an arm never measured costs as the method's GRPO and SFT's evaluation). A GRPO arm's step also
@@ -1338,11 +1350,20 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     replay of their last quarter at its own measured rate, else the first's. Synthesis and filtering
     (scripted teacher, seconds) are left out. `jobs` ({"jobs": N, "grpo"|"eval": {"slowdown": x}}, from
     benchmarks/results/jobs.json): also how long `--jobs N` takes, each unit's steps slowed by the slowdown
-    measured for one process beside the others, the units run in run_jobs's order (`with_jobs`)."""
+    measured for one process beside the others, the units run in run_jobs's order (`with_jobs`).
+
+    `also`: a second run, which may have run with `--jobs` (the full preset's, whose arms a one-process run
+    rarely holds): a step `measured` lacks (an arm it did not run, the TRL peer's twice the method's seconds a
+    step), and an evaluation it ran in fewer modes than the preset asks (a simulated episode costs more than a
+    live one), are taken from it, a step that ran beside another divided by the slowdown `jobs` measured for
+    its kind. Without it those are priced as the method's and a live episode, which errs short."""
     p, m = PRESETS[preset_name], measured
     if m.get("jobs", 1) > 1:
         raise ValueError(f"its steps ran {m['jobs']} at a time (--jobs), each slowed by the others: not one "
                          "process's seconds to estimate from")
+    if also is not None and also.get("jobs", 1) > 1 and not jobs:
+        raise ValueError(f"the second run's steps ran {also['jobs']} at a time (--jobs): its seconds need the "
+                         f"slowdown of one process beside another ({JOBS_RESULTS.name}), and there is none")
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
     # a run of some arms only (e.g. --arms base,sft) has no rate for what it did not run
@@ -1354,23 +1375,36 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     kept_share = m["filter"]["kept"] / m["filter"]["episodes"]
     batch = 4  # an SFT step of 4 traces (base_config: one packed row)
     sft_steps = max(1, math.ceil(p["train_per_source"] * len(BENCHMARKS) * kept_share * p["sft_epochs"] / batch))
-    measured_q = mp["eval_limit"] * len(BENCHMARKS)
 
-    # seconds a group of episodes: a run of two groups a step estimates a preset of one, and the other way round
-    # (proportional: the groups of a step roll out in one batch, so it errs long for more groups, short for fewer)
-    t = m.get("config", {}).get("grpo", {}).get("trl")
-    measured_groups = trl_groups(t) if t else 1
+    def found(stem: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The step `stem` of the first seed, as one process's seconds, with the run it is from: the measured
+        run's first, then the second run's."""
+        out = []
+        for run in (m, also) if also is not None else (m,):
+            step = run["stages"].get(f"{stem}-s{run['preset']['seeds'][0]}")
+            if step is not None:
+                kind = "eval" if stem.startswith("eval-") else "grpo"
+                slowed = jobs[kind]["slowdown"] if run.get("jobs", 1) > 1 else 1.0
+                out.append(({**step, "wall_s": step["wall_s"] / slowed}, run))
+        return out
 
-    def eval_rate(arm: str) -> float:  # seconds an episode: an arm evaluated in both modes ran twice as many
-        used = arm if f"eval-{arm}-{first}" in stages else "sft"
-        step = stages[f"eval-{used}-{first}"]
-        if step.get("n"):  # the episodes it holds: a step kept from a run in more modes holds theirs
-            return step["wall_s"] / step["n"]
-        modes = 2 if used in mp.get("simulated_eval", ()) else 1  # older runs: live only
-        return step["wall_s"] / (measured_q * modes)
+    def modes_of(step: dict[str, Any], run: dict[str, Any], arm: str) -> int:
+        """How many tool modes an evaluation ran in: by the episodes it holds, else by its run's preset."""
+        if step.get("n"):
+            return max(1, round(step["n"] / (run["preset"]["eval_limit"] * len(BENCHMARKS))))
+        return 2 if arm in run["preset"].get("simulated_eval", ()) else 1  # older runs: live only
 
-    # the order the measured run and the preset choose their questions in (a run before the option: the file's)
-    measured_order = m.get("config", {}).get("grpo", {}).get("question_order", "file")
+    def eval_rate(arm: str, modes: int = 1) -> float:
+        """Seconds an episode of the arm's evaluation (else SFT's), from one that ran in as many modes as asked
+        where there is one: a simulated episode is not a live one's price."""
+        used = arm if found(f"eval-{arm}") else "sft"
+        steps = found(f"eval-{used}")
+        step, run = next(((s, r) for s, r in steps if modes_of(s, r, used) >= modes), steps[0])
+        return step["wall_s"] / (step.get("n") or run["preset"]["eval_limit"] * len(BENCHMARKS) * modes_of(step, run, used))
+
+    def order_of(run: dict[str, Any]) -> str:  # the order a run chose its questions in (before the option: the file's)
+        return run.get("config", {}).get("grpo", {}).get("question_order", "file")
+
     order = base_config(p, p["seeds"][0]).grpo.question_order
 
     def answer_pass(arm: str, preset: dict[str, Any], question_order: str, taken: float) -> float:
@@ -1379,27 +1413,32 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
             return 0.0
         return eval_rate(ARMS[arm]["init"] or "base") * candidate_questions(preset) * (1.0 - taken)
 
-    def taken_share(took: bool | int) -> float:  # a step's `took_answers`: a flag before it was a count
-        return float(took) if isinstance(took, bool) else min(1.0, took / max(1, candidate_questions(mp)))
+    def taken_share(took: bool | int, run: dict[str, Any]) -> float:  # `took_answers`: a flag before it was a count
+        return float(took) if isinstance(took, bool) else min(1.0, took / max(1, candidate_questions(run["preset"])))
 
-    def grpo_used(arm: str) -> str:
-        return arm if f"grpo-{arm}-{first}" in stages else "sft+grpo"
+    def grpo_step(arm: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """The arm's measured GRPO step (else the method's): the arm it measured, the step, its run."""
+        used = arm if found(f"grpo-{arm}") else "sft+grpo"
+        return (used, *found(f"grpo-{used}")[0])
 
-    def grpo_rate(arm: str) -> float:
-        used = grpo_used(arm)
-        step = stages[f"grpo-{used}-{first}"]
+    def grpo_rate(arm: str) -> float:  # seconds a group of episodes
+        used, step, run = grpo_step(arm)
         took = step.get("took_answers", bool(ARMS[used].get("draw")))
-        steps_s = step["wall_s"] - answer_pass(used, mp, measured_order, taken_share(took))
-        return max(0.0, steps_s) / (mp["grpo_steps"] * measured_groups)
+        steps_s = step["wall_s"] - answer_pass(used, run["preset"], order_of(run), taken_share(took, run))
+        # a run of two groups a step estimates a preset of one, and the other way round (proportional: the
+        # groups of a step roll out in one batch, so it errs long for more groups, short for fewer)
+        t = run.get("config", {}).get("grpo", {}).get("trl")
+        return max(0.0, steps_s) / (run["preset"]["grpo_steps"] * (trl_groups(t) if t else 1))
 
     def replay_s(arm: str) -> float:  # a quarter's groups sampled again: the first's, and the last's for some
         if ARMS[arm].get("peer") or not each_question_once(p):
             return 0.0
         rate, total = grpo_rate(arm), 0.0
         for kind in ("replay", "replay-last") if replays_both_quarters(arm) else ("replay",):
-            k = f"{kind}-{grpo_used(arm)}-{first}"
-            # the last quarter's replay, unmeasured, at the first's rate
-            rate = stages[k]["wall_s"] / max(1, mp["grpo_steps"] // 4) if k in stages else rate
+            measured_replay = found(f"{kind}-{grpo_step(arm)[0]}")
+            if measured_replay:  # the last quarter's replay, unmeasured, at the first's rate
+                step, run = measured_replay[0]
+                rate = step["wall_s"] / max(1, run["preset"]["grpo_steps"] // 4)
             total += rate * (p["grpo_steps"] // 4)
         return total
 
@@ -1412,8 +1451,8 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
             if "grpo" in ARMS[arm]:
                 grpo_s = (grpo_rate(arm) * p["grpo_steps"] * groups
                           + answer_pass(arm, p, order, float(shares_answers(arm))) + replay_s(arm))
-            modes = 2 if arm in p["simulated_eval"] else 1
-            eval_s = eval_rate(arm) * p["eval_limit"] * len(BENCHMARKS) * modes
+            modes = 2 if simulated_in_seed(p, arm, seed) else 1
+            eval_s = eval_rate(arm, modes) * p["eval_limit"] * len(BENCHMARKS) * modes
             parts["grpo"] += grpo_s
             parts["eval"] += eval_s
             if jobs:
@@ -1696,8 +1735,8 @@ def main() -> None:
                     help="run seed SEED's own steps (SFT, GRPO, evaluation) in DIR instead of --work, e.g. to bring "
                     "seeds run apart into one run's comparisons over seeds (repeatable)")
     ap.add_argument("--every-seed", action="store_true",
-                    help="run the ablation arms in every seed too, not only in the first (each arm is then also "
-                    "compared with the method on each question's mean over the seeds)")
+                    help="run the ablation arms and the simulated evaluations in every seed too, not only in the "
+                    "first (each arm is then also compared with the method on each question's mean over the seeds)")
     ap.add_argument("--grpo", action="append", default=[], metavar="KEY=VALUE",
                     help="a GRPO setting of every GRPO arm instead of the configuration's, e.g. "
                     "question_order=solvable-first, answer_metric=f1, trl.learning_rate=1e-5 (repeatable)")
@@ -1715,8 +1754,8 @@ def main() -> None:
                     "(the same SFT policy at other settings): the two sets' mean on each question, paired")
     ap.add_argument("--simulated-eval", metavar="ARMS",
                     help="comma-separated arms to evaluate with simulated tools too (the ToolActor, grounded in "
-                    "retrieval), beside live ones, instead of the preset's (full: base, sft, sft+grpo); "
-                    "a finished live evaluation is extended, not redone")
+                    "retrieval), beside live ones, in the first seed (with --every-seed, in all), instead of the "
+                    "preset's (full: sft, sft+grpo); a finished live evaluation is extended, not redone")
     ap.add_argument("--jobs", type=int, default=1, metavar="N",
                     help="run N arms at once, each in a process of its own with the cores shared out (default 1; "
                     "2 on 2 cores did 1.4-1.5 times the work: docs/performance.md); their output in WORK/jobs/")
@@ -1729,6 +1768,10 @@ def main() -> None:
     ap.add_argument("--estimate", metavar="RUN",
                     help="only estimate how long the main and full presets take here from the finished run RUN of "
                     "the results file (its measured steps), and keep the estimates with that run")
+    ap.add_argument("--estimate-also", metavar="RUN",
+                    help="with --estimate: take the steps its run lacks (arms it did not run, evaluations in fewer "
+                    "tool modes) from the finished run RUN, which may have run with --jobs (then divided by the "
+                    "slowdown benchmarks/results/jobs.json measured)")
     ap.add_argument("--rescore", metavar="RUN",
                     help="only score the logged training episodes of run RUN's GRPO arms by the calls they made "
                     "(by_calls) from its work directories (--work, --seed-work), with its recorded settings, and "
@@ -1742,19 +1785,25 @@ def main() -> None:
         return
     if args.estimate:
         all_results = json.loads(RESULTS.read_text())
-        if args.estimate not in all_results:
-            raise SystemExit(f"--estimate: no run {args.estimate!r} in {RESULTS}; runs: {', '.join(all_results)}")
+        for flag, run in (("--estimate", args.estimate), ("--estimate-also", args.estimate_also)):
+            if run is not None and run not in all_results:
+                raise SystemExit(f"{flag}: no run {run!r} in {RESULTS}; runs: {', '.join(all_results)}")
+        also = all_results[args.estimate_also] if args.estimate_also else None
         jobs = None
         if JOBS_RESULTS.is_file():  # bench_jobs.py's figures: --jobs priced too
             j = json.loads(JOBS_RESULTS.read_text())
             jobs = {"jobs": j["jobs"], **j["parts"]}
         for name in ("main", "full"):  # the presets a user runs whole (quick's GRPO is too small to time by)
             try:
-                est = estimate(name, all_results[args.estimate], jobs)
+                est = estimate(name, all_results[args.estimate], jobs, also)
             except ValueError as e:
                 raise SystemExit(f"--estimate {args.estimate}: {e}") from None
+            if also is not None:
+                est["also"] = args.estimate_also
             all_results[args.estimate].setdefault("estimates", {})[name] = est
-            print(f"the {name} preset here, from run {args.estimate}: {est['total_s'] / 3600:.1f} h (SFT "
+            print(f"the {name} preset here, from run {args.estimate}"
+                  + (f" and {args.estimate_also}" if also else "") + ": "
+                  f"{est['total_s'] / 3600:.1f} h (SFT "
                   f"{est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)"
                   + (f"; with --jobs {est['with_jobs']['jobs']}: {est['with_jobs']['total_s'] / 3600:.1f} h"
                      if "with_jobs" in est else ""))

@@ -420,7 +420,8 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     replay_s = 10 * p["grpo_steps"] // 4 * len(replayed)
     assert bl.candidate_questions(p) == p["grpo_pool"] * len(bl.BENCHMARKS) and "grpo-no-sft" in grpo_arms
     assert est["grpo_s"] == 10 * p["grpo_steps"] * len(grpo_arms) + answer_s + replay_s
-    evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 2) for a in bl.SEEDED]
+    # the simulated evaluations in the first seed only: the second seed's are live
+    evals = [(a, 2 if a in p["simulated_eval"] else 1) for a in p["arms"]] + [(a, 1) for a in bl.SEEDED]
     want = sum((1.0 if a == "base" else 2.0) * questions * modes for a, modes in evals)
     assert est["eval_s"] == round(want) and est["total_s"] == est["sft_s"] + est["grpo_s"] + est["eval_s"]
     # a run that evaluated SFT with simulated tools too: its evaluation's time holds twice the episodes
@@ -470,6 +471,30 @@ def test_the_full_preset_is_estimated_from_a_runs_measured_steps():
     del measured["stages"]["grpo-sft+grpo-s0"]  # a run of base and SFT only: no GRPO rate to go by
     with pytest.raises(ValueError, match=r"measured no grpo-sft\+grpo-s0 \(its steps: sft-s0, eval-sft-s0"):
         bl.estimate("full", measured)
+
+
+def test_the_estimate_takes_what_its_run_lacks_from_a_second_run_divided_by_its_slowdown():
+    """A one-process run of the main arms prices the TRL peer as the method and a simulated episode as a live
+    one; a second run (the full preset's, with --jobs) that measured them corrects both."""
+    measured, p = measured_run(), bl.PRESETS["full"]
+    jobs = {"jobs": 2, "grpo": {"slowdown": 2.0}, "eval": {"slowdown": 1.5}}
+    # beside another: the peer's 8 steps in 320 s (160 s alone: 20 s a group, the method's 10); SFT's evaluation
+    # in both modes, 40 episodes in 180 s (120 s alone: 3 s an episode, the live one's 2)
+    also = {"commit": "def", "jobs": 2, "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
+            "stages": {"grpo-trl-peer-s0": {"wall_s": 320.0}, "eval-sft-s0": {"wall_s": 180.0, "n": 40}}}
+    alone, both = bl.estimate("full", measured, jobs), bl.estimate("full", measured, jobs, also)
+    assert both["grpo_s"] - alone["grpo_s"] == 10 * p["grpo_steps"]  # the peer, in the first seed only
+    # the first seed's simulated evaluations (SFT's, and the method's priced as SFT's): 1 s more an episode
+    questions = p["eval_limit"] * len(bl.BENCHMARKS)
+    assert p["simulated_eval"] == ["sft", "sft+grpo"]
+    assert both["eval_s"] - alone["eval_s"] == 1 * questions * 2 * 2
+    assert both["with_jobs"]["total_s"] > alone["with_jobs"]["total_s"]
+    # the measured run's own step comes first: its peer measured alone at 12 s a group
+    measured["stages"]["grpo-trl-peer-s0"] = {"wall_s": 96.0}
+    assert bl.estimate("full", measured, jobs, also)["grpo_s"] - alone["grpo_s"] == 2 * p["grpo_steps"]
+    # a second run's seconds beside another mean nothing without the slowdown
+    with pytest.raises(ValueError, match=r"ran 2 at a time \(--jobs\): its seconds need the slowdown"):
+        bl.estimate("full", measured, None, also)
 
 
 def test_jobs_start_the_method_first_and_an_arm_that_takes_its_answers_after_it():
@@ -618,9 +643,10 @@ def test_a_unit_runs_the_shared_steps_and_its_own_arm_only(tmp_path, monkeypatch
     for module in ("mtr.stages.evaluate", "mtr.stages.filter", "mtr.stages.grpo", "mtr.stages.sft",
                    "mtr.stages.synth", "trl_peer"):
         importlib.import_module(module)
-    ran = []
-    monkeypatch.setattr(bl, "run_step", lambda d, identity, fn, on_resume=None: (ran.append(d.name), {
-        "wall_s": 1.0, "kept": 4, "episodes": 4, "rejected": 0})[1])
+    ran, identities = [], {}
+    monkeypatch.setattr(bl, "run_step", lambda d, identity, fn, on_resume=None: (
+        ran.append(d.name), identities.__setitem__(d.name, identity), {
+            "wall_s": 1.0, "kept": 4, "episodes": 4, "rejected": 0})[2])
     monkeypatch.setattr(bl, "check_disjoint", lambda train, cfg: None)
     monkeypatch.setattr(bl, "training_file", lambda work, n, name="train.jsonl": tmp_path / name)
     (tmp_path / "train.jsonl").write_text("{}\n")
@@ -643,6 +669,14 @@ def test_a_unit_runs_the_shared_steps_and_its_own_arm_only(tmp_path, monkeypatch
     assert bl.run_arms("full", tmp_path, only={("sft+grpo", 1)}) == {}
     assert ran == ["synth", "filter", "sft-s1", "grpo-sft+grpo-s1", "replay-sft+grpo-s1",
                    "replay-last-sft+grpo-s1", "eval-sft+grpo-s1"]
+    # SFT and the method with simulated tools too in the first seed only; the base model (no tool called) live
+    assert bl.run_arms("full", tmp_path, only={("base", 0), ("sft", 0), ("sft", 1), ("sft+grpo", 0)}) == {}
+    modes = {k: v["eval"]["modes"] for k, v in identities.items() if k.startswith("eval-")}
+    assert modes == {"eval-base-s0": ["live"], "eval-sft-s0": ["live", "simulated"], "eval-sft-s1": ["live"],
+                     "eval-sft+grpo-s0": ["live", "simulated"], "eval-sft+grpo-s1": ["live"], "eval-no-precheck-s0": ["live"]}
+    # ... and in every seed with --every-seed, as the ablations
+    assert bl.run_arms("full", tmp_path, only={("sft", 1)}, every_seed=True) == {}
+    assert identities["eval-sft-s1"]["eval"]["modes"] == ["live", "simulated"]
 
 
 def test_reward_curve_reads_the_update_speed_padding_and_selection_from_the_runs_stats(tmp_path):
