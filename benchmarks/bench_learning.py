@@ -132,7 +132,8 @@ COMPONENTS = ("answer", "format", "consistency", "efficiency")
 def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, Any]],
              on_resume: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run `fn(fresh)` in `d` once: skipped when it finished on this identity, resumed (fresh=False) when it
-    stopped on it or goes on from it (an evaluation on more questions), run afresh when its identity changed.
+    stopped on it or goes on from it (an evaluation on more questions), run afresh when its identity changed;
+    refused (`WouldDelete`) where that would delete an evaluation of more questions than asked.
     `on_resume` runs first when it goes on from an earlier attempt (`follow_move`)."""
     from mtr.jsonl import write_text_atomic
     from mtr.peak_memory import peak_rss_mb, release_memory, reset_peak
@@ -154,6 +155,10 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
         return done
     started = d / "bench_identity.json"
     old = json.loads(started.read_text()) if started.is_file() else done.get("identity") if done else None
+    if old is not None and on_more_questions(old, identity):
+        raise WouldDelete(f"{d}: evaluated on {old['eval']['limit'] or 'all'} questions a benchmark, where this run "
+                          f"asks {identity['eval']['limit']}; afresh it would delete those episodes: ask "
+                          f"--eval-limit {old['eval']['limit']}, or give another --work")
     fresh = old is not None and not continues(old, identity)
     console.rule(f"{d.name}" + (" (afresh)" if fresh else ""))
     if fresh:
@@ -214,6 +219,24 @@ def step_clock(path: Path, carried: float, every_s: float = 30.0) -> Iterator[Ca
         stop.set()
         beating.join()
         write()
+
+
+class WouldDelete(ValueError):
+    """A step begun or finished on more than a run asks, which running it afresh would delete."""
+
+
+def on_more_questions(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether an evaluation begun on `old` holds more questions than `new` asks, the same evaluation otherwise
+    (its modes aside): mtr.stages.evaluate cannot cut an evaluation to its first questions, and the results read
+    every question an evaluation holds, so such a step is neither kept nor run afresh (which would delete the
+    episodes: the full preset's 100 questions a benchmark, under a main-preset run of 30 over its work)."""
+    from mtr.rundir import limit_grew
+
+    old, new = portable(old), portable(new)
+    if not (isinstance(old.get("eval"), dict) and isinstance(new.get("eval"), dict)):
+        return False
+    modes = old["eval"].get("modes")
+    return limit_grew({**new, "eval": {**new["eval"], "modes": modes}}, old, "eval.limit")
 
 
 def continues(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -1849,10 +1872,13 @@ def main() -> None:
     grpo = parse_grpo_overrides(args.grpo)
 
     def run(only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
-        return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
-                        parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
-                        args.grpo_questions, args.grpo_pool,
-                        work_dir(args.draws_against, "") if args.draws_against else None, only)
+        try:
+            return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
+                            parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
+                            args.grpo_questions, args.grpo_pool,
+                            work_dir(args.draws_against, "") if args.draws_against else None, only)
+        except WouldDelete as e:
+            raise SystemExit(str(e)) from None
 
     if args.unit:  # one unit of a parent's --jobs: its steps only, no results
         arm, _, seed = args.unit.partition("@")

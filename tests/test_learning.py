@@ -85,7 +85,7 @@ def test_run_step_skips_resumes_and_restarts(tmp_path):
     assert calls[-1] is False and bl.run_step(d, {"a": 4}, fn)["x"] == len(calls)
 
 
-def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tmp_path):
+def test_an_evaluation_on_more_questions_continues_and_on_fewer_is_refused(tmp_path):
     calls = []
 
     def fn(fresh):
@@ -101,8 +101,9 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
     bl.run_step(d, grown, fn)  # the 30 done stay: continued, and its time is both runs'
     assert calls == [False, False]
     assert json.loads((d / "stage_done.json").read_text())["wall_s"] >= 100.0
-    bl.run_step(d, {"eval": {"limit": 50, "modes": ["live"]}, "policy": "p"}, fn)  # fewer: afresh
-    assert calls[-1] is True
+    with pytest.raises(bl.WouldDelete):  # fewer: refused, not run afresh over the 100 done
+        bl.run_step(d, {"eval": {"limit": 50, "modes": ["live"]}, "policy": "p"}, fn)
+    assert calls == [False, False]
     bl.run_step(d, {"eval": {"limit": 100, "modes": ["live"]}, "policy": "q"}, fn)  # another policy: afresh
     assert calls[-1] is True and bl.continues(ident, {**grown, "eval": {"limit": None, "modes": ["live"]}})
     assert not bl.continues(ident, {"eval": {"limit": 100, "modes": ["simulated"]}, "policy": "p"})
@@ -116,7 +117,8 @@ def test_an_evaluation_on_more_questions_continues_and_on_fewer_starts_afresh(tm
 def test_an_evaluation_finished_in_more_modes_is_kept_for_a_run_that_asks_fewer(tmp_path):
     """A run that asks live tools only over an evaluation finished with simulated ones too skips it: afresh, it
     would throw away the other mode's episodes. So too when mtr added an evaluation setting since, which the run
-    holds at its default. Fewer questions, more questions, or another policy still start afresh."""
+    holds at its default. More questions, or another policy, start afresh; fewer questions are refused, the
+    episodes kept."""
     from mtr.rundir import inputs_shrank
 
     calls = []
@@ -137,11 +139,22 @@ def test_an_evaluation_finished_in_more_modes_is_kept_for_a_run_that_asks_fewer(
     # ... not at its default: another evaluation
     assert not inputs_shrank(both, {"eval": {**live["eval"], "grounding": "retrieval"}, "policy": "p"}, "eval.modes")
     assert not inputs_shrank(both, {"eval": {"limit": 200, "modes": ["live"]}, "policy": "p"}, "eval.modes")
-    bl.run_step(d, {"eval": {"limit": 50, "modes": ["live"]}, "policy": "p"}, fn)
-    assert calls[-1] is True and not (d / "episodes-of-both-modes").exists()
-    bl.run_step(d, both, fn)
+    # fewer questions: not kept (the results would read all 100), not run afresh (that would delete them)
+    for modes in (["live"], ["live", "simulated"]):
+        with pytest.raises(bl.WouldDelete, match=r"evaluated on 100 questions a benchmark, where this run asks 50; "
+                           r"afresh it would delete those episodes: ask --eval-limit 100"):
+            bl.run_step(d, {"eval": {"limit": 50, "modes": modes}, "policy": "p"}, fn)
+    assert calls == [False] and (d / "episodes-of-both-modes").is_file()
+    # ... also when begun and not finished, on more questions than asked
     bl.run_step(d, {**live, "policy": "q"}, fn)
-    assert calls[-1] is True and len(calls) == 4
+    assert calls[-1] is True and not (d / "episodes-of-both-modes").exists()
+    (d / "stage_done.json").unlink()
+    with pytest.raises(bl.WouldDelete):
+        bl.run_step(d, {"eval": {"limit": 30, "modes": ["live"]}, "policy": "q"}, fn)
+    # fewer questions of another policy: another evaluation, afresh
+    bl.run_step(d, {"eval": {"limit": 30, "modes": ["live"]}, "policy": "r"}, fn)
+    assert calls[-1] is True and len(calls) == 3
+    assert not bl.on_more_questions({"init": "x"}, {"init": "x"})  # not an evaluation
 
 
 def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_path):
@@ -1512,3 +1525,14 @@ def test_the_quarters_reward_target_is_read_only_where_the_quarters_hold_the_sam
     assert bl.targets({"arms": {}, "curves": curves}, six)["reward_rises@s0"] is True
     # two groups a step: training logs only the first group's episodes, so there is nothing to replay by
     assert not bl.each_question_once(bl.preset_settings("main", grpo={"trl.per_device_train_batch_size": 8}))
+
+
+def test_a_run_that_would_delete_an_evaluation_of_more_questions_stops_in_one_line(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise bl.WouldDelete(f"{tmp_path}/eval-sft-s0: evaluated on 100 questions a benchmark, where this run asks 30")
+
+    monkeypatch.setattr(bl, "run_arms", refuse)
+    monkeypatch.setattr("sys.argv", ["bench_learning.py", "--preset", "main", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        bl.main()
+    assert str(stop.value) == f"{tmp_path}/eval-sft-s0: evaluated on 100 questions a benchmark, where this run asks 30"
