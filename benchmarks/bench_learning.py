@@ -1376,8 +1376,8 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     measured for one process beside the others, the units run in run_jobs's order (`with_jobs`).
 
     `also`: a second run, which may have run with `--jobs` (the full preset's, whose arms a one-process run
-    rarely holds): a step `measured` lacks (an arm it did not run, the TRL peer's twice the method's seconds a
-    step), and an evaluation it ran in fewer modes than the preset asks (a simulated episode costs more than a
+    rarely holds): a step `measured` lacks (an arm it did not run: the TRL peer, slower a step than the
+    method), and an evaluation it ran in fewer modes than the preset asks (a simulated episode costs more than a
     live one), are taken from it, a step that ran beside another divided by the slowdown `jobs` measured for
     its kind. Without it those are priced as the method's and a live episode, which errs short."""
     p, m = PRESETS[preset_name], measured
@@ -1459,7 +1459,7 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
         rate, total = grpo_rate(arm), 0.0
         for kind in ("replay", "replay-last") if replays_both_quarters(arm) else ("replay",):
             measured_replay = found(f"{kind}-{grpo_step(arm)[0]}")
-            if measured_replay:  # the last quarter's replay, unmeasured, at the first's rate
+            if measured_replay:  # else (the last quarter's, unmeasured) at the rate before it
                 step, run = measured_replay[0]
                 rate = step["wall_s"] / max(1, run["preset"]["grpo_steps"] // 4)
             total += rate * (p["grpo_steps"] // 4)
