@@ -814,8 +814,15 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
     each draw's held-out gain over SFT (F1, EM; live tools, paired on the same questions), their standard
     deviation over the draws, and the draws' mean score on each question against SFT (named
     `sft+grpo-d1..dN@sK`: its interval is over questions and holds none of the draw-to-draw spread, which the
-    standard deviation measures)."""
+    standard deviation measures).
+
+    Each GRPO arm from the SFT policy run beside the draws (an ablation, the TRL peer) is set against them too
+    (`ablations`): its own gain's place among the draws' (how many it is above), and its score minus the
+    draws' mean on each question, per seed and over the seeds where all ran. The first draw alone varies as
+    much as the difference asked about (docs/learning.md, `full-pool-ablations-2seeds`); their mean is the
+    steadier reference."""
     scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
+    others = [a for a in ARMS if "grpo" in ARMS[a] and ARMS[a]["init"] == "sft" and a != "sft+grpo" and a not in DRAWS]
     out: dict[str, Any] = {}
     for t in [f"s{seed}" for seed in preset["seeds"]]:
         names = [n for n in [f"sft+grpo@{t}"] + [f"{a}@{t}" for a in DRAWS] if n in scores]
@@ -823,18 +830,30 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
             continue
         rows = [paired_row(f"sft@{t}", n, scores[f"sft@{t}"], scores[n]) for n in names]
         gains = {m: [r[m][0] for r in rows] for m in ("f1", "em")}
+        drawn_mean, mean_name = seed_mean([scores[n] for n in names]), f"sft+grpo-d1..d{len(names)}@{t}"
         out[t] = {"draws": names, **{f"{m}_gains": v for m, v in gains.items()},
                   **{f"{m}_sd": round(statistics.stdev(v), 2) for m, v in gains.items()},
-                  "mean": paired_row(f"sft@{t}", f"sft+grpo-d1..d{len(names)}@{t}", scores[f"sft@{t}"],
-                                     seed_mean([scores[n] for n in names]))}
+                  "mean": paired_row(f"sft@{t}", mean_name, scores[f"sft@{t}"], drawn_mean)}
+        ablations = {}
+        for arm in (a for a in others if f"{a}@{t}" in scores):
+            gain = paired_row(f"sft@{t}", f"{arm}@{t}", scores[f"sft@{t}"], scores[f"{arm}@{t}"])["f1"][0]
+            ablations[arm] = {"f1_gain": gain, "above_draws": sum(gain > g for g in gains["f1"]),
+                              "row": paired_row(mean_name, f"{arm}@{t}", drawn_mean, scores[f"{arm}@{t}"])}
+        if ablations:
+            out[t]["ablations"] = ablations
     if len(out) >= 2:  # over the seeds: each seed's draws' mean, then the seeds' mean, against SFT's mean
         drawn = list(out)
         both = "+".join(drawn)
+        means = seed_mean([seed_mean([scores[n] for n in out[t]["draws"]]) for t in drawn])
         out["all"] = {"seeds": drawn, "draws": sum(len(out[t]["draws"]) for t in drawn),
                       "gains_above_zero": sum(g > 0 for t in drawn for g in out[t]["f1_gains"]),
                       "mean": paired_row(f"sft@{both}", f"sft+grpo-draws@{both}",
-                                         seed_mean([scores[f"sft@{t}"] for t in drawn]),
-                                         seed_mean([seed_mean([scores[n] for n in out[t]["draws"]]) for t in drawn]))}
+                                         seed_mean([scores[f"sft@{t}"] for t in drawn]), means)}
+        ablations = {arm: paired_row(f"sft+grpo-draws@{both}", f"{arm}@{both}", means,
+                                     seed_mean([scores[f"{arm}@{t}"] for t in drawn]))
+                     for arm in others if all(arm in out[t].get("ablations", {}) for t in drawn)}
+        if ablations:
+            out["all"]["ablations"] = ablations
     return out
 
 
@@ -1545,6 +1564,11 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                           f"{d['draws']} draws above SFT in F1; each seed's draws' mean on each question, averaged "
                           f"over the seeds, minus SFT's: F1 {fmt_ci(d['mean']['f1'])}, EM {fmt_ci(d['mean']['em'])}, "
                           f"answered {fmt_ci(d['mean']['answered'])}."]
+                if d.get("ablations"):
+                    lines += ["", "Each arm trained from the SFT policies beside the draws, minus the draws' mean on "
+                              "each question over the same seeds: " + "; ".join(
+                                  f"{arm} F1 {fmt_ci(r['f1'])}, EM {fmt_ci(r['em'])}" for arm, r in d["ablations"].items())
+                              + "."]
                 continue
             lines += ["", f"The method drawn {len(d['draws'])} times from seed {t[1:]}'s SFT policy (GRPO seeded anew each "
                       f"time), each draw's gain over SFT: F1 {', '.join(f'{g:+.1f}' for g in d['f1_gains'])} (standard "
@@ -1552,6 +1576,10 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                       f"deviation {d['em_sd']:.1f}); the draws' mean on each question minus SFT: F1 "
                       f"{fmt_ci(d['mean']['f1'])}, EM {fmt_ci(d['mean']['em'])} (an interval over questions: the spread "
                       "of the draws is not in it)."]
+            if d.get("ablations"):
+                lines[-1] += " Beside them, from the same SFT policy: " + "; ".join(
+                    f"{arm} {a['f1_gain']:+.1f} F1 over SFT, above {a['above_draws']} of the {len(d['draws'])} draws, "
+                    f"minus the draws' mean {fmt_ci(a['row']['f1'])}" for arm, a in d["ablations"].items()) + "."
         against = res.get("draws_against", {})
         for t, d in ((t, d) for t, d in against.items() if t != "work"):
             r = d["row"]

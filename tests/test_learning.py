@@ -827,6 +827,29 @@ def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_
         100 * (7 / 24 + 1 / 12 - 1 / 12) / 3, abs=0.01)
     text = bl.doc_sections({"r": {**recorded, "draws": bl.draw_spread(dirs, {"seeds": [0, 1]})}})["r"]
     assert "Over the seeds (0, 1): 2 of 5 draws above SFT in F1" in text
+    assert "ablations" not in over  # none ran beside the draws
+
+    # an ablation from the SFT policy beside the draws: its place among them, and it minus their mean
+    dirs.update({"no-precheck@s0": eval_dir("k", [0.0, 0.5, 0.5]), "no-precheck@s1": eval_dir("l", [0.5, 0.5, 0.5]),
+                 "grpo-no-sft@s0": eval_dir("m", [0.0, 0.0, 0.0])})  # the cold start: another initial policy
+    spread = bl.draw_spread(dirs, {"seeds": [0, 1]})
+    a0 = spread["s0"]["ablations"]
+    assert list(a0) == ["no-precheck"]
+    # seed 0: gain (0 + 50 + 0) / 3 = 16.7, above the two draws that gained 0, under the one that gained 33.3;
+    # minus the draws' mean per question: -1/3, +1/3, +1/6
+    assert a0["no-precheck"]["f1_gain"] == pytest.approx(16.67, abs=0.01) and a0["no-precheck"]["above_draws"] == 2
+    assert a0["no-precheck"]["row"]["a"] == "sft+grpo-d1..d3@s0"
+    assert a0["no-precheck"]["row"]["f1"][0] == pytest.approx(100 * (-1 / 3 + 1 / 3 + 1 / 6) / 3, abs=0.01)
+    # seed 1: gain (50 + 0 + 0) / 3, the same as the better draw's: above one of two (strictly)
+    assert spread["s1"]["ablations"]["no-precheck"]["above_draws"] == 1
+    # over the seeds, per question its seeds' mean minus the draws' seeds' mean: seed 0's differences -1/3, 1/3,
+    # 1/6 and seed 1's 1/4, 0, 0 averaged: -1/24, 1/6, 1/12, a mean of 5/72
+    row = spread["all"]["ablations"]["no-precheck"]
+    assert (row["a"], row["b"]) == ("sft+grpo-draws@s0+s1", "no-precheck@s0+s1")
+    assert row["f1"][0] == pytest.approx(100 * 5 / 72, abs=0.01)
+    text = bl.doc_sections({"r": {**recorded, "draws": spread}})["r"]
+    assert "no-precheck +16.7 F1 over SFT, above 2 of the 3 draws, minus the draws' mean 5.6 [" in text
+    assert "minus the draws' mean on each question over the same seeds: no-precheck F1 6.9 [" in text
 
 
 def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_path, capsys):
