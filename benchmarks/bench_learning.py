@@ -1398,7 +1398,8 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     rarely holds): a step `measured` lacks (an arm it did not run: the TRL peer, slower a step than the
     method), and an evaluation it ran in fewer modes than the preset asks (a simulated episode costs more than a
     live one), are taken from it, a step that ran beside another divided by the slowdown `jobs` measured for
-    its kind. Without it those are priced as the method's and a live episode, which errs short."""
+    its kind. Without it they are priced as the method's GRPO and SFT's live evaluation: short for the peer and
+    the simulated episodes, long for the ablations' evaluations."""
     p, m = PRESETS[preset_name], measured
     if m.get("jobs", 1) > 1:
         raise ValueError(f"its steps ran {m['jobs']} at a time (--jobs), each slowed by the others: not one "
