@@ -156,9 +156,11 @@ def run_step(d: Path, identity: dict[str, Any], fn: Callable[[bool], dict[str, A
     started = d / "bench_identity.json"
     old = json.loads(started.read_text()) if started.is_file() else done.get("identity") if done else None
     if old is not None and on_more_questions(old, identity):
-        raise WouldDelete(f"{d}: evaluated on {old['eval']['limit'] or 'all'} questions a benchmark, where this run "
-                          f"asks {identity['eval']['limit']}; afresh it would delete those episodes: ask "
-                          f"--eval-limit {old['eval']['limit']}, or give another --work")
+        held = old["eval"]["limit"]
+        # --eval-limit asks for a number: an evaluation of every question (a preset without a limit) has none
+        ask = f"ask --eval-limit {held}, or give another --work" if held else "give another --work"
+        raise WouldDelete(f"{d}: evaluated on {held or 'all'} questions a benchmark, where this run asks "
+                          f"{identity['eval']['limit']}; afresh it would delete those episodes: {ask}")
     fresh = old is not None and not continues(old, identity)
     console.rule(f"{d.name}" + (" (afresh)" if fresh else ""))
     if fresh:

@@ -155,6 +155,12 @@ def test_an_evaluation_finished_in_more_modes_is_kept_for_a_run_that_asks_fewer(
     bl.run_step(d, {"eval": {"limit": 30, "modes": ["live"]}, "policy": "r"}, fn)
     assert calls[-1] is True and len(calls) == 3
     assert not bl.on_more_questions({"init": "x"}, {"init": "x"})  # not an evaluation
+    # every question (a preset without a limit): no --eval-limit asks for that, so none is named
+    every = tmp_path / "eval-every"
+    bl.run_step(every, {"eval": {"limit": None, "modes": ["live"]}, "policy": "p"}, fn)
+    with pytest.raises(bl.WouldDelete, match=r"evaluated on all questions a benchmark, where this run asks 30; "
+                       r"afresh it would delete those episodes: give another --work$"):
+        bl.run_step(every, {"eval": {"limit": 30, "modes": ["live"]}, "policy": "p"}, fn)
 
 
 def test_a_setting_added_at_its_default_does_not_restart_a_finished_step(tmp_path):
