@@ -53,6 +53,9 @@ DEMO = ROOT / "src" / "mtr" / "configs" / "demo.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "learning.json"
 DOC = ROOT / "docs" / "learning.md"
 JOBS_RESULTS = ROOT / "benchmarks" / "results" / "jobs.json"  # bench_jobs.py: what --jobs gains here
+# each run's score on each question (`stored_scores`): its paired intervals can be checked, and later runs set
+# against it, once its work directory is gone (a new machine starts without runs/)
+SCORES = ROOT / "benchmarks" / "results" / "learning_scores"
 console = Console()
 
 ARMS: dict[str, dict[str, Any]] = {
@@ -413,7 +416,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
              grpo: dict[str, Any] | None = None, eval_limit: int | None = None,
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
              simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
-             grpo_pool: int | None = None, against: Path | None = None,
+             grpo_pool: int | None = None, against: Path | str | None = None,
              only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
@@ -574,6 +577,7 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
+    results["question_scores"] = stored_scores(eval_dirs)  # main() writes it to SCORES, not to the results file
     return results
 
 
@@ -918,39 +922,108 @@ def shares_answers(arm: str) -> bool:
             and judged_by(spec["grpo"], spec.get("solvable_mode")) == judged_by(method["grpo"], None))
 
 
-def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Path) -> dict[str, Any]:
-    """This run's draws of the method set against another run's from the same SFT policy (its work directory
-    `other`: the same draws at other settings), per seed both have: the paired difference of the two sets'
-    mean score on each question (named `<other>:d1..dN@sK` against `d1..dM@sK`), and the share of questions
-    SFT answered alike in both runs (100 where they are the same policy; a different SFT policy makes the
-    row meaningless, and says so here). Evaluations are read from `eval-<arm>-sK` in `other`."""
+def live_answers(d: Path) -> dict[str, Any]:
+    """{benchmark|id: prediction} of an evaluation with live tools."""
     from mtr.jsonl import read_jsonl
+
+    return {f"{r['benchmark']}|{r['id']}": r.get("prediction")
+            for r in read_jsonl(d / "predictions.jsonl", latest_by="key") if r["mode"] == "live"}
+
+
+def evals_in_work(other: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The finished evaluations of a work directory (`eval-<arm>-sK`), as `evals_stored` gives a stored run's:
+    {arm@sK: {"scores": {question: metrics}, "answers": {question: prediction}}}, live tools. One stopped halfway
+    is left out: it would set a part of the questions against the rest."""
     from mtr.rundir import stage_done
 
-    def answers(d: Path) -> dict[str, Any]:
-        return {r["key"]: r.get("prediction") for r in read_jsonl(d / "predictions.jsonl", latest_by="key")
-                if r["mode"] == "live"}
+    out = {}
+    for d in sorted(other.glob("eval-*-s*")):
+        arm, _, seed = d.name[len("eval-"):].rpartition("-s")
+        if arm in ARMS and seed.isdigit() and stage_done(d) is not None:
+            out[f"{arm}@s{seed}"] = {"scores": question_scores(d).get("live", {}),
+                                     "answers": live_answers(d)}
+    return out
 
-    out: dict[str, Any] = {"work": other.name}
+
+def stored_scores(eval_dirs: dict[str, Path]) -> dict[str, Any]:
+    """What each evaluation scored on each question, compact (the JSON of the full preset's ~25 evaluations of
+    200 questions would be ~1 MB as `question_scores` gives it): the questions once, `benchmark|id`; then per
+    arm and tool mode, lists aligned with them (null where it did not evaluate one) of EM, F1 and answered as
+    fractions, and the prediction, which `draws_against` compares to tell the same SFT policy."""
+    from mtr.jsonl import read_jsonl
+
+    rows: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, d in eval_dirs.items():
+        for r in read_jsonl(d / "predictions.jsonl", latest_by="key"):
+            rows.setdefault(name, {}).setdefault(r["mode"], {})[f"{r['benchmark']}|{r['id']}"] = r
+    keys = sorted({k for modes in rows.values() for by_key in modes.values() for k in by_key})
+
+    def number(x: Any) -> float | int:
+        x = round(float(x), 6)
+        return int(x) if x.is_integer() else x
+
+    arms: dict[str, Any] = {}
+    for name, modes in rows.items():
+        for mode, by_key in modes.items():
+            arms.setdefault(name, {})[mode] = {
+                **{m: [number(by_key[k].get(m, 0)) if k in by_key else None for k in keys]
+                   for m in ("em", "f1", "answered")},
+                "prediction": [by_key[k].get("prediction") if k in by_key else None for k in keys]}
+    return {"questions": keys, "arms": arms}
+
+
+def scores_file(label: str, scores_dir: Path | None = None) -> Path:
+    return (scores_dir or SCORES) / f"{label}.json"
+
+
+def evals_stored(label: str, scores_dir: Path | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """A stored run's evaluations (`stored_scores`, in `scores_dir`), live tools, as `evals_in_work` gives a
+    work directory's: scores in % as `question_scores` gives them (EM, F1, answered)."""
+    path = scores_file(label, scores_dir)
+    try:
+        stored = json.loads(path.read_text())
+        keys = stored["questions"]
+        out = {}
+        for name, modes in stored["arms"].items():
+            live = modes.get("live")
+            if live is None:
+                continue
+            scores = {k: {m: 100.0 * live[m][i] for m in ("em", "f1", "answered")}
+                      for i, k in enumerate(keys) if live["f1"][i] is not None}
+            out[name] = {"scores": scores, "answers": {k: live["prediction"][i] for i, k in enumerate(keys)
+                                                       if live["f1"][i] is not None}}
+        return out
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"{path}: not a run's stored scores ({type(e).__name__}: {e})") from None
+
+
+def draws_against(eval_dirs: dict[str, Path], preset: dict[str, Any], other: Path | str,
+                  scores_dir: Path | None = None) -> dict[str, Any]:
+    """This run's draws of the method set against another run's from the same SFT policy (`other`: its work
+    directory, or its label where its scores are stored, `stored_scores`: the same draws at other settings),
+    per seed both have: the paired difference of the two sets' mean score on each question (named
+    `<other>:d1..dN@sK` against `d1..dM@sK`), and the share of questions SFT answered alike in both runs (100
+    where they are the same policy; a different SFT policy makes the row meaningless, and says so here)."""
+    stored = not isinstance(other, Path)
+    theirs_all = evals_stored(other, scores_dir) if stored else evals_in_work(other)
+    name = other if stored else other.name
+    out: dict[str, Any] = {("run" if stored else "work"): name}
     for t in [f"s{seed}" for seed in preset["seeds"]]:
         arms = ["sft+grpo", *DRAWS]
         mine = [question_scores(eval_dirs[f"{a}@{t}"]).get("live", {}) for a in arms if f"{a}@{t}" in eval_dirs]
-        # only finished evaluations: one stopped halfway would set a part of the questions against the rest
-        theirs = [question_scores(other / f"eval-{a}-{t}").get("live", {}) for a in arms
-                  if stage_done(other / f"eval-{a}-{t}") is not None]
+        theirs = [theirs_all[f"{a}@{t}"]["scores"] for a in arms if f"{a}@{t}" in theirs_all]
         mine, theirs = [r for r in mine if r], [r for r in theirs if r]
-        sft_other = other / f"eval-sft-{t}"
         shared_keys = set.intersection(*(set(r) for r in mine + theirs)) if mine and theirs else set()
-        if not shared_keys or f"sft@{t}" not in eval_dirs or stage_done(sft_other) is None:
+        if not shared_keys or f"sft@{t}" not in eval_dirs or f"sft@{t}" not in theirs_all:
             # said, not raised: the run's own results are worth more than this one line of them
             console.print(f"[yellow]--draws-against {other}: no finished evaluations of the method's draws and "
                           f"of SFT in seed {t[1:]} on questions this run evaluated (eval-sft+grpo*-{t}, "
                           f"eval-sft-{t}); that seed is left out[/yellow]")
             continue
-        a, b = answers(eval_dirs[f"sft@{t}"]), answers(sft_other)
+        a, b = live_answers(eval_dirs[f"sft@{t}"]), theirs_all[f"sft@{t}"]["answers"]
         shared = set(a) & set(b)
         out[t] = {"same_sft_pct": round(100.0 * sum(a[k] == b[k] for k in shared) / max(1, len(shared)), 1),
-                  "row": paired_row(f"{other.name}:d1..d{len(theirs)}@{t}", f"d1..d{len(mine)}@{t}",
+                  "row": paired_row(f"{name}:d1..d{len(theirs)}@{t}", f"d1..d{len(mine)}@{t}",
                                     seed_mean(theirs), seed_mean(mine))}
     return out
 
@@ -1584,9 +1657,10 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                     f"{arm} {a['f1_gain']:+.1f} F1 over SFT, above {a['above_draws']} of the {len(d['draws'])} draws, "
                     f"minus the draws' mean {fmt_ci(a['row']['f1'])}" for arm, a in d["ablations"].items()) + "."
         against = res.get("draws_against", {})
-        for t, d in ((t, d) for t, d in against.items() if t != "work"):
+        for t, d in ((t, d) for t, d in against.items() if t not in ("work", "run")):
             r = d["row"]
-            lines += ["", f"This run's draws against run directory `{against['work']}`'s from seed {t[1:]}'s SFT policy "
+            other = f"run directory `{against['work']}`" if "work" in against else f"run `{against['run']}`"
+            lines += ["", f"This run's draws against {other}'s from seed {t[1:]}'s SFT policy "
                       f"(SFT answered {d['same_sft_pct']:.0f} % of the questions alike in both), each set's mean on each "
                       f"question, {r['b']} minus {r['a']}: F1 {fmt_ci(r['f1'])}, EM {fmt_ci(r['em'])}, answered "
                       f"{fmt_ci(r['answered'])} (n {r['n']})."]
@@ -1803,9 +1877,10 @@ def main() -> None:
     ap.add_argument("--grpo-pool", type=int, metavar="N",
                     help="let GRPO choose its questions among the first N training questions of each benchmark "
                     "(SFT's first, then questions SFT never saw) instead of SFT's own")
-    ap.add_argument("--draws-against", type=Path, metavar="DIR",
-                    help="set this run's draws of the method against those of the run whose work directory is DIR "
-                    "(the same SFT policy at other settings): the two sets' mean on each question, paired")
+    ap.add_argument("--draws-against", metavar="DIR|RUN",
+                    help="set this run's draws of the method against those of the run whose work directory is DIR, "
+                    "or of run RUN of the results, from its stored scores (the same SFT policy at other settings): "
+                    "the two sets' mean on each question, paired")
     ap.add_argument("--simulated-eval", metavar="ARMS",
                     help="comma-separated arms to evaluate with simulated tools too (the ToolActor, grounded in "
                     "retrieval), beside live ones, in the first seed (with --every-seed, in all), instead of the "
@@ -1874,6 +1949,7 @@ def main() -> None:
     import os
     import sys
 
+    from mtr.jsonl import write_text_atomic
     from mtr.rundir import git_commit
 
     name = "quick" if args.quick else args.preset
@@ -1890,8 +1966,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--simulated-eval: unknown arm(s) {unknown}; arms are {', '.join(ARMS)}")
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
-    if args.draws_against and not args.draws_against.is_dir():
-        raise SystemExit(f"--draws-against {args.draws_against}: not a work directory of this benchmark")
+    against: Path | str | None = None
+    if args.draws_against:  # a work directory, else a run whose scores are stored
+        against = work_dir(Path(args.draws_against), "") if Path(args.draws_against).is_dir() else args.draws_against
+        if isinstance(against, str) and not scores_file(against).is_file():
+            raise SystemExit(f"--draws-against {args.draws_against}: neither a work directory of this benchmark "
+                             f"nor a run with stored scores ({SCORES.relative_to(ROOT)}/RUN.json)")
     for flag, value in (("--grpo-questions", args.grpo_questions), ("--grpo-pool", args.grpo_pool)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} {value}: expected a number of questions, at least 1")
@@ -1907,7 +1987,7 @@ def main() -> None:
             return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
                             parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
                             args.grpo_questions, args.grpo_pool,
-                            work_dir(args.draws_against, "") if args.draws_against else None, only)
+                            against, only)
         except WouldDelete as e:
             raise SystemExit(str(e)) from None
 
@@ -1925,6 +2005,8 @@ def main() -> None:
                cores=os.cpu_count(), jobs=args.jobs, wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     label = args.label or name
+    SCORES.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(scores_file(label), json.dumps(res.pop("question_scores"), separators=(",", ":")) + "\n")
     all_results[label] = res
     RESULTS.write_text(json.dumps(all_results, indent=2) + "\n")
     DOC.write_text(update_doc())
@@ -1966,6 +2048,10 @@ def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc
         raise SystemExit(f"--merge {source}: no run {label!r}; runs: {', '.join(theirs) or 'none'}")
     ours = json.loads(results_file.read_text()) if results_file.is_file() else {}
     ours[label] = theirs[label]
+    scores = scores_file(label, Path(source).parent / SCORES.name)  # beside the source, as beside RESULTS
+    if scores.is_file():
+        (results_file.parent / SCORES.name).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(scores_file(label, results_file.parent / SCORES.name), scores.read_text())
     write_text_atomic(results_file, json.dumps(ours, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
 

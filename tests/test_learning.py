@@ -194,12 +194,17 @@ def test_merge_copies_one_run_and_rewrites_the_docs(tmp_path):
     if not bl.RESULTS.is_file():
         pytest.skip("no learning results yet")
     run = next(iter(json.loads(bl.RESULTS.read_text()).values()))
-    ours, theirs, doc = tmp_path / "ours.json", tmp_path / "theirs.json", tmp_path / "learning.md"
+    ours, theirs, doc = tmp_path / "ours.json", tmp_path / "other" / "theirs.json", tmp_path / "learning.md"
+    theirs.parent.mkdir()
     ours.write_text(json.dumps({"kept": run}))
     theirs.write_text(json.dumps({"new": {**run, "date": "2099-01-01"}, "other": run}))
     doc.write_text("# doc\n<!--learning:new-->\n<!--/learning-->\n")
+    (tmp_path / "other" / "learning_scores").mkdir()
+    bl.scores_file("new", tmp_path / "other" / "learning_scores").write_text('{"questions": []}\n')
     bl.merge_run(theirs, "new", ours, doc)
     assert json.loads(ours.read_text()) == {"kept": run, "new": {**run, "date": "2099-01-01"}}
+    # its per-question scores come along, beside the results merged into
+    assert bl.scores_file("new", tmp_path / "learning_scores").read_text() == '{"questions": []}\n'
     assert "Run `new` of 2099-01-01" in doc.read_text()
     with pytest.raises(SystemExit, match="no run 'gone'; runs: new, other"):
         bl.merge_run(theirs, "gone", ours, doc)
@@ -902,6 +907,49 @@ def test_one_runs_draws_are_set_against_anothers_from_the_same_sft_policy(tmp_pa
     res = {**json.loads(bl.RESULTS.read_text())["main-dapo-3seeds"], "draws_against": got}
     assert "against run directory `six-questions`'s from seed 0's SFT policy (SFT answered 0 % of the questions " \
         "alike in both)" in bl.doc_sections({"r": res})["r"]
+    # the other run's work directory gone, its stored scores give the same rows (the halfway one never stored)
+    finished = {n: other / f"eval-{n.replace('@', '-')}" for n in
+                ("sft@s0", "sft+grpo@s0", "sft+grpo-d2@s0", "sft@s1", "sft+grpo@s1", "sft+grpo-d2@s1")}
+    stored = tmp_path / "scores"
+    stored.mkdir()
+    bl.scores_file("six", stored).write_text(json.dumps(bl.stored_scores(finished)))
+    from_stored = bl.draws_against(dirs, {"seeds": [0, 1, 2]}, "six", stored)
+    assert from_stored["run"] == "six" and from_stored["s0"]["same_sft_pct"] == 0.0
+    assert from_stored["s0"]["row"] == {**d["row"], "a": "six:d1..d2@s0"} and list(from_stored) == ["run", "s0"]
+    # ... and SFT's answers alike where they are
+    dirs["sft@s0"] = eval_dir(mine, "eval-sft-again-s0", [0.0, 0.5, 0.0, 0.0])
+    assert bl.draws_against(dirs, {"seeds": [0]}, "six", stored)["s0"]["same_sft_pct"] == 100.0
+    assert "against run `six`'s from seed 0's" in bl.doc_sections({"r": {**res, "draws_against": from_stored}})["r"]
+
+
+def test_stored_scores_give_back_each_question_and_the_same_paired_rows(tmp_path):
+    dirs = {}
+    for name, scores in (("sft@s0", [(0.0, 0.25, 1), (1.0, 1.0, 1), (0.0, 0.0, 0)]),
+                         ("sft+grpo@s0", [(1.0, 1.0, 1), (0.0, 1 / 3, 1)])):  # the third question not evaluated
+        d = tmp_path / name
+        d.mkdir()
+        rows = [_prediction("2wiki", f"q{i}", em, f1, ans, 1) for i, (em, f1, ans) in enumerate(scores)]
+        rows.append(_prediction("2wiki", "q0", 0.0, 0.5, 1, 2, mode="simulated"))
+        (d / "predictions.jsonl").write_text("".join(json.dumps({**r, "prediction": f"p{i}"}) + "\n"
+                                                     for i, r in enumerate(rows)))
+        dirs[name] = d
+    stored = json.loads(json.dumps(bl.stored_scores(dirs)))
+    assert stored["questions"] == ["2wiki|q0", "2wiki|q1", "2wiki|q2"]
+    live = stored["arms"]["sft+grpo@s0"]["live"]
+    assert live == {"em": [1, 0, None], "f1": [1, 0.333333, None], "answered": [1, 1, None],
+                    "prediction": ["p0", "p1", None]}
+    assert stored["arms"]["sft@s0"]["simulated"]["f1"] == [0.5, None, None]
+    (tmp_path / "scores").mkdir()
+    bl.scores_file("r", tmp_path / "scores").write_text(json.dumps(stored))
+    back = bl.evals_stored("r", tmp_path / "scores")
+    assert set(back) == {"sft@s0", "sft+grpo@s0"} and back["sft@s0"]["answers"]["2wiki|q2"] == "p2"
+    assert back["sft+grpo@s0"]["scores"]["2wiki|q1"]["f1"] == pytest.approx(100 / 3, abs=1e-4)
+    live_of = {n: bl.question_scores(d)["live"] for n, d in dirs.items()}
+    assert bl.paired_row("a", "b", back["sft@s0"]["scores"], back["sft+grpo@s0"]["scores"]) == \
+        bl.paired_row("a", "b", live_of["sft@s0"], live_of["sft+grpo@s0"])
+    bl.scores_file("bad", tmp_path / "scores").write_text('{"questions": ["x"]}')
+    with pytest.raises(ValueError, match=r"bad.json: not a run's stored scores \(KeyError"):
+        bl.evals_stored("bad", tmp_path / "scores")
 
 
 def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_failure(tmp_path, capsys):
