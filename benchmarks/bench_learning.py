@@ -1971,7 +1971,7 @@ def main() -> None:
         against = work_dir(Path(args.draws_against), "") if Path(args.draws_against).is_dir() else args.draws_against
         if isinstance(against, str) and not scores_file(against).is_file():
             raise SystemExit(f"--draws-against {args.draws_against}: neither a work directory of this benchmark "
-                             f"nor a run with stored scores ({SCORES.relative_to(ROOT)}/RUN.json)")
+                             f"nor a run with stored scores (no {scores_file(against)})")
     for flag, value in (("--grpo-questions", args.grpo_questions), ("--grpo-pool", args.grpo_pool)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} {value}: expected a number of questions, at least 1")

@@ -1613,3 +1613,26 @@ def test_a_run_that_would_delete_an_evaluation_of_more_questions_stops_in_one_li
     with pytest.raises(SystemExit) as stop:
         bl.main()
     assert str(stop.value) == f"{tmp_path}/eval-sft-s0: evaluated on 100 questions a benchmark, where this run asks 30"
+
+
+def test_a_run_writes_its_scores_beside_the_results_and_not_into_them(tmp_path, monkeypatch):
+    stored = {"questions": ["2wiki|q0"], "arms": {"sft@s0": {"live": {"em": [1], "f1": [1], "answered": [1],
+                                                                       "prediction": ["x"]}}}}
+    monkeypatch.setattr(bl, "run_arms", lambda *a, **k: {"arms": {}, "question_scores": stored})
+    monkeypatch.setattr(bl, "RESULTS", tmp_path / "learning.json")
+    monkeypatch.setattr(bl, "SCORES", tmp_path / "learning_scores")
+    monkeypatch.setattr(bl, "DOC", tmp_path / "learning.md")
+    monkeypatch.setattr(bl, "update_doc", lambda *a, **k: "doc\n")
+    monkeypatch.setattr(bl, "doc_sections", lambda results: {k: "" for k in results})
+    monkeypatch.setattr("sys.argv", ["bench_learning.py", "--preset", "main", "--work", str(tmp_path / "w"),
+                                     "--label", "mine"])
+    bl.main()
+    assert json.loads((tmp_path / "learning_scores" / "mine.json").read_text()) == stored
+    assert "question_scores" not in json.loads((tmp_path / "learning.json").read_text())["mine"]
+    assert bl.evals_stored("mine", tmp_path / "learning_scores")["sft@s0"]["scores"] == {
+        "2wiki|q0": {"em": 100.0, "f1": 100.0, "answered": 100.0}}
+    # a label with neither a work directory nor stored scores: one line, before anything runs
+    monkeypatch.setattr("sys.argv", ["bench_learning.py", "--preset", "main", "--draws-against", "gone"])
+    with pytest.raises(SystemExit, match=r"--draws-against gone: neither a work directory of this benchmark nor a "
+                                         r"run with stored scores"):
+        bl.main()
