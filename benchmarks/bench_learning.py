@@ -946,10 +946,10 @@ def evals_in_work(other: Path) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def stored_scores(eval_dirs: dict[str, Path]) -> dict[str, Any]:
-    """What each evaluation scored on each question, compact (the JSON of the full preset's ~25 evaluations of
-    200 questions would be ~1 MB as `question_scores` gives it): the questions once, `benchmark|id`; then per
-    arm and tool mode, lists aligned with them (null where it did not evaluate one) of EM, F1 and answered as
-    fractions, and the prediction, which `draws_against` compares to tell the same SFT policy."""
+    """What each evaluation scored on each question, compact (the full preset has ~25 evaluations of the same
+    200 questions): the questions named once, `benchmark|id`; then per arm and tool mode, lists aligned with
+    them (null where it did not evaluate one) of EM, F1 and answered as fractions, and the prediction, which
+    `draws_against` compares to tell the same SFT policy."""
     from mtr.jsonl import read_jsonl
 
     rows: dict[str, dict[str, dict[str, Any]]] = {}
@@ -1972,6 +1972,11 @@ def main() -> None:
         if isinstance(against, str) and not scores_file(against).is_file():
             raise SystemExit(f"--draws-against {args.draws_against}: neither a work directory of this benchmark "
                              f"nor a run with stored scores (no {scores_file(against)})")
+        if isinstance(against, str):  # read now, not after the run's hours of steps
+            try:
+                evals_stored(against)
+            except ValueError as e:
+                raise SystemExit(f"--draws-against {args.draws_against}: {e}") from None
     for flag, value in (("--grpo-questions", args.grpo_questions), ("--grpo-pool", args.grpo_pool)):
         if value is not None and value < 1:
             raise SystemExit(f"{flag} {value}: expected a number of questions, at least 1")

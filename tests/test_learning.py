@@ -1636,3 +1636,8 @@ def test_a_run_writes_its_scores_beside_the_results_and_not_into_them(tmp_path, 
     with pytest.raises(SystemExit, match=r"--draws-against gone: neither a work directory of this benchmark nor a "
                                          r"run with stored scores"):
         bl.main()
+    # ... or whose stored scores are not a run's
+    (tmp_path / "learning_scores" / "torn.json").write_text('{"questions": ["2wiki|q0"], "arms"')
+    monkeypatch.setattr("sys.argv", ["bench_learning.py", "--preset", "main", "--draws-against", "torn"])
+    with pytest.raises(SystemExit, match=r"--draws-against torn: .*torn.json: not a run's stored scores \(JSONDecodeError"):
+        bl.main()
