@@ -742,13 +742,18 @@ def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str]) -> 
 
 # --- the figures -----------------------------------------------------------------------------------------
 
+def question_key(record: dict[str, Any]) -> str:
+    """A held-out question's name across evaluations and modes: `benchmark|id`."""
+    return f"{record['benchmark']}|{record['id']}"
+
+
 def question_scores(eval_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     """{mode: {benchmark|id: {metric: value}}} from an evaluation's predictions (EM, F1, cover EM in %)."""
     from mtr.jsonl import read_jsonl
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for r in read_jsonl(eval_dir / "predictions.jsonl", latest_by="key"):
-        out.setdefault(r["mode"], {})[f"{r['benchmark']}|{r['id']}"] = {
+        out.setdefault(r["mode"], {})[question_key(r)] = {
             "em": 100.0 * r["em"], "f1": 100.0 * r["f1"], "cover_em": 100.0 * r["cover_em"],
             "answered": 100.0 * r.get("answered", 0), "well_formed": 100.0 * r.get("well_formed", 0),
             "calls": float(r.get("calls", 0))}
@@ -926,8 +931,7 @@ def live_answers(d: Path) -> dict[str, Any]:
     """{benchmark|id: prediction} of an evaluation with live tools."""
     from mtr.jsonl import read_jsonl
 
-    return {f"{r['benchmark']}|{r['id']}": r.get("prediction")
-            for r in read_jsonl(d / "predictions.jsonl", latest_by="key") if r["mode"] == "live"}
+    return {question_key(r): r.get("prediction") for r in read_jsonl(d / "predictions.jsonl", latest_by="key") if r["mode"] == "live"}
 
 
 def evals_in_work(other: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -955,7 +959,7 @@ def stored_scores(eval_dirs: dict[str, Path]) -> dict[str, Any]:
     rows: dict[str, dict[str, dict[str, Any]]] = {}
     for name, d in eval_dirs.items():
         for r in read_jsonl(d / "predictions.jsonl", latest_by="key"):
-            rows.setdefault(name, {}).setdefault(r["mode"], {})[f"{r['benchmark']}|{r['id']}"] = r
+            rows.setdefault(name, {}).setdefault(r["mode"], {})[question_key(r)] = r
     keys = sorted({k for modes in rows.values() for by_key in modes.values() for k in by_key})
 
     def number(x: Any) -> float | int:
@@ -988,10 +992,9 @@ def evals_stored(label: str, scores_dir: Path | None = None) -> dict[str, dict[s
             live = modes.get("live")
             if live is None:
                 continue
-            scores = {k: {m: 100.0 * live[m][i] for m in ("em", "f1", "answered")}
-                      for i, k in enumerate(keys) if live["f1"][i] is not None}
-            out[name] = {"scores": scores, "answers": {k: live["prediction"][i] for i, k in enumerate(keys)
-                                                       if live["f1"][i] is not None}}
+            held = [(i, k) for i, k in enumerate(keys) if live["f1"][i] is not None]
+            out[name] = {"scores": {k: {m: 100.0 * live[m][i] for m in ("em", "f1", "answered")} for i, k in held},
+                         "answers": {k: live["prediction"][i] for i, k in held}}
         return out
     except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError) as e:
         raise ValueError(f"{path}: not a run's stored scores ({type(e).__name__}: {e})") from None
@@ -1969,10 +1972,10 @@ def main() -> None:
     against: Path | str | None = None
     if args.draws_against:  # a work directory, else a run whose scores are stored
         against = work_dir(Path(args.draws_against), "") if Path(args.draws_against).is_dir() else args.draws_against
-        if isinstance(against, str) and not scores_file(against).is_file():
-            raise SystemExit(f"--draws-against {args.draws_against}: neither a work directory of this benchmark "
-                             f"nor a run with stored scores (no {scores_file(against)})")
         if isinstance(against, str):  # read now, not after the run's hours of steps
+            if not scores_file(against).is_file():
+                raise SystemExit(f"--draws-against {args.draws_against}: neither a work directory of this benchmark "
+                                 f"nor a run with stored scores (no {scores_file(against)})")
             try:
                 evals_stored(against)
             except ValueError as e:
@@ -2053,10 +2056,10 @@ def merge_run(source: Path, label: str | None, results_file: Path = RESULTS, doc
         raise SystemExit(f"--merge {source}: no run {label!r}; runs: {', '.join(theirs) or 'none'}")
     ours = json.loads(results_file.read_text()) if results_file.is_file() else {}
     ours[label] = theirs[label]
-    scores = scores_file(label, Path(source).parent / SCORES.name)  # beside the source, as beside RESULTS
-    if scores.is_file():
-        (results_file.parent / SCORES.name).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(scores_file(label, results_file.parent / SCORES.name), scores.read_text())
+    scores, ours_dir = scores_file(label, Path(source).parent / SCORES.name), results_file.parent / SCORES.name
+    if scores.is_file():  # beside the source's results, as beside RESULTS
+        ours_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(scores_file(label, ours_dir), scores.read_text())
     write_text_atomic(results_file, json.dumps(ours, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
 
