@@ -48,13 +48,14 @@ def one_variant(run: Path, groups: int, checkpointing: bool) -> dict:
 
 
 def this_machine() -> dict:
-    """What a timing file records of where it ran: the date, the CPU, torch's threads and version."""
+    """What a timing file records of where it ran: the date, the CPU and the vector instructions torch's
+    kernels use on it, torch's threads and version."""
     import torch
 
-    from bench_learning import cpu_name
+    from bench_learning import cpu_kernels, cpu_name
 
-    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+    return {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "cpu_kernels": cpu_kernels(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def alternated(script: str, variants: tuple[str, ...], repeats: int, argv: list[str]) -> dict[str, list[dict]]:

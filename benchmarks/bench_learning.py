@@ -1597,6 +1597,21 @@ def fmt_ci(v: list[float], digits: int = 1) -> str:
     return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}, {v[2]:.{digits}f}]"
 
 
+def machine_phrase(res: dict[str, Any]) -> str:
+    """Where a run ran: the CPU's name, the vector instructions torch's kernels used there (a run recorded
+    before 2026-12-06 did not say; CPUs of one name differ in them, and steps' times with them: `quick-zen1`),
+    its cores."""
+    kernels = f", torch's {res['cpu_kernels']} kernels" if res.get("cpu_kernels") else ""
+    return f"{res['cpu']}{kernels}, {res['cores']} cores"
+
+
+def lora_phrase(lora: dict[str, Any] | None) -> str:
+    """GRPO's LoRA adapter, where it trained one (none: every weight)."""
+    if not lora:
+        return ""
+    return f", LoRA rank {lora.get('r', 8)} (alpha {lora.get('lora_alpha', 8)}, dropout {lora.get('lora_dropout', 0.0):g})"
+
+
 def grpo_questions_phrase(res: dict[str, Any]) -> str:
     """' on N questions, K a step' for a run's GRPO (nothing for runs that did not record their questions)."""
     n, pool = res["preset"].get("grpo_questions"), res["preset"].get("grpo_pool")
@@ -1610,11 +1625,11 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
     sections = {}
     for name, res in all_results.items():
         g = res["config"]["grpo"]  # a run recorded before these options existed ran in the file's order, on EM
-        lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {res['cpu']}, {res['cores']} cores); "
+        lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {machine_phrase(res)}); "
                  f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
                  f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps{grpo_questions_phrase(res)} (questions: "
                  f"{g.get('question_order', 'file')} order, answer reward: {g.get('answer_metric', 'em').upper()}, "
-                 f"learning rate {g['trl']['learning_rate']:g}, sampled at temperature "
+                 f"learning rate {g['trl']['learning_rate']:g}{lora_phrase(g.get('lora'))}, sampled at temperature "
                  f"{g['trl'].get('temperature', 1.0):g}); evaluation: {res['preset']['eval_limit']} held-out "
                  f"questions of each of {', '.join(BENCHMARKS)}; "
                  f"policy {res['config']['roles']['policy']['model']} (the embedded model is SmolLM2-135M-Instruct), "
@@ -2010,7 +2025,8 @@ def main() -> None:
         run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]))
     res = run()
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
-               cores=os.cpu_count(), jobs=args.jobs, wall_s=round(time.perf_counter() - t0, 1))
+               cpu_kernels=cpu_kernels(), cores=os.cpu_count(), jobs=args.jobs,
+               wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     label = args.label or name
     SCORES.mkdir(parents=True, exist_ok=True)
@@ -2153,6 +2169,14 @@ def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:
     except ValueError as e:  # the configuration's own one-line error
         raise SystemExit(f"--grpo: {e}") from None
     return out
+
+
+def cpu_kernels() -> str:
+    """The vector instructions torch's CPU kernels use here (AVX2, AVX512, ...): what sets a step's time
+    among machines whose CPUs share a name."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
 
 
 def cpu_name() -> str:

@@ -1641,3 +1641,24 @@ def test_a_run_writes_its_scores_beside_the_results_and_not_into_them(tmp_path, 
     monkeypatch.setattr("sys.argv", ["bench_learning.py", "--preset", "main", "--draws-against", "torn"])
     with pytest.raises(SystemExit, match=r"--draws-against torn: .*torn.json: not a run's stored scores \(JSONDecodeError"):
         bl.main()
+
+
+def test_the_docs_name_the_cpus_kernels_and_grpos_lora_adapter_where_a_run_recorded_them():
+    import copy
+
+    res = copy.deepcopy(json.loads(bl.RESULTS.read_text())["quick-zen1"])
+    assert "cpu_kernels" not in res and not res["config"]["grpo"].get("lora")  # recorded before either
+    before = bl.doc_sections({"r": res})["r"]
+    assert f"(commit {res['commit']}, AMD EPYC, 2 cores)" in before and "LoRA" not in before
+    res["cpu_kernels"] = "AVX2"
+    res["config"]["grpo"]["lora"] = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
+    res["config"]["grpo"]["trl"]["learning_rate"] = 2e-4
+    text = bl.doc_sections({"r": res})["r"]
+    assert f"(commit {res['commit']}, AMD EPYC, torch's AVX2 kernels, 2 cores)" in text
+    assert "learning rate 0.0002, LoRA rank 16 (alpha 32, dropout 0), sampled at" in text  # peft's default dropout
+
+
+def test_a_run_records_the_kernels_torch_uses_on_its_cpu():
+    import torch
+
+    assert bl.cpu_kernels() == torch.backends.cpu.get_cpu_capability() != ""
