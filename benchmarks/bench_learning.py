@@ -2180,13 +2180,9 @@ def cpu_kernels() -> str:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
+    from mtr.llamacpp_build import cpu_info
+
+    return cpu_info()[0] or platform.machine()
 
 
 if __name__ == "__main__":
