@@ -100,8 +100,12 @@ def test_full_finetune_resume_and_checkpoint_loads(tmp_path):
     cfg = tiny_cfg(max_steps=3)
     with pytest.raises(RunDirError):  # a different config in the same directory is refused...
         train_sft(cfg, data, out, resume=True)
+    with (out / "log.jsonl").open("a") as f:  # what a crash after the checkpoint left: a step, half a line
+        f.write(json.dumps({"step": 3, "loss": 9.0, "wall_s": 99.0}) + '\n{"step": 3, "lo')
     stats = train_sft(tiny_cfg(), data, out, resume=True)  # ...the same one resumes
     assert stats["resumed_from"].endswith("checkpoint-2")
+    again = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in again if "loss" in e] == [1, 2]  # the trainer's restored step reached the log
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stage"] == "sft" and manifest["inputs"]["data"]["sha256"]
 
@@ -285,3 +289,41 @@ def test_the_training_log_holds_the_seconds_since_training_began(tmp_path):
     # a rank other than the first writes nothing
     cb.on_log(None, SimpleNamespace(global_step=3, epoch=1.0, is_world_process_zero=False), None, logs={"loss": 0.1})
     assert len(path.read_text().splitlines()) == 3
+
+
+def test_a_resumed_run_logs_each_step_once_and_its_clock_goes_on(tmp_path):
+    """Resumed from the checkpoint of step 2, the trainer does step 3 again: the lines the crashed run wrote
+    for it (the log's step 3; the rollouts of step 3, written when 2 steps were done) go, a torn last line
+    too, and wall_s goes on from step 2's."""
+    from types import SimpleNamespace
+
+    from mtr.jsonl import jsonl_log_callback
+
+    log, samples = tmp_path / "log.jsonl", tmp_path / "samples.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "reward": s, "wall_s": 100.0 * s}) + "\n" for s in (1, 2, 3))
+                   + '{"step": 4, "rew')
+    samples.write_text("".join(json.dumps({"step": s, "trace": {}}) + "\n" for s in (0, 1, 2, 2)))
+    cb = jsonl_log_callback(log, samples)
+    state = SimpleNamespace(global_step=2, epoch=0.5, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
+    assert [json.loads(x)["step"] for x in samples.read_text().splitlines()] == [0, 1]
+    state.global_step = 3
+    cb.on_log(None, state, None, logs={"reward": 3.5})
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3] and lines[-1]["reward"] == 3.5
+    assert 200.0 <= lines[-1]["wall_s"] < 260.0
+    # a fresh start (step 0) keeps what is there: the stage removes an old run's files itself with --overwrite
+    cb = jsonl_log_callback(log, samples)
+    cb.on_train_begin(None, SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True), None)
+    assert len(log.read_text().splitlines()) == 3 and len(samples.read_text().splitlines()) == 2
+
+
+def test_a_corrupt_line_inside_a_log_is_named_not_dropped(tmp_path):
+    from mtr.jsonl import drop_steps_from
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl:2: corrupt record"):
+        drop_steps_from(log, 2)
+    assert log.read_text().count("\n") == 3  # nothing lost

@@ -30,6 +30,48 @@ def is_retryable(record: dict[str, Any]) -> bool:
     return bool(record.get("retryable") or (record.get("meta") or {}).get("retryable"))
 
 
+def repair_tail(path: Path) -> int:
+    """Cut a torn last line (a kill -9 mid-write) off a JSONL file; returns the bytes cut."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with path.open("rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # find the last newline; everything after it is a torn record
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            chunk = f.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                keep = pos - step + nl + 1
+                break
+            pos -= step
+        else:
+            keep = 0
+        f.truncate(keep)
+        return size - keep
+
+
+def drop_steps_from(path: Path, first: int) -> list[dict[str, Any]]:
+    """Cut from a per-step JSONL log (records with a `step`) those of steps `first` and later, and a torn last
+    line; returns the records kept. A resumed trainer does again the steps after its checkpoint: their lines
+    from the run that crashed would otherwise stand twice."""
+    if not path.exists():
+        return []
+    repair_tail(path)
+    records = read_jsonl(path)
+    kept = [r for r in records if r.get("step", 0) < first]
+    if len(kept) < len(records):
+        write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return kept
+
+
 class JsonlAppender:
     """Appends records; `done` holds the ids already finished (a retryable failure does not count)."""
 
@@ -37,36 +79,10 @@ class JsonlAppender:
         self.path = Path(path)
         self.id_key = id_key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired_bytes = self._repair_tail()
+        self.repaired_bytes = repair_tail(self.path)
         records = read_jsonl(self.path, latest_by=id_key) if self.path.exists() else []
         self.done: set[str] = {str(r[id_key]) for r in records if not is_retryable(r)}
         self._f = self.path.open("a", encoding="utf-8")
-
-    def _repair_tail(self) -> int:
-        if not self.path.exists():
-            return 0
-        size = self.path.stat().st_size
-        if size == 0:
-            return 0
-        with self.path.open("rb+") as f:
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return 0
-            # find the last newline; everything after it is a torn record
-            pos = size
-            while pos > 0:
-                step = min(65536, pos)
-                f.seek(pos - step)
-                chunk = f.read(step)
-                nl = chunk.rfind(b"\n")
-                if nl >= 0:
-                    keep = pos - step + nl + 1
-                    break
-                pos -= step
-            else:
-                keep = 0
-            f.truncate(keep)
-            return size - keep
 
     def write(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, ensure_ascii=False) + "\n"
@@ -171,11 +187,13 @@ async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[
     return written
 
 
-def jsonl_log_callback(path: Path):
+def jsonl_log_callback(path: Path, rollouts: Path | None = None):
     """A transformers TrainerCallback that appends every log (loss, rewards, KL...) to `path` as JSON lines,
     beside what `report_to` sends to TensorBoard. Each line also holds `wall_s`, the seconds since this
     process began training: with a line a step (mtr's configs log every step), the differences are step times
-    (SFT's logs have none of their own)."""
+    (SFT's logs have none of their own). On a resume, the lines past the checkpoint go (the steps are done
+    again), from `path` and from `rollouts` (a log written before each step's update, whose `step` is the
+    steps done when it was written), and `wall_s` goes on from the last line kept."""
     import time
 
     from transformers import TrainerCallback
@@ -185,6 +203,11 @@ def jsonl_log_callback(path: Path):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
+            if state.global_step and state.is_world_process_zero:  # resumed from a checkpoint
+                kept = drop_steps_from(Path(path), state.global_step + 1)
+                if rollouts is not None:
+                    drop_steps_from(Path(rollouts), state.global_step)
+                self.start -= next((r["wall_s"] for r in reversed(kept) if "wall_s" in r), 0.0)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             # every rank logs; one writes (the others' lines would interleave with its own)

@@ -302,7 +302,8 @@ def train_grpo(cfg: Config, data: Path, init: Path, out: Path, limit: int | None
     rollout = make_rollout_func(cfg, env, train, tok, out)
     trainer = UnpaddedGRPOTrainer(model=str(init), reward_funcs=rubric.trl_reward_funcs(), args=args,
                                   train_dataset=dataset, processing_class=tok,
-                                  callbacks=[jsonl_log_callback(out / "log.jsonl")], rollout_func=rollout,
+                                  callbacks=[jsonl_log_callback(out / "log.jsonl", out / "samples.jsonl")],
+                                  rollout_func=rollout,
                                   peft_config=g.peft_config(), share_prompt=g.share_prompt)
     ckpt = resume_point(args, out, resume)
     t0 = time.perf_counter()
