@@ -1821,7 +1821,28 @@ def questions_lines(curves: dict[str, Any]) -> list[str]:
             "questions): " + "; ".join(parts) + "."]
 
 
-def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
+def plot_digest(res: dict[str, Any]) -> str:
+    """What a run's plot is drawn from: its curves, the code that draws them and matplotlib's version."""
+    import hashlib
+    import inspect
+
+    import matplotlib
+
+    what = [res["curves"], inspect.getsource(plot_curves), matplotlib.__version__]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+
+
+def plot_curves(name: str, res: dict[str, Any], out: Path) -> bool:
+    """The run's reward curves (each component, and the calls where logged) to `out`; False, nothing drawn,
+    where `out` already holds them: the PNG keeps the digest of what it was drawn from, and redrawing
+    every run's plot made `--docs` a minute of matplotlib."""
+    digest = plot_digest(res)
+    if out.is_file():
+        from PIL import Image
+
+        with Image.open(out) as img:
+            if img.info.get("mtr-digest") == digest:
+                return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1843,8 +1864,9 @@ def plot_curves(name: str, res: dict[str, Any], out: Path) -> None:
             ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=80, metadata={"mtr-digest": digest})
     plt.close(fig)
+    return True
 
 
 def update_doc(doc: Path = DOC, results_file: Path = RESULTS, plots: bool = True) -> str:

@@ -291,6 +291,30 @@ def test_docs_tables_are_generated_from_the_results_file():
         assert f"Run `{name}` of {res['date']}" in bl.DOC.read_text()
 
 
+def test_the_docs_plots_are_drawn_from_the_results_file_and_not_redrawn_unchanged(tmp_path):
+    from PIL import Image
+
+    results = ROOT / "benchmarks" / "results" / "learning.json"
+    if not results.is_file():
+        pytest.skip("no learning results yet")
+    runs = json.loads(results.read_text())
+    for name, res in runs.items():  # each plot the docs show holds the digest of the run it draws
+        if any(v.get("quarters") for v in res["curves"].values()):
+            with Image.open(bl.DOC.parent / "img" / f"learning-{name}.png") as img:
+                assert img.info.get("mtr-digest") == bl.plot_digest(res), \
+                    f"docs/img/learning-{name}.png is stale: run benchmarks/bench_learning.py --docs"
+    res = next(r for r in runs.values() if any(v.get("quarters") for v in r["curves"].values()))
+    out = tmp_path / "curve.png"
+    assert bl.plot_curves("r", res, out) is True and out.stat().st_size > 1000
+    assert bl.plot_curves("r", res, out) is False  # the same curves: nothing drawn
+    changed = json.loads(json.dumps(res))
+    curve = next(iter(changed["curves"].values()))
+    curve["reward"][0] += 1.0
+    assert bl.plot_curves("r", changed, out) is True
+    with Image.open(out) as img:
+        assert img.info["mtr-digest"] == bl.plot_digest(changed)
+
+
 def test_a_trl_completion_is_scored_as_mtr_scores_its_own_episodes():
     """The TRL peer's reward: its completion read back into a Trace, validated as the Environment would."""
     import trl_peer
