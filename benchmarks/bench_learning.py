@@ -1740,10 +1740,14 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                           + "; ".join(readings) + "."]
             moved = {k: v["quarter_means"] for k, v in curves.items() if v.get("quarter_means")}
             if moved:
-                parts = ["{}: {}".format(k, ", ".join(f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()))
-                         for k, m in moved.items()]
+                parts = []
+                for k, m in moved.items():
+                    kl = kl_quarters(curves[k])
+                    parts.append("{}: {}".format(k, ", ".join(
+                        [f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()]
+                        + ([f"KL {kl[0]:.4f} -> {kl[1]:.4f}"] if kl else []))))
                 lines += ["", "What moved, first -> last quarter (each component's mean, before its weight; calls "
-                          "an episode): " + "; ".join(parts) + "."]
+                          "an episode; KL to the reference policy): " + "; ".join(parts) + "."]
             told = {k: v for k, v in curves.items() if v.get("varied_steps")}
             if told:
                 parts = ["{}: {}".format(k, ", ".join(f"{c} {n} ({v['varied_alone_steps'][c]})"
@@ -1779,6 +1783,15 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                   + f"; in all {sum(v['wall_s'] for v in res['stages'].values()) / 60:.0f} min."]
         sections[name] = "\n".join(lines) + "\n"
     return sections
+
+
+def kl_quarters(curve: dict[str, Any]) -> tuple[float, float] | None:
+    """The mean KL to the reference policy over the first and the last quarter of GRPO's steps: how far each
+    part of the run had moved the policy (a LoRA adapter moves it less at a given reward)."""
+    kl, k = curve.get("kl") or [], len(curve.get("kl") or []) // 4
+    if not k or None in kl:
+        return None
+    return statistics.fmean(kl[:k]), statistics.fmean(kl[-k:])
 
 
 def passages_lines(curves: dict[str, Any]) -> list[str]:
