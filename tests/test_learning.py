@@ -1686,3 +1686,9 @@ def test_a_run_records_the_kernels_torch_uses_on_its_cpu():
     import torch
 
     assert bl.cpu_kernels() == torch.backends.cpu.get_cpu_capability() != ""
+
+
+def test_the_kl_of_the_first_and_last_quarter_of_the_steps():
+    assert bl.kl_quarters({"kl": [0.0, 0.2, 0.4, 0.4, 0.5, 0.5, 1.0, 3.0]}) == pytest.approx((0.1, 2.0))
+    assert bl.kl_quarters({"kl": [0.1, None, 0.3, 0.4]}) is None  # a step logged without it: no reading
+    assert bl.kl_quarters({"kl": [0.1, 0.2, 0.3]}) is None and bl.kl_quarters({}) is None  # under a step a quarter
