@@ -1742,10 +1742,10 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
             if moved:
                 parts = []
                 for k, m in moved.items():
-                    kl = kl_quarters(curves[k])
-                    parts.append("{}: {}".format(k, ", ".join(
-                        [f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()]
-                        + ([f"KL {kl[0]:.4f} -> {kl[1]:.4f}"] if kl else []))))
+                    items = [f"{c} {a:.2f} -> {b:.2f}" for c, (a, b) in m.items()]
+                    if kl := kl_quarters(curves[k]):
+                        items.append(f"KL {kl[0]:.4f} -> {kl[1]:.4f}")
+                    parts.append(f"{k}: {', '.join(items)}")
                 lines += ["", "What moved, first -> last quarter (each component's mean, before its weight; calls "
                           "an episode; KL to the reference policy): " + "; ".join(parts) + "."]
             told = {k: v for k, v in curves.items() if v.get("varied_steps")}
@@ -1788,7 +1788,8 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
 def kl_quarters(curve: dict[str, Any]) -> tuple[float, float] | None:
     """The mean KL to the reference policy over the first and the last quarter of GRPO's steps: how far each
     part of the run had moved the policy (a LoRA adapter moves it less at a given reward)."""
-    kl, k = curve.get("kl") or [], len(curve.get("kl") or []) // 4
+    kl = curve.get("kl") or []
+    k = len(kl) // 4
     if not k or None in kl:
         return None
     return statistics.fmean(kl[:k]), statistics.fmean(kl[-k:])
