@@ -39,6 +39,7 @@ import math
 import platform
 import re
 import statistics
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -49,6 +50,9 @@ from typing import Any, Callable, Iterator
 from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
+# This checkout's mtr before the one a virtual environment installed: run from a git worktree (a long run
+# beside work on main), the benchmark trains with the worktree's code and records its commit, not main's
+sys.path.insert(0, str(ROOT / "src"))
 DEMO = ROOT / "src" / "mtr" / "configs" / "demo.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "learning.json"
 DOC = ROOT / "docs" / "learning.md"

@@ -1003,6 +1003,38 @@ def test_the_benchmark_trains_sfts_four_traces_as_one_packed_row():
     assert (demo["per_device_train_batch_size"], demo["gradient_accumulation_steps"]) == (1, 4)
 
 
+def test_the_benchmark_keeps_activations_and_the_demo_recomputes_them():
+    """The benchmark's machine has memory for SFT's and GRPO's activations (bench_sft_checkpointing.py,
+    bench_grpo_checkpointing.py); the demo, run on laptops, recomputes them. The setting reaches TRL's arguments."""
+    from trl import GRPOConfig, SFTConfig
+
+    from mtr.config import load_config
+    from mtr.training import trainer_args
+
+    cfg, demo = bl.base_config(bl.PRESETS["quick"], 0), load_config(bl.DEMO)
+    assert cfg.sft.trl["gradient_checkpointing"] is False and cfg.grpo.trl["gradient_checkpointing"] is False
+    assert demo.sft.trl["gradient_checkpointing"] is True and demo.grpo.trl["gradient_checkpointing"] is True
+    for config_class, section in ((SFTConfig, cfg.sft), (GRPOConfig, cfg.grpo)):
+        args = trainer_args(config_class, config_class.__name__, section.trl, Path("/tmp/unused"), 0)
+        assert getattr(args, "activation_checkpointing", getattr(args, "gradient_checkpointing", None)) is False
+
+
+def test_the_benchmark_runs_its_own_checkouts_mtr_not_the_installed_one(tmp_path):
+    """Run from a git worktree with main's virtual environment, the benchmark must train with the worktree's
+    code (and record its commit): its src/ comes before the editable install's."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(bl.__file__, tmp_path / "benchmarks" / "bench_learning.py")
+    (tmp_path / "src" / "mtr").mkdir(parents=True)
+    (tmp_path / "src" / "mtr" / "__init__.py").write_text("")
+    code = (f"import runpy; runpy.run_path({str(tmp_path / 'benchmarks' / 'bench_learning.py')!r}, run_name='x'); "
+            "import mtr; print(mtr.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert Path(out.stdout.strip()) == tmp_path / "src" / "mtr" / "__init__.py"
+
+
 def test_quick_and_another_preset_together_are_refused_in_one_line():
     import subprocess
 
