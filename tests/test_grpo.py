@@ -137,6 +137,81 @@ def test_lockstep_batches_wait_for_every_live_episode():
     assert len(batches) > 2
 
 
+def test_a_seed_gives_each_episode_the_same_sample_whatever_order_its_tools_answer_in():
+    """A sampled batch's rows draw random numbers in row order, and episodes join a lockstep batch as their
+    tools answer (a search runs on a thread): the sampler puts the rows in an order of their own."""
+    import random
+
+    from mtr.backends.batching import run_in_own_order
+    from mtr.rollout import BatchedSampler, Sampled
+
+    class RowOrderSampler(BatchedSampler):
+        def generate(self, items):
+            self.rows.append([ids for ids, _ in items])
+            return [Sampled([ids[0], self.rng.randrange(10**9)], False) for ids, _ in items]
+
+    def second_turns(tool_delays):
+        sampler = RowOrderSampler(batch_size=8, episodes=3)
+        sampler.rng, sampler.rows = random.Random(0), []
+
+        async def episode(i):
+            try:
+                first = await sampler.sample([1, 5, 7], 4)  # the group's one prompt
+                await asyncio.sleep(tool_delays[i])  # the tool call, answered sooner or later
+                return (first, await sampler.sample([1, 5, 7, 20 + i], 4))
+            finally:
+                sampler.episode_ended()
+
+        async def main():
+            return await asyncio.gather(*[episode(i) for i in range(3)])
+
+        return asyncio.run(main()), sampler.rows
+
+    a, rows_a = second_turns([0.0, 0.02, 0.04])
+    b, rows_b = second_turns([0.04, 0.0, 0.02])
+    assert a == b and rows_a == rows_b and rows_a[1] == [[1, 5, 7, 20], [1, 5, 7, 21], [1, 5, 7, 22]]
+    assert len({second.ids[1] for _, second in a}) == 3  # each row its own draw
+    # the helper gives each output back to its own item
+    assert run_in_own_order(["b", "c", "a"], lambda x: x, lambda xs: [x.upper() for x in xs]) == ["B", "C", "A"]
+
+
+def test_a_local_backend_runs_a_batch_in_its_own_order_and_answers_each_caller():
+    """A local backend's sampled batch is seeded with its first row's seed: rows sorted by prompt and seed
+    first, so the callers' arrival order changes neither the seed nor which row draws what."""
+    import random
+
+    from mtr.backends import SamplingParams
+    from mtr.backends.base import Completion
+    from mtr.backends.batching import LocalBackend
+    from mtr.config import RoleConfig
+
+    class SeededRows(LocalBackend):
+        kind = "seeded-rows"
+
+        def load(self):
+            pass
+
+        def render(self, messages, tools=None):
+            return messages[0]["content"]
+
+        def _run_batch(self, requests):
+            rng = random.Random(requests[0].params.seed)
+            return [Completion(text=f"{r.prompt}:{rng.randrange(10**9)}") for r in requests]
+
+    def answers(order):
+        backend = SeededRows(RoleConfig(batch_size=8))
+
+        async def main():
+            calls = [backend.generate([[{"role": "user", "content": p}]], SamplingParams(seed=s))
+                     for p, s in order]
+            return await asyncio.gather(*calls)
+
+        return {o[0][0].text.split(":")[0]: o[0][0].text for o in asyncio.run(main())}
+
+    a = answers([("q2", 7), ("q1", 3), ("q3", 5)])
+    assert a == answers([("q3", 5), ("q2", 7), ("q1", 3)]) and set(a) == {"q1", "q2", "q3"}
+
+
 class FakeVLLMGeneration:
     """TRL's `trainer.vllm_generation` as the rollout uses it: token-id prompts in, completions with top-1
     logprobs out. Writes a call until the prompt holds a tool response, then an answer; tokens after EOS

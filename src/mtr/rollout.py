@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, NamedTuple, Protocol
 
 from mtr.backends import MicroBatcher
+from mtr.backends.batching import run_in_own_order
 from mtr.backends.kvcache import PrefixCache, generate_with_prefix_cache
 from mtr.chat_template import render
 from mtr.prompts import FINAL_NUDGE
@@ -71,7 +72,7 @@ class BatchedSampler(ABC):
 
     def _run(self, items: list[tuple[list[int], int]]) -> list[Sampled]:
         t0 = time.perf_counter()
-        results = self.generate(items)
+        results = run_in_own_order(items, lambda item: item, self.generate)  # rows in an order of their own
         self.timing["generate_s"] = self.timing.get("generate_s", 0.0) + time.perf_counter() - t0
         self.timing["generated_tokens"] = self.timing.get("generated_tokens", 0) + sum(len(r.ids) for r in results)
         return results

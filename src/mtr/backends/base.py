@@ -29,8 +29,9 @@ class SamplingParams:
 
     def batch_key(self) -> tuple:
         """Requests with the same key can share one batched generate call. The seed is not part of it:
-        `generate` cannot seed rows separately, so a batch is seeded with its first request's seed (runs
-        are reproducible for the same inputs and concurrency, not row by row)."""
+        `generate` cannot seed rows separately, so a batch is seeded with its first request's seed, the rows
+        sorted by prompt and seed first (`run_in_own_order`: runs are reproducible for the same inputs and
+        batch size whatever the timing, not row by row)."""
         return (self.temperature, self.top_p, self.max_tokens, self.stop, self.json_schema is not None)
 
 

@@ -107,6 +107,20 @@ class MicroBatcher:
                     fut.set_result(out)
 
 
+def run_in_own_order(items: list[Any], key: Callable[[Any], Any], run: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    """`run(items)` with the items sorted by `key`, its outputs given back in the items' order.
+
+    Concurrent episodes join a batch in the order their tools answered (a search runs on a thread), and each
+    row of a sampled batch draws its own random numbers (on hf, from the first row's seed): rows in an order
+    of their own make a seed give the same samples whatever the timing."""
+    order = sorted(range(len(items)), key=lambda i: key(items[i]))
+    outs = run([items[i] for i in order])
+    back: list[Any] = [None] * len(items)
+    for out, i in zip(outs, order):
+        back[i] = out
+    return back
+
+
 @dataclass
 class Request:
     """One row of a batch: a rendered prompt and its own sampling parameters."""
@@ -162,6 +176,8 @@ class LocalBackend(Backend):
 
     def _run_requests(self, batch: list[Request]) -> list[Completion]:
         self.load()
-        return [attach_json(out, r.params.json_schema) for r, out in zip(batch, self._run_batch(batch))]
+        outs = run_in_own_order(batch, lambda r: (r.prompt, r.params.seed if r.params.seed is not None else -1),
+                                self._run_batch)
+        return [attach_json(out, r.params.json_schema) for r, out in zip(batch, outs)]
 
 
