@@ -14,7 +14,6 @@ benchmarks/results/sft_checkpointing.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -56,6 +55,7 @@ def main() -> None:
         return
 
     from bench_grpo_checkpointing import alternated, this_machine
+    from bench_sft_packing import sft_data_fields
 
     runs = alternated(__file__, VARIANTS, args.repeats, ["--data", str(args.data), "--steps", str(args.steps)])
     median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
@@ -66,11 +66,7 @@ def main() -> None:
     on, off = median["checkpointing"], median["no checkpointing"]
     if not all(x["share_prompt"] for rs in runs.values() for x in rs):
         raise SystemExit("train_sft did not pack the traces (share_prompt false): not the learning benchmark's SFT")
-    data = args.data.resolve()
-    result = {"data": str(data.relative_to(ROOT) if data.is_relative_to(ROOT) else data),
-              "data_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest(),
-              "traces": sum(1 for line in args.data.read_text().splitlines() if line.strip()),
-              "steps": args.steps, "traces_trained": 4 * args.steps, "runs": runs, "median": median,
+    result = {**sft_data_fields(args.data, args.steps), "runs": runs, "median": median,
               "saved_pct": round(100 * (1 - off["total_s"] / on["total_s"]), 1),
               "extra_peak_rss_mb": off["peak_rss_mb"] - on["peak_rss_mb"],
               "loss_last_difference": abs(on["loss_last"] - off["loss_last"]),

@@ -62,6 +62,16 @@ def one_variant(variant: str, data: Path, steps: int) -> dict:
             "logprob_tile": stats["logprob_tile"]}
 
 
+def sft_data_fields(data: Path, steps: int) -> dict:
+    """What an SFT timing file records of its data: the file (relative to the repository), its hash, its
+    traces, and the steps of 4 traces timed."""
+    path = data.resolve()
+    return {"data": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+            "traces": sum(1 for line in data.read_text().splitlines() if line.strip()),
+            "steps": steps, "traces_trained": 4 * steps}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="an sft.jsonl (mtr filter's output)")
@@ -91,11 +101,7 @@ def main() -> None:
     tile = {v: {"saved_pct": round(100 * (1 - median[v]["total_s"] / median[f"{v}, TRL's tile"]["total_s"]), 1),
                 "peak_rss_saved_mb": median[f"{v}, TRL's tile"]["peak_rss_mb"] - median[v]["peak_rss_mb"]}
             for v in ("one at a time", "packed")}
-    data = args.data.resolve()
-    result = {"data": str(data.relative_to(ROOT) if data.is_relative_to(ROOT) else data),
-              "data_sha256": hashlib.sha256(args.data.read_bytes()).hexdigest(),
-              "traces": sum(1 for line in args.data.read_text().splitlines() if line.strip()),
-              "steps": args.steps, "traces_trained": 4 * args.steps, "runs": runs, "median": median,
+    result = {**sft_data_fields(args.data, args.steps), "runs": runs, "median": median,
               "saved_pct": round(100 * (1 - packed["total_s"] / alone["total_s"]), 1),
               "fewer_tokens_pct": round(100 * (1 - packed["tokens_seen"] / alone["tokens_seen"]), 1),
               "extra_peak_rss_mb": packed["peak_rss_mb"] - alone["peak_rss_mb"],

@@ -993,6 +993,20 @@ def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_fai
         alternated(str(script), ("bad",), 1, [])
 
 
+def test_an_sft_timing_file_records_its_datas_file_hash_and_traces(tmp_path):
+    import hashlib
+
+    from bench_sft_packing import ROOT, sft_data_fields
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text('{"messages": []}\n\n{"messages": []}\n')
+    f = sft_data_fields(data, 3)
+    assert f == {"data": str(data.resolve()), "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+                 "traces": 2, "steps": 3, "traces_trained": 12}
+    inside = sft_data_fields(ROOT / "pyproject.toml", 1)  # a file in the repository: named relative to it
+    assert inside["data"] == "pyproject.toml"
+
+
 def test_the_benchmark_trains_sfts_four_traces_as_one_packed_row():
     """The benchmark packs SFT's step (sft.share_prompt over a micro-batch of 4); the demo, for memory, does not."""
     from mtr.config import load_config
