@@ -330,9 +330,10 @@ def base_config(preset: dict[str, Any], seed: int) -> Any:
     # SFT's 4 traces as one packed row (sft.share_prompt): about a third less SFT time for ~0.3 GB more on
     # these traces (~1 GB more at the demo's peak), which this benchmark's machine has and a laptop running
     # the demo may not (docs/performance.md)
-    # Activations kept, not recomputed in the backward pass: 12 % less SFT time for 3.6 GB more at its peak
-    # (7.7 GB, bench_sft_checkpointing.py), 16 % less GRPO update time for 1.5 GB more
-    # (bench_grpo_checkpointing.py); two such processes side by side (--jobs 2) still fit this machine's 24 GB
+    # Activations kept, not recomputed in the backward pass: the quick preset's SFT 14 % faster (the same
+    # weights) and its GRPO update 8 % cheaper a token, for about 3 GB more at SFT's peak (7.8 GB; runs
+    # quick-zen1-keep and quick-zen1-recompute, docs/learning.md; bench_sft_checkpointing.py and
+    # bench_grpo_checkpointing.py alone); two such processes side by side (--jobs 2) still fit this machine's 24 GB
     data["sft"]["trl"].update(per_device_train_batch_size=4, gradient_accumulation_steps=1, gradient_checkpointing=False)
     data["grpo"].update(tool_mode="live")
     data["grpo"]["trl"].update(max_steps=preset["grpo_steps"], save_steps=4, gradient_checkpointing=False)
