@@ -1098,10 +1098,8 @@ def reward_curve(grpo_dir: Path, rollouts: int, rubric: Any = None, live: dict[s
                                   if steps and None not in curve["answered_pct"] else None)
     curve["quarters"] = quarters(curve["reward"])
     # what rose: each component's (and the calls', the answered share's) mean over the first and the last quarter
-    k = len(steps) // 4
-    curve["quarter_means"] = {c: [round(statistics.fmean(curve[c][:k]), 4),
-                                  round(statistics.fmean(curve[c][-k:]), 4)]
-                              for c in (*COMPONENTS, "calls", "answered_pct") if k and None not in curve[c]}
+    curve["quarter_means"] = {c: [round(m, 4) for m in pair] for c in (*COMPONENTS, "calls", "answered_pct")
+                              if (pair := quarter_means(curve[c]))}
     times = [e.get("step_time") for e in steps]
     tokens = [(e.get("completions/mean_length") or 0) * rollouts for e in steps]
     if steps and all(t for t in times):
@@ -1793,14 +1791,19 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
     return sections
 
 
+def quarter_means(values: list[float | None]) -> tuple[float, float] | None:
+    """The mean over the first and the last quarter of a run's steps; None under four steps or where a step
+    was logged without the value."""
+    k = len(values) // 4
+    if not k or None in values:
+        return None
+    return statistics.fmean(values[:k]), statistics.fmean(values[-k:])
+
+
 def kl_quarters(curve: dict[str, Any]) -> tuple[float, float] | None:
     """The mean KL to the reference policy over the first and the last quarter of GRPO's steps: how far each
     part of the run had moved the policy (a LoRA adapter moves it less at a given reward)."""
-    kl = curve.get("kl") or []
-    k = len(kl) // 4
-    if not k or None in kl:
-        return None
-    return statistics.fmean(kl[:k]), statistics.fmean(kl[-k:])
+    return quarter_means(curve.get("kl") or [])
 
 
 def passages_lines(curves: dict[str, Any]) -> list[str]:
