@@ -7,8 +7,13 @@ their own before it (`kvcache.READ_ROWS_ALONE`).
     .venv/bin/python benchmarks/bench_kv_layout.py --policy ... --variants "buffered, rows read alone;bfloat16" \
         --out kv_layout_bf16
 
-`--variants` (separated by `;`) picks among the layouts and `bfloat16` (mtr's layout with the policy in bf16,
-`roles.policy.dtype`: fast only on a CPU with native bf16, and its answers may differ from fp32's).
+`--variants` (separated by `;`) picks among the layouts and `bfloat16` (the layout with the policy in bf16,
+`roles.policy.dtype`: fast only on a CPU with native bf16, and its answers may differ from fp32's). The
+`weight-major` layout also computes a few rows' linear products as W @ x.T (`kvcache.WEIGHT_MAJOR`: mtr's
+choice where the CPU does them faster so); the others, bf16 too, keep torch's own product:
+
+    .venv/bin/python benchmarks/bench_kv_layout.py --policy ... --out kv_layout_weight_major \
+        --variants "buffered, rows read alone;buffered, rows read alone, weight-major"
 
 The learning benchmark's evaluation (held-out HotpotQA and 2Wiki questions, live tools, the policy greedy),
 each variant in a fresh process, alternated `--repeats` times: wall time, the time inside the policy's
@@ -37,6 +42,7 @@ from mtr.stages.evaluate import evaluate
 variant = sys.argv[2]
 kv.BUFFERED = "buffered" in variant or variant == "bfloat16"
 kv.READ_ROWS_ALONE = "alone" in variant or variant == "bfloat16"
+kv.WEIGHT_MAJOR = "weight-major" in variant  # the layouts before it and bf16: torch's own product
 inside = []
 def timed(*args, **kwargs):
     t0 = time.perf_counter()
@@ -66,7 +72,8 @@ answers = {r["key"]: r["prediction"] for r in read_jsonl(out / "predictions.json
 print(json.dumps({"wall_s": round(wall, 1), "generate_s": round(sum(inside), 1), "batches": len(inside),
                   "peak_rss_mb": round(peak_rss_mb()), "f1": round(f1, 2), "answers": answers}))
 """
-VARIANTS = ["concatenated, padded", "buffered, padded", "buffered, rows read alone"]
+VARIANTS = ["concatenated, padded", "buffered, padded", "buffered, rows read alone",
+            "buffered, rows read alone, weight-major"]
 
 
 def main() -> None:

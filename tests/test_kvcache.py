@@ -152,12 +152,14 @@ def test_a_buffered_layer_that_outgrows_its_reserve_holds_what_concatenation_doe
     assert reserved.key_buffer.shape[-2] == 8  # what fits its reserve takes no more
 
 
+@pytest.mark.parametrize("weight_major", [False, True])
 @pytest.mark.parametrize("buffered,alone", [(False, False), (True, False), (False, True)])
-def test_each_layout_of_the_batch_generates_the_same(model, monkeypatch, buffered, alone):
+def test_each_layout_of_the_batch_generates_the_same(model, monkeypatch, buffered, alone, weight_major):
     import mtr.backends.kvcache as kv
 
     monkeypatch.setattr(kv, "BUFFERED", buffered)
     monkeypatch.setattr(kv, "READ_ROWS_ALONE", alone)
+    monkeypatch.setattr(kv, "WEIGHT_MAJOR", weight_major)
     cache = PrefixCache(min_reuse=4)
     system = tokens(40, 11)
     rows = [system + tokens(3, 12), system + tokens(17, 13), tokens(9, 14)]
@@ -165,3 +167,46 @@ def test_each_layout_of_the_batch_generates_the_same(model, monkeypatch, buffere
     rows2 = [r + t + tokens(4 + 6 * i, 15 + i) for i, (r, t) in enumerate(zip(rows, first))]
     second = generate_with_prefix_cache(model, rows2, cache, PAD, {EOS}, **GREEDY).tolist()
     assert (first, second) == (plain(model, rows, **GREEDY), plain(model, rows2, **GREEDY))
+
+
+def test_a_few_rows_weight_major_give_what_nn_linear_gives_with_and_without_a_bias():
+    from mtr.backends.kvcache import _weight_major_forward
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        layer = torch.nn.Linear(7, 5, bias=bias).double()
+        x = torch.randn(2, 3, 7, dtype=torch.float64)
+        with torch.no_grad():
+            y = _weight_major_forward(layer, x)
+            assert y.shape == (2, 3, 5) and y.is_contiguous()
+            assert torch.allclose(y, layer(x), atol=1e-12)
+
+
+def test_weight_major_holds_only_within_its_block_and_only_for_few_rows_without_gradients(monkeypatch):
+    import mtr.backends.kvcache as kv
+
+    monkeypatch.setattr(kv, "WEIGHT_MAJOR", True)
+    monkeypatch.setattr(kv, "WEIGHT_MAJOR_ROWS", 4)
+    model = tiny_llama()
+    hooked = model.model.layers[0].mlp.up_proj
+    hooked.forward = own = lambda x: torch.nn.functional.linear(x, hooked.weight)  # e.g. accelerate's hook
+    through_torch = []
+    linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear", lambda *a, **k: through_torch.append(1) or linear(*a, **k))
+    few, many = torch.tensor([tokens(3, 1)]), torch.tensor([tokens(9, 2)])
+    with torch.no_grad():
+        expected = model(few).logits
+        with kv.weight_major(model):
+            assert hooked.forward is own and "forward" in vars(model.lm_head)
+            through_torch.clear()
+            assert torch.allclose(model(few).logits, expected, atol=1e-12)
+            assert len(through_torch) == 1  # the hooked layer alone went through torch's product
+            through_torch.clear()
+            model(many)  # 9 rows: torch's own product in every layer
+            assert len(through_torch) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with pytest.raises(RuntimeError), kv.weight_major(model):
+        through_torch.clear()
+        model(few).logits.sum().backward()  # with gradients: torch's own product
+        assert len(through_torch) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+        raise RuntimeError("leaves the block")
+    assert "forward" not in vars(model.lm_head) and hooked.forward is own

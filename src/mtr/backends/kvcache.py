@@ -19,8 +19,9 @@ The cache belongs to one set of weights: make a new one after an update.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mtr.peak_memory import trim_heap
 
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 BUFFERED = True
 # on a CPU, each row's new tokens read on their own before the batch, not padded to the longest row's in it
 READ_ROWS_ALONE = True
+# on a CPU, a linear layer's product for a few rows (a decoding step's) computed as W @ x.T, not x @ W.T:
+# None: where `weight_major_pays` measures it faster on this CPU; True or False to force it (benchmarks, tests)
+WEIGHT_MAJOR: bool | None = None
+WEIGHT_MAJOR_ROWS = 64  # rows (tokens of the batch) up to which it is used; a prompt read whole goes as before
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -145,6 +150,78 @@ def _generation_cache(model: Any, capacity: int) -> Any:
     return cache
 
 
+@functools.cache
+def weight_major_pays(margin: float = 1.25) -> bool:
+    """Whether this CPU multiplies a few rows by a weight matrix at least `margin` times faster as W @ x.T than
+    as x @ W.T (what `nn.Linear` does), measured once a process on weights of a 135M model's MLP shape, more
+    of them than the caches hold, as a decoding step reads them.
+
+    The two are one BLAS product with the operands' roles swapped, and MKL's kernel for 8 rows against a
+    weight's transpose ran 2.4 times slower than for the swapped form on an AMD EPYC with AVX2
+    (docs/performance.md): a decoding step reads every weight for a handful of rows, so the step took 1.7 times
+    as long. A CPU whose BLAS does both alike keeps torch's own form; the margin keeps timing noise from
+    flipping the choice, which changes the floats' summation order."""
+    import time
+
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(1536, 576, generator=g) for _ in range(16)]  # 56 MB
+    rows = torch.randn(8, 576, generator=g)
+
+    def fastest(product: Any) -> float:
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for w in weights:
+                product(w)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.inference_mode():
+        as_torch = fastest(lambda w: torch.nn.functional.linear(rows, w))
+        as_weight_major = fastest(lambda w: w @ rows.t())
+    return as_torch >= margin * as_weight_major
+
+
+def _weight_major_forward(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """`nn.Linear.forward`, but for at most WEIGHT_MAJOR_ROWS rows without gradients: (W @ x.T).T."""
+    import torch
+
+    rows = x.numel() // x.shape[-1] if x.dim() else 0
+    if (not rows or rows > WEIGHT_MAJOR_ROWS or torch.is_grad_enabled() or x.dtype != module.weight.dtype):
+        return torch.nn.functional.linear(x, module.weight, module.bias)
+    flat = x.reshape(rows, x.shape[-1]).t()
+    y = (torch.mm(module.weight, flat) if module.bias is None
+         else torch.addmm(module.bias[:, None], module.weight, flat))
+    # contiguous: the transposed view would make the next elementwise steps read memory by strides
+    return y.t().contiguous().view(*x.shape[:-1], module.weight.shape[0])
+
+
+@contextmanager
+def weight_major(model: Any) -> Iterator[None]:
+    """Within the block, the model's `nn.Linear` layers on a CPU compute few rows as W @ x.T (`WEIGHT_MAJOR`,
+    else where `weight_major_pays`). Scoped, not set once on the model: a copy of the model (TRL's reference
+    policy) would carry forwards bound to the original's layers, and training passes keep torch's own path."""
+    import torch
+
+    use = WEIGHT_MAJOR if WEIGHT_MAJOR is not None else weight_major_pays()
+    if not use or next(model.parameters()).device.type != "cpu":
+        yield
+        return
+    layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    before = [m.__dict__.get("forward") for m in layers]  # an instance's own forward (a hook's) stays
+    for m, own in zip(layers, before):
+        if own is None:
+            m.forward = functools.partial(_weight_major_forward, m)
+    try:
+        yield
+    finally:
+        for m, own in zip(layers, before):
+            if own is None:
+                m.__dict__.pop("forward", None)
+
+
 def _prefill(model: Any, ids: list[int], entry: _Entry | None = None, reused: int = 0) -> _Entry:
     """Read `ids` at batch 1 and keep their keys and values; with `entry`, its first `reused` tokens (a prefix
     of `ids`) are taken from it and only the rest is read."""
@@ -156,7 +233,7 @@ def _prefill(model: Any, ids: list[int], entry: _Entry | None = None, reused: in
     if entry is not None and reused:
         for layer, (keys, values) in zip(cache.layers, entry.layers):
             layer.update(keys[None, :, :reused], values[None, :, :reused])
-    with torch.inference_mode():
+    with torch.inference_mode(), weight_major(model):
         # only the keys and values are kept: no logits over the vocabulary for every prompt token (a 1,500-token
         # prompt's would be 300 MB in fp32)
         model(input_ids=torch.tensor([ids[reused:]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
@@ -237,7 +314,7 @@ def generate_with_prefix_cache(model: Any, rows: list[list[int]], cache: PrefixC
     kwargs["cache"] = generation
     # the rows' own entries (read alone above) are in the batch now: not held beside it while it decodes
     del reuse
-    with torch.inference_mode():
+    with torch.inference_mode(), weight_major(model):
         out = model.generate(input_ids=torch.tensor(input_ids, device=device),
                              attention_mask=torch.tensor(mask, device=device), pad_token_id=pad_id,
                              return_dict_in_generate=True, use_cache=True, **kwargs)
