@@ -1606,9 +1606,11 @@ def fmt_ci(v: list[float], digits: int = 1) -> str:
 def machine_phrase(res: dict[str, Any]) -> str:
     """Where a run ran: the CPU's name, the vector instructions torch's kernels used there (a run recorded
     before 2026-12-06 did not say; CPUs of one name differ in them, and steps' times with them: `quick-zen1`),
-    its cores."""
+    its cores; and whether its decoding computed a few rows' products weight-major (`weight_major`, since
+    2026-12-06: the floats' order, and a decoding step's time, differ from torch's own product)."""
     kernels = f", torch's {res['cpu_kernels']} kernels" if res.get("cpu_kernels") else ""
-    return f"{res['cpu']}{kernels}, {res['cores']} cores"
+    major = ", decoding's products weight-major (W @ x.T)" if res.get("weight_major") else ""
+    return f"{res['cpu']}{kernels}{major}, {res['cores']} cores"
 
 
 def lora_phrase(lora: dict[str, Any] | None) -> str:
@@ -2072,7 +2074,7 @@ def main() -> None:
         run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]))
     res = run()
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
-               cpu_kernels=cpu_kernels(), cores=os.cpu_count(), jobs=args.jobs,
+               cpu_kernels=cpu_kernels(), weight_major=weight_major_pays(), cores=os.cpu_count(), jobs=args.jobs,
                wall_s=round(time.perf_counter() - t0, 1))
     all_results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     label = args.label or name
@@ -2216,6 +2218,13 @@ def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:
     except ValueError as e:  # the configuration's own one-line error
         raise SystemExit(f"--grpo: {e}") from None
     return out
+
+
+def weight_major_pays() -> bool:
+    """Whether this process's decoding computes a few rows' products weight-major (`kvcache.WEIGHT_MAJOR`)."""
+    import mtr.backends.kvcache as kv
+
+    return kv.WEIGHT_MAJOR if kv.WEIGHT_MAJOR is not None else kv.weight_major_pays()
 
 
 def cpu_kernels() -> str:

@@ -188,7 +188,10 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     - lora-cached: lora-unmerged with the prefix cache (what mtr does with `grpo.lora`);
     - cached-concatenated: cached, the batch's keys and values grown by concatenation and each row's new
                   tokens padded in the batch (`kvcache.BUFFERED` and `READ_ROWS_ALONE` off: mtr's rollout
-                  before commit 221ee45).
+                  before commit 221ee45);
+    - cached-weight-major: cached, a few rows' linear products as W @ x.T (`kvcache.WEIGHT_MAJOR`: mtr's
+                  rollout since 2026-12-06 on a CPU whose BLAS does them faster so). Every other variant
+                  keeps torch's own product, as it was measured before.
     """
     import asyncio
     from types import SimpleNamespace
@@ -208,6 +211,7 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
     import mtr.backends.kvcache as kv
 
     kv.BUFFERED = kv.READ_ROWS_ALONE = variant != "cached-concatenated"
+    kv.WEIGHT_MAJOR = variant == "cached-weight-major"
     torch.manual_seed(seed)
     cfg = load_config(ROOT / "src" / "mtr" / "configs" / "grpo-cpu.yaml")
     g, t = cfg.grpo, cfg.grpo.trl
@@ -236,7 +240,8 @@ def worker_rollout(variant: str, init: str | None, questions: int, group: int, s
         # near-greedy, so that every variant writes the same turns and so does the same work (sampled turns
         # differ in length from run to run, and one run's longer episodes read as a slower variant)
         sampler = ModelSampler(model, tok, 1e-3, batch_size, timing, episodes=len(batch) if lockstep else None,
-                               prefix_cache=variant in ("cached", "lora-cached", "cached-concatenated"))
+                               prefix_cache=variant in ("cached", "lora-cached", "cached-concatenated",
+                                                                 "cached-weight-major"))
         return RolloutAgent(sampler, tok, g.max_turn_tokens, t["max_completion_length"])
 
     async def rollout() -> list:

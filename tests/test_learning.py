@@ -1726,12 +1726,21 @@ def test_the_docs_name_the_cpus_kernels_and_grpos_lora_adapter_where_a_run_recor
     text = bl.doc_sections({"r": res})["r"]
     assert f"(commit {res['commit']}, AMD EPYC, torch's AVX2 kernels, 2 cores)" in text
     assert "learning rate 0.0002, LoRA rank 16 (alpha 32, dropout 0), sampled at" in text  # peft's default dropout
+    res["weight_major"] = True  # since 2026-12-06: whether decoding's products were weight-major
+    text = bl.doc_sections({"r": res})["r"]
+    assert f"(commit {res['commit']}, AMD EPYC, torch's AVX2 kernels, decoding's products weight-major (W @ x.T), " \
+           "2 cores)" in text
 
 
-def test_a_run_records_the_kernels_torch_uses_on_its_cpu():
+def test_a_run_records_the_kernels_torch_uses_on_its_cpu_and_whether_its_decoding_is_weight_major(monkeypatch):
     import torch
 
+    import mtr.backends.kvcache as kv
+
     assert bl.cpu_kernels() == torch.backends.cpu.get_cpu_capability() != ""
+    assert bl.weight_major_pays() is kv.weight_major_pays()  # measured once a process, as decoding uses it
+    monkeypatch.setattr(kv, "WEIGHT_MAJOR", not kv.weight_major_pays())
+    assert bl.weight_major_pays() is kv.WEIGHT_MAJOR  # forced: what decoding then does
 
 
 def test_the_kl_of_the_first_and_last_quarter_of_the_steps():

@@ -156,11 +156,11 @@ def weight_major_pays(margin: float = 1.25) -> bool:
     as x @ W.T (what `nn.Linear` does), measured once a process on weights of a 135M model's MLP shape, more
     of them than the caches hold, as a decoding step reads them.
 
-    The two are one BLAS product with the operands' roles swapped, and MKL's kernel for 8 rows against a
-    weight's transpose ran 2.4 times slower than for the swapped form on an AMD EPYC with AVX2
-    (docs/performance.md): a decoding step reads every weight for a handful of rows, so the step took 1.7 times
-    as long. A CPU whose BLAS does both alike keeps torch's own form; the margin keeps timing noise from
-    flipping the choice, which changes the floats' summation order."""
+    The two are one BLAS product with the operands' roles swapped, and torch's (MKL's) kernel for a few rows
+    against a weight's transpose ran several times slower than the swapped form's on an AMD EPYC with AVX2
+    (`benchmarks/bench_weight_major.py`, docs/performance.md), in every decoding step. A CPU whose BLAS does
+    both alike keeps torch's own form; the margin keeps timing noise from flipping the choice, which changes
+    the order the floats are summed in."""
     import time
 
     import torch
