@@ -210,3 +210,9 @@ def test_weight_major_holds_only_within_its_block_and_only_for_few_rows_without_
         assert len(through_torch) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
         raise RuntimeError("leaves the block")
     assert "forward" not in vars(model.lm_head) and hooked.forward is own
+    # nested (two roles on one model, generating at once): weight-major until the last block is left
+    with kv.weight_major(model):
+        with kv.weight_major(model):
+            pass
+        assert "forward" in vars(model.lm_head)
+    assert "forward" not in vars(model.lm_head) and hooked.forward is own

@@ -19,6 +19,7 @@ The cache belongs to one set of weights: make a new one after an update.
 from __future__ import annotations
 
 import functools
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
@@ -209,17 +210,29 @@ def weight_major(model: Any) -> Iterator[None]:
     if not use or next(model.parameters()).device.type != "cpu":
         yield
         return
-    layers = [m for m in model.modules() if type(m) is torch.nn.Linear]
-    before = [m.__dict__.get("forward") for m in layers]  # an instance's own forward (a hook's) stays
-    for m, own in zip(layers, before):
-        if own is None:
-            m.forward = functools.partial(_weight_major_forward, m)
+    # two roles on one set of weights may generate at once, each on its backend's worker thread: the layers
+    # stay weight-major until the last block on the model is left
+    with _WEIGHT_MAJOR_LOCK:
+        if _WEIGHT_MAJOR_USERS.get(id(model), 0) == 0:
+            for m in model.modules():
+                if type(m) is torch.nn.Linear and "forward" not in m.__dict__:  # an instance's own (a hook's) stays
+                    m.forward = functools.partial(_weight_major_forward, m)
+        _WEIGHT_MAJOR_USERS[id(model)] = _WEIGHT_MAJOR_USERS.get(id(model), 0) + 1
     try:
         yield
     finally:
-        for m, own in zip(layers, before):
-            if own is None:
-                m.__dict__.pop("forward", None)
+        with _WEIGHT_MAJOR_LOCK:
+            _WEIGHT_MAJOR_USERS[id(model)] -= 1
+            if _WEIGHT_MAJOR_USERS[id(model)] == 0:
+                del _WEIGHT_MAJOR_USERS[id(model)]
+                for m in model.modules():
+                    if isinstance(m.__dict__.get("forward"), functools.partial) \
+                            and m.__dict__["forward"].func is _weight_major_forward:
+                        del m.forward
+
+
+_WEIGHT_MAJOR_LOCK = threading.Lock()
+_WEIGHT_MAJOR_USERS: dict[int, int] = {}  # id(model): blocks inside `weight_major` on it
 
 
 def _prefill(model: Any, ids: list[int], entry: _Entry | None = None, reused: int = 0) -> _Entry:
