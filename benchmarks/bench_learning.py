@@ -2222,9 +2222,9 @@ def parse_grpo_overrides(items: list[str]) -> dict[str, Any]:
 
 def weight_major_pays() -> bool:
     """Whether this process's decoding computes a few rows' products weight-major (`kvcache.WEIGHT_MAJOR`)."""
-    import mtr.backends.kvcache as kv
+    from mtr.backends.kvcache import weight_major_used
 
-    return kv.WEIGHT_MAJOR if kv.WEIGHT_MAJOR is not None else kv.weight_major_pays()
+    return weight_major_used()
 
 
 def cpu_kernels() -> str:

@@ -28,16 +28,6 @@ ROWS = (1, 4, 8, 16, 32, 64)
 STACK_BYTES = 64 << 20  # each pass reads this much weight (the head: one matrix, 113 MB)
 
 
-def timed(product, weights, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for w in weights:
-            product(w)
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
@@ -45,7 +35,7 @@ def main() -> None:
     import torch
 
     from bench_learning import cpu_kernels, cpu_name
-    from mtr.backends.kvcache import weight_major_pays
+    from mtr.backends.kvcache import fastest_pass, weight_major_pays
     from mtr.rundir import source_commit
 
     g = torch.Generator().manual_seed(0)
@@ -56,8 +46,8 @@ def main() -> None:
             shapes[name] = {}
             for rows in ROWS:
                 x = torch.randn(rows, k, generator=g)
-                linear = timed(lambda w: torch.nn.functional.linear(x, w), weights, args.repeats)
-                major = timed(lambda w: w @ x.t(), weights, args.repeats)
+                linear = fastest_pass(lambda w: torch.nn.functional.linear(x, w), weights, args.repeats)
+                major = fastest_pass(lambda w: w @ x.t(), weights, args.repeats)
                 shapes[name][str(rows)] = {"linear_ms": round(1000 * linear, 3), "weight_major_ms": round(1000 * major, 3),
                                            "ratio": round(linear / major, 2)}
                 print(f"{name:14} {rows:3} rows: x @ W.T {1000 * linear:8.2f} ms, W @ x.T {1000 * major:8.2f} ms, "

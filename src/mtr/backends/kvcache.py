@@ -162,27 +162,35 @@ def weight_major_pays(margin: float = 1.25) -> bool:
     (`benchmarks/bench_weight_major.py`, docs/performance.md), in every decoding step. A CPU whose BLAS does
     both alike keeps torch's own form; the margin keeps timing noise from flipping the choice, which changes
     the order the floats are summed in."""
-    import time
-
     import torch
 
     g = torch.Generator().manual_seed(0)
     weights = [torch.randn(1536, 576, generator=g) for _ in range(16)]  # 56 MB
     rows = torch.randn(8, 576, generator=g)
 
-    def fastest(product: Any) -> float:
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            for w in weights:
-                product(w)
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     with torch.inference_mode():
-        as_torch = fastest(lambda w: torch.nn.functional.linear(rows, w))
-        as_weight_major = fastest(lambda w: w @ rows.t())
+        as_torch = fastest_pass(lambda w: torch.nn.functional.linear(rows, w), weights)
+        as_weight_major = fastest_pass(lambda w: w @ rows.t(), weights)
     return as_torch >= margin * as_weight_major
+
+
+def fastest_pass(product: Any, weights: list, repeats: int = 3) -> float:
+    """The best of `repeats` passes of `product` over `weights`, in seconds."""
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for w in weights:
+            product(w)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def weight_major_used() -> bool:
+    """Whether this process's decoding computes a few rows' products weight-major: `WEIGHT_MAJOR` where set,
+    else `weight_major_pays`."""
+    return WEIGHT_MAJOR if WEIGHT_MAJOR is not None else weight_major_pays()
 
 
 def _weight_major_forward(module: Any, x: torch.Tensor) -> torch.Tensor:
@@ -206,8 +214,7 @@ def weight_major(model: Any) -> Iterator[None]:
     policy) would carry forwards bound to the original's layers, and training passes keep torch's own path."""
     import torch
 
-    use = WEIGHT_MAJOR if WEIGHT_MAJOR is not None else weight_major_pays()
-    if not use or next(model.parameters()).device.type != "cpu":
+    if not weight_major_used() or next(model.parameters()).device.type != "cpu":
         yield
         return
     # two roles on one set of weights may generate at once, each on its backend's worker thread: the layers
