@@ -73,6 +73,23 @@ def alternated(script: str, variants: tuple[str, ...], repeats: int, argv: list[
     return runs
 
 
+def variant_medians(runs: dict[str, list[dict]], per_token: tuple[str, str] | None = None,
+                    copied: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The figures the timing benchmarks report of each variant's runs (`alternated`'s): the median `total_s`
+    (to 0.1 s) and `peak_rss_mb` (to the MB); with `per_token` (name, count), the median time in ms a token of
+    the count its first run recorded under that key; and the `copied` fields of its first run (figures that
+    do not vary from run to run: tokens seen, the tile)."""
+    out = {}
+    for v, rs in runs.items():
+        total = statistics.median(x["total_s"] for x in rs)
+        out[v] = {"total_s": round(total, 1), "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
+                  **{k: rs[0][k] for k in copied}}
+        if per_token:
+            name, count = per_token
+            out[v][name] = round(1000 * total / rs[0][count], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="a finished GRPO run directory (mtr grpo's --out)")
@@ -88,10 +105,7 @@ def main() -> None:
         raise SystemExit(f"--run {args.run}: no train_stats.json with episode lengths (a GRPO run of this version)")
 
     runs = alternated(__file__, VARIANTS, args.repeats, ["--run", str(args.run), "--groups", str(args.groups)])
-    median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
-                  "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
-                  "ms_per_token": round(1000 * statistics.median(x["total_s"] for x in rs) / rs[0]["tokens"], 2)}
-              for v, rs in runs.items()}
+    median = variant_medians(runs, per_token=("ms_per_token", "tokens"))
     on, off = median["checkpointing"], median["no checkpointing"]
     run = args.run.resolve()
     result = {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "groups": args.groups,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -73,14 +72,13 @@ def main() -> None:
         print(json.dumps(one_variant(args.child, args.policy, args.steps)))
         return
 
+    from bench_eval_memory import median as medians
     from bench_grpo_checkpointing import alternated, this_machine
 
     runs = alternated(__file__, tuple(VARIANTS), args.repeats,
                       ["--policy", str(args.policy), "--steps", str(args.steps)])
-    median = {v: {k: round(statistics.median(x[k] for x in rs), 2)
-                  for k in ("total_s", "rollout_s", "update_s", "update_ms_per_token", "rollout_tokens_per_s",
-                            "peak_rss_mb")}
-              for v, rs in runs.items()}
+    median = medians(runs, ("total_s", "rollout_s", "update_s", "update_ms_per_token", "rollout_tokens_per_s",
+                            "peak_rss_mb"))
     full, lora = median["full fine-tuning"], median["LoRA"]
     policy = args.policy.resolve()
     result = {"policy": str(policy.relative_to(ROOT) if policy.is_relative_to(ROOT) else policy),

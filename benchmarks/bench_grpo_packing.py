@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -97,16 +96,11 @@ def main() -> None:
         print(json.dumps(one_variant(args.child)))
         return
 
-    from bench_grpo_checkpointing import alternated, this_machine
+    from bench_grpo_checkpointing import alternated, this_machine, variant_medians
 
     runs = alternated(__file__, VARIANTS, args.repeats, [])
-    median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
-                  "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
-                  "scored_tokens": rs[0]["scored_tokens"],
-                  "ms_per_episode_token": round(1000 * statistics.median(x["total_s"] for x in rs)
-                                                / rs[0]["episode_tokens"], 2),
-                  "logprob_tile": rs[0]["logprob_tile"]}
-              for v, rs in runs.items()}
+    median = variant_medians(runs, per_token=("ms_per_episode_token", "episode_tokens"),
+                             copied=("scored_tokens", "logprob_tile"))
     alone, packed, trl_tile = median["per episode"], median["packed group"], median["packed group, TRL's tile"]
     recorded = json.loads(BATCHES.read_text())
     result = {"batches": "benchmarks/results/grpo_padding.json", "prompt_tokens": recorded["prompt_tokens"],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -54,15 +53,11 @@ def main() -> None:
         print(json.dumps(one_variant(args.data, args.steps, args.child == "checkpointing")))
         return
 
-    from bench_grpo_checkpointing import alternated, this_machine
+    from bench_grpo_checkpointing import alternated, this_machine, variant_medians
     from bench_sft_packing import sft_data_fields
 
     runs = alternated(__file__, VARIANTS, args.repeats, ["--data", str(args.data), "--steps", str(args.steps)])
-    median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
-                  "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
-                  "tokens_seen": rs[0]["tokens_seen"], "loss_last": rs[0]["loss_last"],
-                  "ms_per_token": round(1000 * statistics.median(x["total_s"] for x in rs) / rs[0]["tokens_seen"], 2)}
-              for v, rs in runs.items()}
+    median = variant_medians(runs, per_token=("ms_per_token", "tokens_seen"), copied=("tokens_seen", "loss_last"))
     on, off = median["checkpointing"], median["no checkpointing"]
     if not all(x["share_prompt"] for rs in runs.values() for x in rs):
         raise SystemExit("train_sft did not pack the traces (share_prompt false): not the learning benchmark's SFT")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -85,14 +84,10 @@ def main() -> None:
         print(json.dumps(one_variant(args.child, args.data, args.steps)))
         return
 
-    from bench_grpo_checkpointing import alternated, this_machine
+    from bench_grpo_checkpointing import alternated, this_machine, variant_medians
 
     runs = alternated(__file__, tuple(VARIANTS), args.repeats, ["--data", str(args.data), "--steps", str(args.steps)])
-    median = {v: {"total_s": round(statistics.median(x["total_s"] for x in rs), 1),
-                  "peak_rss_mb": round(statistics.median(x["peak_rss_mb"] for x in rs)),
-                  "tokens_seen": rs[0]["tokens_seen"], "loss_last": rs[0]["loss_last"],
-                  "logprob_tile": rs[0]["logprob_tile"]}
-              for v, rs in runs.items()}
+    median = variant_medians(runs, copied=("tokens_seen", "loss_last", "logprob_tile"))
     alone, packed = median["one at a time"], median["packed"]
     for v, rs in runs.items():
         if any(x["share_prompt"] != VARIANTS[v][2] for x in rs):

@@ -993,6 +993,31 @@ def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_fai
         alternated(str(script), ("bad",), 1, [])
 
 
+def test_variant_medians_give_the_figures_each_timing_file_reports_from_its_runs():
+    """The timing benchmarks' one helper for their medians reproduces what each committed results file holds
+    from the runs it holds (the files were written by each script's own copy of it), and a median is of the
+    runs, the per-token time of the median total."""
+    from bench_eval_memory import median
+    from bench_grpo_checkpointing import variant_medians
+
+    results = ROOT / "benchmarks" / "results"
+    checks = {"grpo_checkpointing": dict(per_token=("ms_per_token", "tokens")),
+              "grpo_packing": dict(per_token=("ms_per_episode_token", "episode_tokens"),
+                                   copied=("scored_tokens", "logprob_tile")),
+              "sft_checkpointing": dict(per_token=("ms_per_token", "tokens_seen"), copied=("tokens_seen", "loss_last")),
+              "sft_packing": dict(copied=("tokens_seen", "loss_last", "logprob_tile"))}
+    for name, kwargs in checks.items():
+        stored = json.loads((results / f"{name}.json").read_text())
+        assert variant_medians(stored["runs"], **kwargs) == stored["median"], name
+    lora = json.loads((results / "grpo_lora.json").read_text())
+    assert median(lora["runs"], tuple(next(iter(lora["median"].values())))) == lora["median"]
+
+    runs = {"a": [{"total_s": 10.0, "peak_rss_mb": 100.4, "tokens": 1000}, {"total_s": 30.0, "peak_rss_mb": 300.6,
+                                                                            "tokens": 7}]}
+    assert variant_medians(runs, per_token=("ms", "tokens"), copied=("tokens",)) == \
+        {"a": {"total_s": 20.0, "peak_rss_mb": 200, "tokens": 1000, "ms": 20.0}}
+
+
 def test_an_sft_timing_file_records_its_datas_file_hash_and_traces(tmp_path):
     import hashlib
 
