@@ -55,6 +55,17 @@ def read_run(out: Path, wall: float | None) -> dict:
                                                                "malformed_pct", "mean_calls")} for r in rows]}
 
 
+def machine_kernels() -> dict:
+    """What sets a run's speed among CPUs of one name (entries before 2026-12-06 did not record it): the vector
+    instructions torch's kernels use, and whether the policy's decoding computes a few rows' products
+    weight-major here (the run's own process decides it by the same timing, `kvcache.weight_major_pays`)."""
+    import torch
+
+    from mtr.backends.kvcache import weight_major_used
+
+    return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "weight_major": weight_major_used()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--label", required=True, help="name of this entry, e.g. before / after")
@@ -72,7 +83,8 @@ def main() -> None:
         print(f"run {i + 1}: {runs[-1]['wall_s'] or 0:.0f} s, peak {runs[-1]['peak_rss_mb'] / 1024:.1f} GB; " + ", ".join(
             f"{s} {st[s]['wall_s']:.0f} s / {st[s]['peak_rss_mb'] / 1024:.1f} GB" for s in STAGES), flush=True)
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[args.label] = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "cpu": cpu_info()[0] or platform.machine(), "cores": os.cpu_count(), "config": str(args.config), "runs": runs}
+    results[args.label] = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "cpu": cpu_info()[0] or platform.machine(),
+                           **machine_kernels(), "cores": os.cpu_count(), "config": str(args.config), "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out} [{args.label}]")
