@@ -796,6 +796,7 @@ def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict
     ablation that trains GRPO from the SFT policy against SFT itself, per seed then over the seeds: its own
     gain, which the method's draw of GRPO says nothing about (the pre-check ablation, which met next to no
     invalid call, is in effect a second draw of the method: docs/learning.md, `main-dapo-ablations-2seeds`).
+    Then each ablation that trains GRPO from the base model (the cold start) against the base model, per seed.
     These come after the rest so that a row's index in a run recorded before them stays the same."""
     seeds = [f"s{seed}" for seed in preset["seeds"]]
     ablations = [a for a in ARMS if a not in ("base", *SEEDED)]
@@ -809,7 +810,10 @@ def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict
 
     out = rows(pairs) + seed_means(scores, seeds, [("sft", "sft+grpo")] + [("sft+grpo", x) for x in ablations])
     out += rows([(f"sft@{t}", f"{x}@{t}") for t in seeds for x in from_sft])
-    return out + seed_means(scores, seeds, [("sft", x) for x in from_sft])
+    out += seed_means(scores, seeds, [("sft", x) for x in from_sft])
+    # and last (since 2026-12-06), the cold start against the base model it started from: what GRPO alone did
+    from_base = [a for a in ablations if ARMS[a]["init"] == "base"]
+    return out + rows([("base", f"{x}@{t}") for t in seeds for x in from_base])
 
 
 def seed_means(scores: dict[str, dict[str, dict[str, float]]], seeds: list[str],

@@ -821,9 +821,16 @@ def test_every_seed_runs_and_compares_the_ablations_in_each_seed(tmp_path):
     del dirs["sim-trained@s1"]  # an ablation in one seed only has no row over the seeds
     assert [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})][-2:] == [
         ("sft@s0+s1", "sft+grpo@s0+s1"), ("sft@s0", "sim-trained@s0")]
-    # the base model's cold start is set against the method, not against an SFT it never had
-    dirs["grpo-no-sft@s0"] = eval_dir("d0", [0.0, 0.0])
-    assert ("sft@s0", "grpo-no-sft@s0") not in [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})]
+    # the base model's cold start is set against the method, not against an SFT it never had; last, against the
+    # base model it started from (after every row a run recorded before it, whose indices stay)
+    before = [(r["a"], r["b"]) for r in bl.comparisons(dirs, {"seeds": [0, 1]})]
+    dirs["grpo-no-sft@s0"] = eval_dir("d0", [0.0, 1.0])
+    dirs["base"] = eval_dir("base", [0.0, 0.5])
+    rows = bl.comparisons(dirs, {"seeds": [0, 1]})
+    pairs = [(r["a"], r["b"]) for r in rows]
+    assert ("sft@s0", "grpo-no-sft@s0") not in pairs and ("sft+grpo@s0", "grpo-no-sft@s0") in pairs
+    assert pairs[-1] == ("base", "grpo-no-sft@s0") and rows[-1]["f1"][0] == pytest.approx(25.0)
+    assert [p for p in pairs if "base" not in p and "grpo-no-sft@s0" not in p] == before
 
 
 def test_the_method_drawn_again_from_the_same_sft_policy_is_seeded_anew_and_its_spread_measured(tmp_path):
