@@ -56,14 +56,12 @@ def read_run(out: Path, wall: float | None) -> dict:
 
 
 def machine_kernels() -> dict:
-    """What sets a run's speed among CPUs of one name (entries before 2026-12-06 did not record it): the vector
-    instructions torch's kernels use, and whether the policy's decoding computes a few rows' products
-    weight-major here (the run's own process decides it by the same timing, `kvcache.weight_major_pays`)."""
-    import torch
+    """What sets a run's speed among CPUs of one name, as the learning benchmark records it (entries before
+    2026-12-06 did not): the vector instructions torch's kernels use, and whether the policy's decoding computes
+    a few rows' products weight-major here (the run's own process decides it by the same timing)."""
+    from bench_learning import cpu_kernels, weight_major_pays
 
-    from mtr.backends.kvcache import weight_major_used
-
-    return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "weight_major": weight_major_used()}
+    return {"cpu_kernels": cpu_kernels(), "weight_major": weight_major_pays()}
 
 
 def main() -> None:
