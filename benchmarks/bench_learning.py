@@ -615,7 +615,7 @@ def simulated_in_seed(preset: dict[str, Any], arm: str, seed: int) -> bool:
 
 def units_in_order(preset: dict[str, Any]) -> list[tuple[str, int]]:
     """The (arm, seed) units of a preset in the order `--jobs` starts them: the method first in every seed (the
-    arms that take its solvable-first answers wait for it), then the other GRPO arms, the TRL peer, the
+    arms that take its solvable-first answers wait for its pass: `answers_written`), then the other GRPO arms, the TRL peer, the
     slowest, first; then the arms that only evaluate, the base model last: it rarely searches and answers in a
     few tokens, the shortest unit, and the last unit runs beside nothing (the full preset estimated 3 minutes
     shorter than with the base model before SFT)."""
@@ -634,20 +634,29 @@ def unit_needs(unit: tuple[str, int], preset: dict[str, Any]) -> tuple[str, int]
 
 
 def next_unit(pending: list[tuple[str, int]], units: list[tuple[str, int]],
-              needs: Callable[[tuple[str, int]], tuple[str, int] | None], done: Any, running: Any) -> tuple[str, int] | None:
-    """The first pending unit whose need has finished (or is no unit of the run); with nothing running and none
-    ready, the first pending one (its need came later in the order: it then answers for itself)."""
-    ready = next((u for u in pending if needs(u) is None or needs(u) in done or needs(u) not in units), None)
-    return pending[0] if ready is None and not running and pending else ready
+              needs: Callable[[tuple[str, int]], tuple[str, int] | None], done: Any, running: Any,
+              met: Callable[[tuple[str, int]], bool] | None = None) -> tuple[str, int] | None:
+    """The first pending unit whose need has finished, or has written what it is needed for (`met`: the method's
+    solvable-first answers, `answers_written`), or is no unit of the run; with nothing running and none ready,
+    the first pending one (its need came later in the order: it then answers for itself)."""
+    def ready(u: tuple[str, int]) -> bool:
+        need = needs(u)
+        return need is None or need in done or need not in units or (need in running and met is not None
+                                                                     and met(need))
+
+    first = next((u for u in pending if ready(u)), None)
+    return pending[0] if first is None and not running and pending else first
 
 
 def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], tuple[str, int] | None],
               start: Callable[[tuple[str, int]], Any], jobs: int, poll_s: float = 1.0,
-              on_change: Callable[[set, set, dict], None] | None = None) -> dict[tuple[str, int], int]:
-    """Start `units` in order, at most `jobs` at once, each once what it needs has finished; `start(unit)` gives
-    a process (`poll()` -> exit status or None). After a failure nothing new starts and the running ones
-    finish. Returns the failed units' exit status ({} when all finished). Hand-written: a process pool would
-    run the units in the parent's interpreter, where a crash takes the others with it and their logs mix."""
+              on_change: Callable[[set, set, dict], None] | None = None,
+              met: Callable[[tuple[str, int]], bool] | None = None) -> dict[tuple[str, int], int]:
+    """Start `units` in order, at most `jobs` at once, each once what it needs has finished, or, running, has
+    written what it is needed for (`met`); `start(unit)` gives a process (`poll()` -> exit status or None).
+    After a failure nothing new starts and the running ones finish. Returns the failed units' exit status ({}
+    when all finished). Hand-written: a process pool would run the units in the parent's interpreter, where a
+    crash takes the others with it and their logs mix."""
     pending, running, done, failed = list(units), {}, set(), {}
     try:
         while pending or running:
@@ -657,7 +666,7 @@ def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], t
                     del running[unit]
                     (done.add(unit) if rc == 0 else failed.__setitem__(unit, rc))
             while not failed and len(running) < jobs:
-                ready = next_unit(pending, units, needs, done, running)
+                ready = next_unit(pending, units, needs, done, running, met)
                 if ready is None:
                     break
                 pending.remove(ready)
@@ -676,20 +685,48 @@ def run_units(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], t
 
 
 def units_makespan(units: list[tuple[str, int]], needs: Callable[[tuple[str, int]], tuple[str, int] | None],
-                   seconds: dict[tuple[str, int], float], jobs: int) -> float:
-    """How long `run_units` takes for units of these durations: the same order and waits, in simulated time."""
+                   seconds: dict[tuple[str, int], float], jobs: int,
+                   early: dict[tuple[str, int], float] | None = None) -> float:
+    """How long `run_units` takes for units of these durations: the same order and waits, in simulated time.
+    `early`: seconds after a unit starts at which what others need of it is written (`met`: the method's
+    solvable-first pass), so that they may start beside it."""
     pending, running, finished, now = list(units), {}, {}, 0.0
+    started: dict[tuple[str, int], float] = {}
+    early = early or {}
+
+    def met(unit: tuple[str, int]) -> bool:
+        return unit in early and now >= started[unit] + early[unit]
+
     while pending or running:
         while len(running) < jobs:
-            ready = next_unit(pending, units, needs, finished, running)
+            ready = next_unit(pending, units, needs, finished, running, met)
             if ready is None:
                 break
             pending.remove(ready)
-            running[ready] = now + seconds[ready]
-        now = min(running.values())
+            started[ready], running[ready] = now, now + seconds[ready]
+        # the next moment something changes: a unit ends, or a running one's answers are written
+        written = [started[u] + early[u] for u in running if u in early and started[u] + early[u] > now]
+        now = min([*running.values(), *(written if pending and len(running) < jobs else [])])
         for unit in [u for u, end in running.items() if end <= now]:
             finished[unit] = running.pop(unit)
     return now
+
+
+def answers_written(preset: dict[str, Any], work: Path, method: Path) -> bool:
+    """Whether the method's GRPO step in `method` has answered every question solvable-first chooses among
+    (its `solvable.jsonl`): an arm that takes those answers may start then, beside the method's training and
+    evaluation, not after them. Run alone in a seed (the other units done), the peer or an ablation then waits
+    for the pass, not for the whole unit, which was a third of the method's time beside an idle core. An arm
+    that starts on answers the method's step does not share (another initial policy: `same_start`) answers
+    for itself, as when its need is no unit of the run."""
+    from mtr.jsonl import json_lines
+
+    source = work / "data" / ("grpo-train.jsonl" if preset.get("grpo_pool") else "train.jsonl")
+    answers = method / "solvable.jsonl"
+    if not (source.is_file() and answers.is_file()):
+        return False
+    wanted = [r["id"] for _, r in json_lines(source) if r is not None][:preset.get("grpo_candidates") or None]
+    return set(wanted) <= {r["id"] for _, r in json_lines(answers) if r is not None and "id" in r}
 
 
 def usable_cores() -> int:
@@ -702,7 +739,8 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str]) -> None:
+def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str],
+             seed_work: dict[int, Path] | None = None) -> None:
     """Each unit of the preset as `bench_learning.py ARGV --unit ARM@SEED` in a process of its own, `jobs` at a
     time, each with the CPU's cores shared out (OMP_NUM_THREADS), its output in work/jobs/ARM-sSEED.log. The
     caller has run the shared steps; a unit already finished costs its process a few seconds of skipping.
@@ -740,7 +778,15 @@ def run_jobs(preset: dict[str, Any], work: Path, jobs: int, argv: list[str]) -> 
             bar.update(task, completed=len(done), description="running " + ", ".join(
                 f"{a}@s{s}" for a, s in sorted(running)) if running else "units")
 
-        failed = run_units(units, lambda u: unit_needs(u, preset), start, jobs, on_change=show)
+        written: set[tuple[str, int]] = set()  # units whose answers are all written (they stay so)
+
+        def met(unit: tuple[str, int]) -> bool:
+            if unit not in written and answers_written(
+                    preset, work, (seed_work or {}).get(unit[1], work) / f"grpo-{unit[0]}-s{unit[1]}"):
+                written.add(unit)
+            return unit in written
+
+        failed = run_units(units, lambda u: unit_needs(u, preset), start, jobs, on_change=show, met=met)
     if failed:
         unit, rc = next(iter(failed.items()))
         lines = [x for x in log_of(unit).read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
@@ -1592,7 +1638,10 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
            "sft_steps": sft_steps, **{f"{k}_s": round(v) for k, v in parts.items()},
            "total_s": round(sum(parts.values()))}
     if jobs:  # the units side by side, in run_jobs's order and waits; the shared steps (SFT) before them alone
-        span = units_makespan(units_in_order(p), lambda u: unit_needs(u, p), beside, jobs["jobs"])
+        # the arms that take the method's answers start once its pass has written them
+        early = {u: answer_pass(u[0], p, order, 0.0) * jobs["grpo"]["slowdown"] for u in beside
+                 if u[0] == "sft+grpo"}
+        span = units_makespan(units_in_order(p), lambda u: unit_needs(u, p), beside, jobs["jobs"], early)
         out["with_jobs"] = {"jobs": jobs["jobs"], "slowdown": {k: jobs[k]["slowdown"] for k in ("grpo", "eval")},
                             "total_s": round(parts["sft"] + span)}
     return out
@@ -2075,7 +2124,8 @@ def main() -> None:
         run(set())
         preset = preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed, simulated,
                                  args.grpo_questions, args.grpo_pool)
-        run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]))
+        run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]),
+                 parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]))
     res = run()
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cpu_kernels=cpu_kernels(), weight_major=weight_major_pays(), cores=os.cpu_count(), jobs=args.jobs,

@@ -621,6 +621,53 @@ def test_run_units_takes_as_long_as_the_makespan_says_and_stops_its_units_when_i
     assert stopped == [("a", 0)]
 
 
+def test_an_arm_that_takes_the_methods_answers_starts_once_they_are_written_not_when_its_unit_ends():
+    log, lengths = [], {("m", 0): 6, ("peer", 0): 2}
+    polls = {"n": 0}
+
+    def start(unit):
+        log.append(("start", unit))
+        return FakeProcess(log, unit, lengths[unit])
+
+    def met(unit):  # the method's answers are written on the third round, its unit ends on the sixth
+        polls["n"] += 1
+        return unit == ("m", 0) and polls["n"] >= 3
+
+    assert bl.run_units(list(lengths), {("peer", 0): ("m", 0)}.get, start, 2, poll_s=0, met=met) == {}
+    assert log.index(("start", ("peer", 0))) < log.index(("end", ("m", 0)))  # beside the method, not after
+    # one slot: nothing starts beside the method however early its answers are written
+    log.clear()
+    bl.run_units(list(lengths), {("peer", 0): ("m", 0)}.get, start, 1, poll_s=0, met=lambda u: True)
+    assert log.index(("start", ("peer", 0))) > log.index(("end", ("m", 0)))
+    # the makespan follows: the peer from the pass's end (3), beside the method (0-10)
+    seconds = {("m", 0): 10.0, ("peer", 0): 5.0}
+    needs = {("peer", 0): ("m", 0)}.get
+    assert bl.units_makespan(list(seconds), needs, seconds, 2) == 15.0
+    assert bl.units_makespan(list(seconds), needs, seconds, 2, {("m", 0): 3.0}) == 10.0
+    assert bl.units_makespan(list(seconds), needs, {**seconds, ("peer", 0): 9.0}, 2, {("m", 0): 3.0}) == 12.0
+    assert bl.units_makespan(list(seconds), needs, seconds, 1, {("m", 0): 3.0}) == 15.0
+
+
+def test_the_methods_answers_are_written_when_every_candidate_question_has_one(tmp_path):
+    preset = {"grpo_pool": 100}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "grpo-train.jsonl").write_text("".join(json.dumps({"id": f"q{i}"}) + "\n" for i in range(3)))
+    method = tmp_path / "grpo-sft+grpo-s0"
+    assert not bl.answers_written(preset, tmp_path, method)  # nothing answered yet
+    method.mkdir()
+    answers = method / "solvable.jsonl"
+    answers.write_text(json.dumps({"id": "q0", "f1": 0.5}) + "\n" + json.dumps({"id": "q2", "f1": 0.0}) + "\n")
+    assert not bl.answers_written(preset, tmp_path, method)
+    assert bl.answers_written({**preset, "grpo_candidates": 1}, tmp_path, method)  # only the first is chosen among
+    answers.write_text(answers.read_text() + '{"id": "q1", "f1"')  # a last line cut short is no answer
+    assert not bl.answers_written(preset, tmp_path, method)
+    answers.write_text(answers.read_text() + ': 1.0}\n')
+    assert bl.answers_written(preset, tmp_path, method)
+    # without a pool, the candidates are SFT's own questions
+    (tmp_path / "data" / "train.jsonl").write_text(json.dumps({"id": "q9"}) + "\n")
+    assert not bl.answers_written({"grpo_pool": None}, tmp_path, method)
+
+
 def test_a_run_made_with_jobs_is_not_estimated_from():
     measured = {"jobs": 2, "sft_steps": 10, "filter": {"episodes": 4, "kept": 4}, "preset": {"seeds": [0]}, "stages": {}}
     with pytest.raises(ValueError, match="ran 2 at a time"):
