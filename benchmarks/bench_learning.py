@@ -425,14 +425,16 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
              every_seed: bool = False, seed_work: dict[int, Path] | None = None,
              simulated_eval: list[str] | None = None, grpo_questions: int | None = None,
              grpo_pool: int | None = None, against: Path | str | None = None,
-             only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
+             only: set[tuple[str, int]] | None = None, seed_scores: dict[int, str] | None = None) -> dict[str, Any]:
     """Every step of the preset's arms in `work` (a directory per step; a finished one is skipped), and the
     results. `seed_work` names another directory for a seed's own steps (SFT, GRPO, evaluation; not the base
     model's): seeds run one at a time in their own work directories then come together in one run, their
     steps skipped, for the comparisons over seeds (without copying their checkpoints into one directory).
     `only`: run the shared steps (synthesis, filter, each seed's SFT) and then only these (arm, seed) units'
     steps, and return no results (`--jobs`: the units run in processes of their own, then a last pass finds
-    every step done and gathers the results)."""
+    every step done and gathers the results). `seed_scores` ({seed: run}): a seed run and recorded before,
+    whose steps are gone (another machine), taken from that run's stored results and scores (`stored_seed`)
+    into this run's comparisons over seeds rather than run here."""
     from mtr.checkpoints import policy_checkpoint
     from mtr.embedded import file_sha256
     from mtr.rubric import Rubric
@@ -481,8 +483,8 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     eval_dirs: dict[str, Path] = {}
 
     for seed in preset["seeds"]:
-        if only and all(s != seed for _, s in only):
-            continue  # another process's unit (its SFT ran before the units started)
+        if only and all(s != seed for _, s in only) or seed in (seed_scores or {}):
+            continue  # another process's unit (its SFT ran before the units started), or a stored seed
         cfg = base_config(preset, seed)
         cfg.sft.trl.update(max_steps=sft_steps, save_steps=max(4, sft_steps // 4))
         tag = f"s{seed}"
@@ -570,6 +572,14 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
             eval_dirs[name] = edir
     if only is not None:
         return {}
+    stored: dict[str, dict[str, dict[str, float]]] = {}  # the stored seeds' evaluations, live tools
+    taken: dict[str, list[str]] = {}  # run -> the evaluations taken from its stored scores
+    for seed, label in (seed_scores or {}).items():
+        seed_results = stored_seed(label, seed, preset)
+        stored.update(seed_results["scores"])
+        taken.setdefault(label, []).extend(seed_results["scores"])
+        results["arms"].update(seed_results["arms"])
+        results["curves"].update(seed_results["curves"])
     # an evaluation's episodes (`n`, which only evaluations record): a step kept from a run in more modes holds
     # more than this run asked
     results["stages"] = {k: {"wall_s": round(v["wall_s"], 1), "peak_rss_mb": v.get("peak_rss_mb"),
@@ -577,15 +587,18 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
                          for k, v in stages.items()}
     results["filter"] = {k: stages["filter"].get(k) for k in ("episodes", "kept", "rejected")}
     results["sft_steps"] = sft_steps
-    results["comparisons"] = comparisons(eval_dirs, preset)
+    results["comparisons"] = comparisons(eval_dirs, preset, stored)
     results["sim_vs_live"] = sim_vs_live(eval_dirs)
-    results["draws"] = draw_spread(eval_dirs, preset)
+    results["draws"] = draw_spread(eval_dirs, preset, stored)
     if against is not None:
         results["draws_against"] = draws_against(eval_dirs, preset, against)
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
-    results["question_scores"] = stored_scores(eval_dirs)  # main() writes it to SCORES, not to the results file
+    if seed_scores:
+        results["seed_scores"] = {str(seed): label for seed, label in seed_scores.items()}
+    # main() writes it to SCORES, not to the results file
+    results["question_scores"] = with_stored_scores(stored_scores(eval_dirs), taken)
     return results
 
 
@@ -834,7 +847,8 @@ def summarise_eval(eval_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict[str, Any]]:
+def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any],
+                stored: dict[str, dict[str, dict[str, float]]] | None = None) -> list[dict[str, Any]]:
     """Paired differences on the same questions (live tools): SFT - base and SFT+GRPO - SFT per seed, each
     ablation against the method in the first seed (then in the others, where `--every-seed` ran them), and
     last, with two seeds or more, the same differences of the seeds' mean score on each question (named
@@ -843,13 +857,14 @@ def comparisons(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> list[dict
     gain, which the method's draw of GRPO says nothing about (the pre-check ablation, which met next to no
     invalid call, is in effect a second draw of the method: docs/learning.md, `main-dapo-ablations-2seeds`).
     Then each ablation that trains GRPO from the base model (the cold start) against the base model, per seed.
-    These come after the rest so that a row's index in a run recorded before them stays the same."""
+    These come after the rest so that a row's index in a run recorded before them stays the same. `stored`:
+    evaluations of seeds taken from a recorded run (`stored_seed`), by name, beside the work directories'."""
     seeds = [f"s{seed}" for seed in preset["seeds"]]
     ablations = [a for a in ARMS if a not in ("base", *SEEDED)]
     from_sft = [a for a in ablations if ARMS[a]["init"] == "sft"]
     pairs = [p for t in seeds for p in (("base", f"sft@{t}"), (f"sft@{t}", f"sft+grpo@{t}"))]
     pairs += [(f"sft+grpo@{t}", f"{a}@{t}") for t in seeds for a in ablations]
-    scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
+    scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()} | (stored or {})
 
     def rows(pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
         return [paired_row(a, b, scores[a], scores[b]) for a, b in pairs if a in scores and b in scores]
@@ -878,7 +893,8 @@ def seed_means(scores: dict[str, dict[str, dict[str, float]]], seeds: list[str],
     return out
 
 
-def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str, Any]:
+def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any],
+                stored: dict[str, dict[str, dict[str, float]]] | None = None) -> dict[str, Any]:
     """Each seed in which the method was drawn more than once (`sft+grpo-d2`, ...) from the same SFT policy:
     each draw's held-out gain over SFT (F1, EM; live tools, paired on the same questions), their standard
     deviation over the draws, and the draws' mean score on each question against SFT (named
@@ -889,8 +905,8 @@ def draw_spread(eval_dirs: dict[str, Path], preset: dict[str, Any]) -> dict[str,
     (`ablations`): its own gain's place among the draws' (how many it is above), and its score minus the
     draws' mean on each question, per seed and over the seeds where all ran. The first draw alone varies as
     much as the difference asked about (docs/learning.md, `full-pool-ablations-2seeds`); their mean is the
-    steadier reference."""
-    scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()}
+    steadier reference. `stored`: as `comparisons`'."""
+    scores = {n: question_scores(d).get("live", {}) for n, d in eval_dirs.items()} | (stored or {})
     others = [a for a in ARMS if "grpo" in ARMS[a] and ARMS[a]["init"] == "sft" and a != "sft+grpo" and a not in DRAWS]
     out: dict[str, Any] = {}
     for t in [f"s{seed}" for seed in preset["seeds"]]:
@@ -1034,6 +1050,64 @@ def stored_scores(eval_dirs: dict[str, Path]) -> dict[str, Any]:
     return {"questions": keys, "arms": arms}
 
 
+def with_stored_scores(own: dict[str, Any], taken: dict[str, list[str]], scores_dir: Path | None = None) -> dict[str, Any]:
+    """This run's `stored_scores` with the evaluations it took from recorded runs (`taken`: run -> names, from
+    their stored scores) added, all of them on the union of their questions: a later run can set itself
+    against the whole of this one."""
+    if not taken:
+        return own
+    sources = {label: json.loads(scores_file(label, scores_dir).read_text()) for label in taken}
+    keys = sorted(set(own["questions"]).union(*(src["questions"] for src in sources.values())))
+
+    def aligned(questions: list[str], lists: dict[str, list]) -> dict[str, list]:
+        at = {k: i for i, k in enumerate(questions)}
+        return {m: [v[at[k]] if k in at else None for k in keys] for m, v in lists.items()}
+
+    arms = {name: {mode: aligned(own["questions"], lists) for mode, lists in modes.items()}
+            for name, modes in own["arms"].items()}
+    for label, names in taken.items():
+        src = sources[label]
+        for name in names:
+            arms[name] = {mode: aligned(src["questions"], lists) for mode, lists in src["arms"][name].items()}
+    return {"questions": keys, "arms": arms}
+
+
+# what a seed taken from a recorded run must share with this run: the experiment's sizes and GRPO settings
+SHARED_SETTINGS = ("train_per_source", "sft_epochs", "grpo_steps", "grpo_questions", "grpo_pool", "eval_limit",
+                   "grpo")
+
+
+def stored_seed(label: str, seed: int, preset: dict[str, Any], results_file: Path | None = None,
+                scores_dir: Path | None = None) -> dict[str, Any]:
+    """Seed `seed`'s arms of this run's preset (`arms_in_seed`), as run `label` recorded them: their summaries
+    (`arms`), reward curves (`curves`) and live scores on each question (`scores`, from its stored scores). For a
+    seed run on a machine whose work directories are gone: this run's comparisons over seeds take it as if its
+    steps had been found done here. The recorded run must have run the same experiment (`SHARED_SETTINGS`) and
+    every arm asked in that seed; else a one-line error naming what differs."""
+    results_file = results_file or RESULTS
+    runs = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    flag = f"--seed-scores {seed}={label}"
+    if label not in runs:
+        raise SystemExit(f"{flag}: no run {label!r} in {results_file}")
+    run = runs[label]
+    if seed not in run.get("preset", {}).get("seeds", []):
+        raise SystemExit(f"{flag}: run {label} ran seeds {run.get('preset', {}).get('seeds')}, not {seed}")
+    for key in SHARED_SETTINGS:
+        if run["preset"].get(key) != preset.get(key):
+            raise SystemExit(f"{flag}: run {label} ran with {key} {run['preset'].get(key)!r}, this run with "
+                             f"{preset.get(key)!r}: not one experiment")
+    try:
+        evals = evals_stored(label, scores_dir)
+    except ValueError as e:
+        raise SystemExit(f"{flag}: {e}") from None
+    names = [f"{arm}@s{seed}" for arm in arms_in_seed(preset, seed) if arm != "base"]
+    missing = [n for n in names if n not in evals or n not in run.get("arms", {})]
+    if missing:
+        raise SystemExit(f"{flag}: run {label} holds no evaluation of {', '.join(missing)}")
+    return {"scores": {n: evals[n]["scores"] for n in names}, "arms": {n: run["arms"][n] for n in names},
+            "curves": {n: run["curves"][n] for n in names if n in run.get("curves", {})}}
+
+
 def scores_file(label: str, scores_dir: Path | None = None) -> Path:
     return (scores_dir or SCORES) / f"{label}.json"
 
@@ -1101,9 +1175,11 @@ def sim_vs_live(eval_dirs: dict[str, Path]) -> list[dict[str, Any]]:
 
 
 def seed_mean(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """{question: {metric: mean over the runs}} for the questions every run scored."""
+    """{question: {metric: mean over the runs}} for the questions every run scored, of the metrics all of them
+    hold (a run's stored scores hold EM, F1 and answered alone: `evals_stored`)."""
     keys = set.intersection(*(set(r) for r in runs))
-    return {k: {m: statistics.fmean(r[k][m] for r in runs) for m in runs[0][k]} for k in sorted(keys)}
+    return {k: {m: statistics.fmean(r[k][m] for r in runs) for m in runs[0][k] if all(m in r[k] for r in runs)}
+            for k in sorted(keys)}
 
 
 def paired_row(a: str, b: str, sa: dict[str, dict[str, float]], sb: dict[str, dict[str, float]]) -> dict[str, Any]:
@@ -1982,6 +2058,10 @@ def main() -> None:
     ap.add_argument("--seed-work", action="append", default=[], metavar="SEED=DIR",
                     help="run seed SEED's own steps (SFT, GRPO, evaluation) in DIR instead of --work, e.g. to bring "
                     "seeds run apart into one run's comparisons over seeds (repeatable)")
+    ap.add_argument("--seed-scores", action="append", default=[], metavar="SEED=RUN",
+                    help="take seed SEED's arms from run RUN of the results (its recorded figures and stored scores, "
+                    "the same experiment) into this run's comparisons over seeds instead of running them: a seed "
+                    "run on another machine, its work directory gone (repeatable; not the run's first seed)")
     ap.add_argument("--every-seed", action="store_true",
                     help="run the ablation arms and the simulated evaluations in every seed too, not only in the "
                     "first (each arm is then also compared with the method on each question's mean over the seeds)")
@@ -2106,13 +2186,14 @@ def main() -> None:
     if args.jobs < 1:
         raise SystemExit(f"--jobs {args.jobs}: expected a number of processes, at least 1")
     grpo = parse_grpo_overrides(args.grpo)
+    seed_scores = parse_seed_scores(args.seed_scores, seeds or PRESETS[name]["seeds"], args.seed_work)
 
     def run(only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
         try:
             return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
                             parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
                             args.grpo_questions, args.grpo_pool,
-                            against, only)
+                            against, only, seed_scores)
         except WouldDelete as e:
             raise SystemExit(str(e)) from None
 
@@ -2124,6 +2205,8 @@ def main() -> None:
         run(set())
         preset = preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed, simulated,
                                  args.grpo_questions, args.grpo_pool)
+        # the stored seeds run nowhere: their units are not started
+        preset["seeds"] = [s for s in preset["seeds"] if s not in seed_scores]
         run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]),
                  parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]))
     res = run()
@@ -2233,6 +2316,27 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
     write_text_atomic(results_file, json.dumps(all_results, indent=2) + "\n")
     write_text_atomic(doc, update_doc(doc, results_file))
     return list(found)
+
+
+def parse_seed_scores(items: list[str], seeds: list[int], seed_work: list[str]) -> dict[int, str]:
+    """`--seed-scores SEED=RUN` items as {seed: run}: a seed of the run's, not its first (which runs the base
+    model and the ablations here), not also given a work directory, taken from a run whose scores are stored."""
+    out: dict[int, str] = {}
+    worked = {item.partition("=")[0].strip() for item in seed_work}
+    for item in items:
+        seed, sep, label = item.partition("=")
+        if not sep or not label or not seed.strip().lstrip("-").isdigit():
+            raise SystemExit(f"--seed-scores {item!r}: expected SEED=RUN, e.g. 1=full-pool-peer-2seeds")
+        n = int(seed)
+        if n not in seeds or n == seeds[0]:
+            raise SystemExit(f"--seed-scores {item!r}: seed {n} is not one of the run's seeds after its first "
+                             f"({','.join(map(str, seeds))}); the first runs here")
+        if seed.strip() in worked:
+            raise SystemExit(f"--seed-scores {item!r}: seed {n} is also given a work directory (--seed-work)")
+        if not scores_file(label).is_file():
+            raise SystemExit(f"--seed-scores {item!r}: run {label} has no stored scores ({scores_file(label)})")
+        out[n] = label
+    return out
 
 
 def parse_seed_work(items: list[str], seeds: list[int]) -> dict[int, Path]:

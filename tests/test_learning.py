@@ -1030,6 +1030,64 @@ def test_stored_scores_give_back_each_question_and_the_same_paired_rows(tmp_path
         bl.evals_stored("bad", tmp_path / "scores")
 
 
+def test_a_seed_recorded_on_another_machine_joins_the_comparisons_over_seeds_from_its_stored_scores(tmp_path,
+                                                                                                   monkeypatch):
+    preset = {**bl.PRESETS["full"], "arms": ["base", "sft", "sft+grpo", "trl-peer"], "seeds": [2, 0],
+              "every_seed": True}
+    old = tmp_path / "old"
+    old.mkdir()
+    # the recorded run: seed 0 on questions q0..q2; its SFT, method and peer
+    finished = {"sft@s0": _f1_eval_dir(old, "eval-sft-s0", [0.0, 0.5, 0.0]),
+                "sft+grpo@s0": _f1_eval_dir(old, "eval-sft+grpo-s0", [1.0, 0.5, 0.0]),
+                "trl-peer@s0": _f1_eval_dir(old, "eval-trl-peer-s0", [0.0, 0.0, 0.5])}
+    scores_dir, results_file = tmp_path / "scores", tmp_path / "learning.json"
+    scores_dir.mkdir()
+    bl.scores_file("old", scores_dir).write_text(json.dumps(bl.stored_scores(finished)))
+    recorded = {"preset": {**preset, "seeds": [0, 1]}, "arms": {n: {"live": {"all": {"n": 3}}} for n in finished},
+                "curves": {"sft+grpo@s0": {"reward": [0.5]}, "trl-peer@s0": {"reward": [0.25]}}}
+    results_file.write_text(json.dumps({"old": recorded}))
+    got = bl.stored_seed("old", 0, preset, results_file, scores_dir)
+    assert set(got["scores"]) == set(finished) and got["arms"]["trl-peer@s0"] == {"live": {"all": {"n": 3}}}
+    assert got["curves"] == recorded["curves"]
+    assert got["scores"]["sft+grpo@s0"]["hotpotqa|q0"]["f1"] == 100.0
+    # this run's seed 2 on q0..q3: over both seeds, each question's mean; q3 only in seed 2 is left out
+    mine = tmp_path / "new"
+    mine.mkdir()
+    dirs = {"sft@s2": _f1_eval_dir(mine, "eval-sft-s2", [0.0, 0.0, 0.0, 1.0]),
+            "sft+grpo@s2": _f1_eval_dir(mine, "eval-sft+grpo-s2", [0.5, 0.0, 0.0, 1.0]),
+            "trl-peer@s2": _f1_eval_dir(mine, "eval-trl-peer-s2", [0.0, 0.0, 0.0, 1.0])}
+    rows = {(r["a"], r["b"]): r for r in bl.comparisons(dirs, preset, got["scores"])}
+    both = rows[("sft@s2+s0", "sft+grpo@s2+s0")]
+    # per question: (0.5 + 1.0) / 2 - 0, (0 + 0.5) / 2 - 0.25, 0: 75 + 0 + 0 over three questions
+    assert both["n"] == 3 and both["f1"][0] == pytest.approx(25.0)
+    peer = rows[("sft+grpo@s2+s0", "trl-peer@s2+s0")]  # (0 - .75) + (0 - .25) + (.25 - 0) over three
+    assert peer["f1"][0] == pytest.approx(-25.0)
+    assert ("sft+grpo@s0", "trl-peer@s0") in rows and ("sft+grpo@s2", "trl-peer@s2") in rows
+    # the run's own stored scores hold both seeds, on every question
+    merged = bl.with_stored_scores(bl.stored_scores(dirs), {"old": list(finished)}, scores_dir)
+    assert merged["questions"] == [f"hotpotqa|q{i}" for i in range(4)]
+    assert merged["arms"]["trl-peer@s0"]["live"]["f1"] == [0, 0, 0.5, None]
+    assert merged["arms"]["trl-peer@s2"]["live"]["f1"] == [0, 0, 0, 1]
+    # not the same experiment, or an arm the recorded run lacks: one line naming it
+    results_file.write_text(json.dumps({"old": {**recorded, "preset": {**recorded["preset"], "eval_limit": 30}}}))
+    with pytest.raises(SystemExit, match=r"--seed-scores 0=old: run old ran with eval_limit 30, this run with 100"):
+        bl.stored_seed("old", 0, preset, results_file, scores_dir)
+    results_file.write_text(json.dumps({"old": recorded}))
+    with pytest.raises(SystemExit, match=r"--seed-scores 0=old: run old holds no evaluation of grpo-no-sft@s0"):
+        bl.stored_seed("old", 0, {**preset, "arms": preset["arms"] + ["grpo-no-sft"]}, results_file, scores_dir)
+    with pytest.raises(SystemExit, match=r"ran seeds \[0, 1\], not 2"):
+        bl.stored_seed("old", 2, preset, results_file, scores_dir)
+    # the command line: not the first seed, not a seed also run in a work directory, a run with stored scores
+    monkeypatch.setattr(bl, "SCORES", scores_dir)
+    assert bl.parse_seed_scores(["0=old"], [2, 0], []) == {0: "old"}
+    with pytest.raises(SystemExit, match="the first runs here"):
+        bl.parse_seed_scores(["2=old"], [2, 0], [])
+    with pytest.raises(SystemExit, match=r"also given a work directory"):
+        bl.parse_seed_scores(["0=old"], [2, 0], ["0=/tmp/x"])
+    with pytest.raises(SystemExit, match=r"run gone has no stored scores"):
+        bl.parse_seed_scores(["0=gone"], [2, 0], [])
+
+
 def test_alternated_runs_each_variant_in_turn_in_its_own_process_and_names_a_failure(tmp_path, capsys):
     from bench_grpo_checkpointing import alternated
 
