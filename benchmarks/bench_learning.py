@@ -591,7 +591,9 @@ def run_arms(preset_name: str, work: Path, arms: list[str] | None = None, seeds:
     results["sim_vs_live"] = sim_vs_live(eval_dirs)
     results["draws"] = draw_spread(eval_dirs, preset, stored)
     if against is not None:
-        results["draws_against"] = draws_against(eval_dirs, preset, against)
+        # this run's own seeds: a stored seed's draws are not here to set against another's
+        results["draws_against"] = draws_against(
+            eval_dirs, {**preset, "seeds": [s for s in preset["seeds"] if s not in (seed_scores or {})]}, against)
     results["targets"] = targets(results, preset)
     results["preset"] = preset
     results["config"] = cfg0.model_dump(mode="json")
@@ -641,7 +643,8 @@ def units_in_order(preset: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def unit_needs(unit: tuple[str, int], preset: dict[str, Any]) -> tuple[str, int] | None:
-    """The unit that must finish first: the method in the same seed, for an arm that takes its answers."""
+    """The unit that must finish first, or have written its solvable-first answers (`answers_written`): the
+    method in the same seed, for an arm that takes its answers."""
     arm, seed = unit
     return ("sft+grpo", seed) if shares_answers(arm) and "sft+grpo" in arms_in_seed(preset, seed) else None
 
@@ -1073,8 +1076,8 @@ def with_stored_scores(own: dict[str, Any], taken: dict[str, list[str]], scores_
 
 
 # what a seed taken from a recorded run must share with this run: the experiment's sizes and GRPO settings
-SHARED_SETTINGS = ("train_per_source", "sft_epochs", "grpo_steps", "grpo_questions", "grpo_pool", "eval_limit",
-                   "grpo")
+SHARED_SETTINGS = ("train_per_source", "sft_epochs", "grpo_steps", "grpo_questions", "grpo_pool", "grpo_candidates",
+                   "eval_limit", "grpo")
 
 
 def stored_seed(label: str, seed: int, preset: dict[str, Any], results_file: Path | None = None,
@@ -1096,6 +1099,16 @@ def stored_seed(label: str, seed: int, preset: dict[str, Any], results_file: Pat
         if run["preset"].get(key) != preset.get(key):
             raise SystemExit(f"{flag}: run {label} ran with {key} {run['preset'].get(key)!r}, this run with "
                              f"{preset.get(key)!r}: not one experiment")
+    # and the settings the preset leaves to the configuration (learning rates, reward, LoRA, the policy), up to
+    # those added to mtr since, at their defaults (`same_settings`: how a step tells it ran as it would now)
+    from mtr.rundir import same_settings
+
+    ours = base_config(preset, preset["seeds"][0]).model_dump(mode="json")
+    theirs = run.get("config", {})
+    for section in ("grpo", "sft", "roles"):
+        if not same_settings({section: theirs.get(section)}, {section: ours[section]}):
+            raise SystemExit(f"{flag}: run {label} ran with other {section} settings than this run's: not one "
+                             f"experiment")
     try:
         evals = evals_stored(label, scores_dir)
     except ValueError as e:
@@ -1716,7 +1729,7 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     if jobs:  # the units side by side, in run_jobs's order and waits; the shared steps (SFT) before them alone
         # the arms that take the method's answers start once its pass has written them
         early = {u: answer_pass(u[0], p, order, 0.0) * jobs["grpo"]["slowdown"] for u in beside
-                 if u[0] == "sft+grpo"}
+                 if u[0] == "sft+grpo" and order == "solvable-first"}
         span = units_makespan(units_in_order(p), lambda u: unit_needs(u, p), beside, jobs["jobs"], early)
         out["with_jobs"] = {"jobs": jobs["jobs"], "slowdown": {k: jobs[k]["slowdown"] for k in ("grpo", "eval")},
                             "total_s": round(parts["sft"] + span)}
@@ -1756,6 +1769,15 @@ def grpo_questions_phrase(res: dict[str, Any]) -> str:
     return f" on {n} question{'s' if n != 1 else ''}{among}, {trl_groups(res['config']['grpo']['trl'])} a step" if n else ""
 
 
+def stored_seeds_phrase(res: dict[str, Any]) -> str:
+    """The seeds a run took from recorded runs (`--seed-scores`), whose machine, date and steps were theirs."""
+    taken = res.get("seed_scores") or {}
+    if not taken:
+        return ""
+    return " " + "; ".join(f"Seed {seed} is run `{label}`'s, as recorded (its machine, its steps' times)"
+                           for seed, label in taken.items()) + "."
+
+
 def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
     """The generated parts of docs/learning.md, one per preset that has results: its arms table, its
     comparisons, its reward curves' quarters and its stages' wall times."""
@@ -1771,7 +1793,7 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
                  f"questions of each of {', '.join(BENCHMARKS)}; "
                  f"policy {res['config']['roles']['policy']['model']} (the embedded model is SmolLM2-135M-Instruct), "
                  "tools live (`search` and `lookup` by the local BM25 retriever, `calculate` computed). "
-                 "In % except calls; mean [95 % bootstrap interval].", "",
+                 "In % except calls; mean [95 % bootstrap interval]." + stored_seeds_phrase(res), "",
                  "| arm | tools | n | EM | F1 | cover EM | answered | well-formed | calls / ep. |",
                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for arm, modes in res["arms"].items():
@@ -2187,6 +2209,9 @@ def main() -> None:
         raise SystemExit(f"--jobs {args.jobs}: expected a number of processes, at least 1")
     grpo = parse_grpo_overrides(args.grpo)
     seed_scores = parse_seed_scores(args.seed_scores, seeds or PRESETS[name]["seeds"], args.seed_work)
+    for seed, label in seed_scores.items():  # checked now, not after the run's hours of steps
+        stored_seed(label, seed, preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed,
+                                                 simulated, args.grpo_questions, args.grpo_pool))
 
     def run(only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
         try:
@@ -2292,10 +2317,11 @@ def rescore_run(label: str, work: Path, seed_work: list[str] | None = None,
                          f"reads ({type(e).__name__}: {str(e).splitlines()[0]})") from None
 
     found: dict[str, Path] = {}
+    stored_seeds = {int(seed) for seed in res.get("seed_scores", {})}
     for name, curve in res["curves"].items():
         arm, _, tag = name.partition("@")
-        if ARMS.get(arm, {}).get("peer"):
-            continue  # TRL's own loop logs no episodes
+        if ARMS.get(arm, {}).get("peer") or int(tag[1:] or -1) in stored_seeds:
+            continue  # TRL's own loop logs no episodes; a stored seed's were scored by the run that ran it
         gdir = seed_dirs.get(int(tag[1:]), work) / f"grpo-{arm}-{tag}"
         if not (gdir / "samples.jsonl").is_file():
             raise SystemExit(f"--rescore {label}: curve {name} has no logged episodes at {gdir / 'samples.jsonl'} "

@@ -1043,8 +1043,9 @@ def test_a_seed_recorded_on_another_machine_joins_the_comparisons_over_seeds_fro
     scores_dir, results_file = tmp_path / "scores", tmp_path / "learning.json"
     scores_dir.mkdir()
     bl.scores_file("old", scores_dir).write_text(json.dumps(bl.stored_scores(finished)))
+    config = bl.base_config(preset, 0).model_dump(mode="json")
     recorded = {"preset": {**preset, "seeds": [0, 1]}, "arms": {n: {"live": {"all": {"n": 3}}} for n in finished},
-                "curves": {"sft+grpo@s0": {"reward": [0.5]}, "trl-peer@s0": {"reward": [0.25]}}}
+                "curves": {"sft+grpo@s0": {"reward": [0.5]}, "trl-peer@s0": {"reward": [0.25]}}, "config": config}
     results_file.write_text(json.dumps({"old": recorded}))
     got = bl.stored_seed("old", 0, preset, results_file, scores_dir)
     assert set(got["scores"]) == set(finished) and got["arms"]["trl-peer@s0"] == {"live": {"all": {"n": 3}}}
@@ -1072,11 +1073,19 @@ def test_a_seed_recorded_on_another_machine_joins_the_comparisons_over_seeds_fro
     results_file.write_text(json.dumps({"old": {**recorded, "preset": {**recorded["preset"], "eval_limit": 30}}}))
     with pytest.raises(SystemExit, match=r"--seed-scores 0=old: run old ran with eval_limit 30, this run with 100"):
         bl.stored_seed("old", 0, preset, results_file, scores_dir)
+    other_lr = json.loads(json.dumps(config))
+    other_lr["grpo"]["trl"]["learning_rate"] = 1e-6  # a setting the preset leaves to the configuration
+    results_file.write_text(json.dumps({"old": {**recorded, "config": other_lr}}))
+    with pytest.raises(SystemExit, match=r"run old ran with other grpo settings than this run's"):
+        bl.stored_seed("old", 0, preset, results_file, scores_dir)
     results_file.write_text(json.dumps({"old": recorded}))
     with pytest.raises(SystemExit, match=r"--seed-scores 0=old: run old holds no evaluation of grpo-no-sft@s0"):
         bl.stored_seed("old", 0, {**preset, "arms": preset["arms"] + ["grpo-no-sft"]}, results_file, scores_dir)
     with pytest.raises(SystemExit, match=r"ran seeds \[0, 1\], not 2"):
         bl.stored_seed("old", 2, preset, results_file, scores_dir)
+    assert bl.stored_seeds_phrase({"seed_scores": {"0": "old"}}) == \
+        " Seed 0 is run `old`'s, as recorded (its machine, its steps' times)."
+    assert bl.stored_seeds_phrase({}) == ""
     # the command line: not the first seed, not a seed also run in a work directory, a run with stored scores
     monkeypatch.setattr(bl, "SCORES", scores_dir)
     assert bl.parse_seed_scores(["0=old"], [2, 0], []) == {0: "old"}
