@@ -2209,16 +2209,16 @@ def main() -> None:
         raise SystemExit(f"--jobs {args.jobs}: expected a number of processes, at least 1")
     grpo = parse_grpo_overrides(args.grpo)
     seed_scores = parse_seed_scores(args.seed_scores, seeds or PRESETS[name]["seeds"], args.seed_work)
+    seed_dirs = parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"])
+    preset = preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed, simulated,
+                             args.grpo_questions, args.grpo_pool)
     for seed, label in seed_scores.items():  # checked now, not after the run's hours of steps
-        stored_seed(label, seed, preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed,
-                                                 simulated, args.grpo_questions, args.grpo_pool))
+        stored_seed(label, seed, preset)
 
     def run(only: set[tuple[str, int]] | None = None) -> dict[str, Any]:
         try:
-            return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed,
-                            parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]), simulated,
-                            args.grpo_questions, args.grpo_pool,
-                            against, only, seed_scores)
+            return run_arms(name, work, arms, seeds, grpo, args.eval_limit, args.every_seed, seed_dirs, simulated,
+                            args.grpo_questions, args.grpo_pool, against, only, seed_scores)
         except WouldDelete as e:
             raise SystemExit(str(e)) from None
 
@@ -2228,12 +2228,9 @@ def main() -> None:
         return
     if args.jobs > 1:  # the shared steps here, the units in processes of their own, then the results below
         run(set())
-        preset = preset_settings(name, arms, seeds, grpo, args.eval_limit, args.every_seed, simulated,
-                                 args.grpo_questions, args.grpo_pool)
         # the stored seeds run nowhere: their units are not started
-        preset["seeds"] = [s for s in preset["seeds"] if s not in seed_scores]
-        run_jobs(preset, work, args.jobs, without_jobs(sys.argv[1:]),
-                 parse_seed_work(args.seed_work, seeds or PRESETS[name]["seeds"]))
+        run_jobs({**preset, "seeds": [s for s in preset["seeds"] if s not in seed_scores]}, work, args.jobs,
+                 without_jobs(sys.argv[1:]), seed_dirs)
     res = run()
     res.update(date=time.strftime("%Y-%m-%d"), commit=(git_commit() or "?")[:7], cpu=cpu_name(),
                cpu_kernels=cpu_kernels(), weight_major=weight_major_pays(), cores=os.cpu_count(), jobs=args.jobs,
