@@ -313,10 +313,21 @@ def test_a_resumed_run_logs_each_step_once_and_its_clock_goes_on(tmp_path):
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3] and lines[-1]["reward"] == 3.5
     assert 200.0 <= lines[-1]["wall_s"] < 260.0
-    # a fresh start (step 0) keeps what is there: the stage removes an old run's files itself with --overwrite
+    # another rank leaves the files to the first
     cb = jsonl_log_callback(log, samples)
-    cb.on_train_begin(None, SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True), None)
+    cb.on_train_begin(None, SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=False), None)
     assert len(log.read_text().splitlines()) == 3 and len(samples.read_text().splitlines()) == 2
+    # --resume with no checkpoint (an attempt stopped before its first save) begins again at step 0: every
+    # step is done again, so the stopped attempt's lines go (they stood twice in the reward curve before) and
+    # the clock starts from zero
+    cb = jsonl_log_callback(log, samples)
+    state = SimpleNamespace(global_step=0, epoch=0.0, is_world_process_zero=True)
+    cb.on_train_begin(None, state, None)
+    assert log.read_text() == "" and samples.read_text() == ""
+    state.global_step = 1
+    cb.on_log(None, state, None, logs={"reward": 0.5})
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1] and lines[0]["wall_s"] < 60
 
 
 def test_a_corrupt_line_inside_a_log_is_named_not_dropped(tmp_path):

@@ -193,7 +193,8 @@ def jsonl_log_callback(path: Path, rollouts: Path | None = None):
     process began training: with a line a step (mtr's configs log every step), the differences are step times
     (SFT's logs have none of their own). On a resume, the lines past the checkpoint go (the steps are done
     again), from `path` and from `rollouts` (a log written before each step's update, whose `step` is the
-    steps done when it was written), and `wall_s` goes on from the last line kept."""
+    steps done when it was written), and `wall_s` goes on from the last line kept; with no checkpoint to
+    resume from (a run stopped before its first save), every line an earlier attempt wrote goes."""
     import time
 
     from transformers import TrainerCallback
@@ -203,7 +204,9 @@ def jsonl_log_callback(path: Path, rollouts: Path | None = None):
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.start = time.perf_counter()
-            if state.global_step and state.is_world_process_zero:  # resumed from a checkpoint
+            # resumed from a checkpoint, or begun again (step 0) over the lines of an attempt stopped before
+            # its first save: those steps are all done again, and would otherwise stand twice in the curve
+            if state.is_world_process_zero:
                 kept = drop_steps_from(Path(path), state.global_step + 1)
                 if rollouts is not None:
                     drop_steps_from(Path(rollouts), state.global_step)
