@@ -1601,7 +1601,7 @@ ESTIMATED_SIZES = ("train_per_source", "grpo_steps", "grpo_questions", "grpo_poo
 
 
 def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | None = None,
-             also: dict[str, Any] | None = None) -> dict[str, Any]:
+             also: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """How long a preset would take here, from a finished run's measured steps: SFT seconds a step, each GRPO
     arm's seconds a step, each arm's evaluation seconds a question (the same arm in another seed costs the
     same; an arm never measured costs as the method's GRPO and SFT's evaluation). A GRPO arm's step also
@@ -1617,19 +1617,22 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     benchmarks/results/jobs.json): also how long `--jobs N` takes, each unit's steps slowed by the slowdown
     measured for one process beside the others, the units run in run_jobs's order (`with_jobs`).
 
-    `also`: a second run, which may have run with `--jobs` (the full preset's, whose arms a one-process run
-    rarely holds): a step `measured` lacks (an arm it did not run: the TRL peer, slower a step than the
-    method), and an evaluation it ran in fewer modes than the preset asks (a simulated episode costs more than a
-    live one), are taken from it, a step that ran beside another divided by the slowdown `jobs` measured for
-    its kind. Without it they are priced as the method's GRPO and SFT's live evaluation: short for the peer and
-    the simulated episodes, long for the ablations' evaluations."""
-    p, m = PRESETS[preset_name], measured
+    `also`: more runs, searched in their order, which may have run with `--jobs` (the full preset's, whose
+    arms a one-process run rarely holds): a step `measured` lacks (an arm it did not run: the TRL peer, slower
+    a step than the method), and an evaluation it ran in fewer modes than the preset asks (a simulated episode
+    costs more than a live one), are taken from the first that holds it, a step that ran beside another
+    divided by the slowdown `jobs` measured for its kind. Without them they are priced as the method's GRPO
+    and SFT's live evaluation: short for the peer and the simulated episodes, long for the ablations'
+    evaluations. Several, because one CPU's runs seldom hold every arm, and an arm's step is not priced alike
+    on two CPUs (the peer's step took 1.6 times the method's on the faster one, 3 times on the older one)."""
+    p, m, also = PRESETS[preset_name], measured, list(also or ())
     if m.get("jobs", 1) > 1:
         raise ValueError(f"its steps ran {m['jobs']} at a time (--jobs), each slowed by the others: not one "
                          "process's seconds to estimate from")
-    if also is not None and also.get("jobs", 1) > 1 and not jobs:
-        raise ValueError(f"the second run's steps ran {also['jobs']} at a time (--jobs): its seconds need the "
-                         f"slowdown of one process beside another ({JOBS_RESULTS.name}), and there is none")
+    for i, run in enumerate(also):
+        if run.get("jobs", 1) > 1 and not jobs:
+            raise ValueError(f"run {i + 2}'s steps ran {run['jobs']} at a time (--jobs): its seconds need the "
+                             f"slowdown of one process beside another ({JOBS_RESULTS.name}), and there is none")
     stages, mp = m["stages"], m["preset"]
     first = f"s{mp['seeds'][0]}"
     # a run of some arms only (e.g. --arms base,sft) has no rate for what it did not run
@@ -1643,10 +1646,10 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     sft_steps = max(1, math.ceil(p["train_per_source"] * len(BENCHMARKS) * kept_share * p["sft_epochs"] / batch))
 
     def found(stem: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """The step `stem` of the first seed, as one process's seconds, with the run it is from: the measured
-        run's first, then the second run's."""
+        """The step `stem` of each run's first seed, as one process's seconds, with the run it is from: the
+        measured run's first, then `also`'s in their order."""
         out = []
-        for run in (m, also) if also is not None else (m,):
+        for run in (m, *also):
             step = run["stages"].get(f"{stem}-s{run['preset']['seeds'][0]}")
             if step is not None:
                 kind = "eval" if stem.startswith("eval-") else "grpo"
@@ -2119,10 +2122,10 @@ def main() -> None:
     ap.add_argument("--estimate", metavar="RUN",
                     help="only estimate how long the main and full presets take here from the finished run RUN of "
                     "the results file (its measured steps), and keep the estimates with that run")
-    ap.add_argument("--estimate-also", metavar="RUN",
+    ap.add_argument("--estimate-also", metavar="RUN[,RUN...]",
                     help="with --estimate: take the steps its run lacks (arms it did not run, evaluations in fewer "
-                    "tool modes) from the finished run RUN, which may have run with --jobs (then divided by the "
-                    "slowdown benchmarks/results/jobs.json measured)")
+                    "tool modes) from the first of these finished runs that holds them, which may have run with "
+                    "--jobs (then divided by the slowdown benchmarks/results/jobs.json measured)")
     ap.add_argument("--rescore", metavar="RUN",
                     help="only score the logged training episodes of run RUN's GRPO arms by the calls they made "
                     "(by_calls) from its work directories (--work, --seed-work), with its recorded settings, and "
@@ -2136,10 +2139,11 @@ def main() -> None:
         return
     if args.estimate:
         all_results = json.loads(RESULTS.read_text())
-        for flag, run in (("--estimate", args.estimate), ("--estimate-also", args.estimate_also)):
-            if run is not None and run not in all_results:
+        also_names = [r for r in (args.estimate_also or "").split(",") if r]
+        for flag, run in (("--estimate", args.estimate), *(("--estimate-also", r) for r in also_names)):
+            if run not in all_results:
                 raise SystemExit(f"{flag}: no run {run!r} in {RESULTS}; runs: {', '.join(all_results)}")
-        also = all_results[args.estimate_also] if args.estimate_also else None
+        also = [all_results[r] for r in also_names]
         jobs = None
         if JOBS_RESULTS.is_file():  # bench_jobs.py's figures: --jobs priced too
             j = json.loads(JOBS_RESULTS.read_text())
@@ -2149,11 +2153,11 @@ def main() -> None:
                 est = estimate(name, all_results[args.estimate], jobs, also)
             except ValueError as e:
                 raise SystemExit(f"--estimate {args.estimate}: {e}") from None
-            if also is not None:
-                est["also"] = args.estimate_also
+            if also:
+                est["also"] = ",".join(also_names)
             all_results[args.estimate].setdefault("estimates", {})[name] = est
             print(f"the {name} preset here, from run {args.estimate}"
-                  + (f" and {args.estimate_also}" if also else "") + ": "
+                  + (f" and {', '.join(also_names)}" if also else "") + ": "
                   f"{est['total_s'] / 3600:.1f} h (SFT "
                   f"{est['sft_s'] / 3600:.1f} h, GRPO {est['grpo_s'] / 3600:.1f} h, evaluation {est['eval_s'] / 3600:.1f} h)"
                   + (f"; with --jobs {est['with_jobs']['jobs']}: {est['with_jobs']['total_s'] / 3600:.1f} h"

@@ -530,7 +530,7 @@ def test_the_estimate_takes_what_its_run_lacks_from_a_second_run_divided_by_its_
     # in both modes, 40 episodes in 180 s (120 s alone: 3 s an episode, the live one's 2)
     also = {"commit": "def", "jobs": 2, "preset": {"seeds": [0], "grpo_steps": 8, "eval_limit": 10},
             "stages": {"grpo-trl-peer-s0": {"wall_s": 320.0}, "eval-sft-s0": {"wall_s": 180.0, "n": 40}}}
-    alone, both = bl.estimate("full", measured, jobs), bl.estimate("full", measured, jobs, also)
+    alone, both = bl.estimate("full", measured, jobs), bl.estimate("full", measured, jobs, [also])
     assert both["grpo_s"] - alone["grpo_s"] == 10 * p["grpo_steps"]  # the peer, in the first seed only
     # the first seed's simulated evaluations (SFT's, and the method's priced as SFT's): 1 s more an episode
     questions = p["eval_limit"] * len(bl.BENCHMARKS)
@@ -538,11 +538,19 @@ def test_the_estimate_takes_what_its_run_lacks_from_a_second_run_divided_by_its_
     assert both["eval_s"] - alone["eval_s"] == 1 * questions * 2 * 2
     assert both["with_jobs"]["total_s"] > alone["with_jobs"]["total_s"]
     # the measured run's own step comes first: its peer measured alone at 12 s a group
+    peer_here = {"commit": "ghi", "preset": {"seeds": [2], "grpo_steps": 8, "eval_limit": 10},
+                 "stages": {"grpo-trl-peer-s2": {"wall_s": 240.0}, "eval-sft-s2": {"wall_s": 20.0, "n": 20}}}
+    # more runs are searched in their order: the peer from the first that measured it (in its own first seed,
+    # alone: 30 s a group), the simulated evaluations from the one that ran them (the first ran live tools only)
+    first = bl.estimate("full", measured, jobs, [peer_here, also])
+    assert first["grpo_s"] - alone["grpo_s"] == 20 * p["grpo_steps"]
+    assert first["eval_s"] == both["eval_s"]
+    assert bl.estimate("full", measured, jobs, [also, peer_here])["grpo_s"] == both["grpo_s"]
     measured["stages"]["grpo-trl-peer-s0"] = {"wall_s": 96.0}
-    assert bl.estimate("full", measured, jobs, also)["grpo_s"] - alone["grpo_s"] == 2 * p["grpo_steps"]
+    assert bl.estimate("full", measured, jobs, [also])["grpo_s"] - alone["grpo_s"] == 2 * p["grpo_steps"]
     # a second run's seconds beside another mean nothing without the slowdown
-    with pytest.raises(ValueError, match=r"ran 2 at a time \(--jobs\): its seconds need the slowdown"):
-        bl.estimate("full", measured, None, also)
+    with pytest.raises(ValueError, match=r"run 3's steps ran 2 at a time \(--jobs\): its seconds need the slowdown"):
+        bl.estimate("full", measured, None, [peer_here, also])
 
 
 def test_jobs_start_the_method_first_and_an_arm_that_takes_its_answers_after_it():
