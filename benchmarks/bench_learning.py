@@ -1624,7 +1624,7 @@ def estimate(preset_name: str, measured: dict[str, Any], jobs: dict[str, Any] | 
     divided by the slowdown `jobs` measured for its kind. Without them they are priced as the method's GRPO
     and SFT's live evaluation: short for the peer and the simulated episodes, long for the ablations'
     evaluations. Several, because one CPU's runs seldom hold every arm, and an arm's step is not priced alike
-    on two CPUs (the peer's step took 1.6 times the method's on the faster one, 3 times on the older one)."""
+    on two CPUs (the TRL peer's step, alone on the older CPU, took half as long again as the faster machine's)."""
     p, m, also = PRESETS[preset_name], measured, list(also or ())
     if m.get("jobs", 1) > 1:
         raise ValueError(f"its steps ran {m['jobs']} at a time (--jobs), each slowed by the others: not one "

@@ -537,7 +537,6 @@ def test_the_estimate_takes_what_its_run_lacks_from_a_second_run_divided_by_its_
     assert p["simulated_eval"] == ["sft", "sft+grpo"]
     assert both["eval_s"] - alone["eval_s"] == 1 * questions * 2 * 2
     assert both["with_jobs"]["total_s"] > alone["with_jobs"]["total_s"]
-    # the measured run's own step comes first: its peer measured alone at 12 s a group
     peer_here = {"commit": "ghi", "preset": {"seeds": [2], "grpo_steps": 8, "eval_limit": 10},
                  "stages": {"grpo-trl-peer-s2": {"wall_s": 240.0}, "eval-sft-s2": {"wall_s": 20.0, "n": 20}}}
     # more runs are searched in their order: the peer from the first that measured it (in its own first seed,
@@ -546,6 +545,7 @@ def test_the_estimate_takes_what_its_run_lacks_from_a_second_run_divided_by_its_
     assert first["grpo_s"] - alone["grpo_s"] == 20 * p["grpo_steps"]
     assert first["eval_s"] == both["eval_s"]
     assert bl.estimate("full", measured, jobs, [also, peer_here])["grpo_s"] == both["grpo_s"]
+    # the measured run's own step comes first: its peer measured alone at 12 s a group
     measured["stages"]["grpo-trl-peer-s0"] = {"wall_s": 96.0}
     assert bl.estimate("full", measured, jobs, [also])["grpo_s"] - alone["grpo_s"] == 2 * p["grpo_steps"]
     # a second run's seconds beside another mean nothing without the slowdown
