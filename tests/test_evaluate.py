@@ -308,3 +308,32 @@ def test_no_tools_are_made_for_a_mode_that_makes_no_calls(tmp_path):
     b = ScriptedBackend(agent=hermes_policy)
     asyncio.run(evaluate(cfg, tmp_path / "run", pool=Pool(b)))
     assert b.calls["toolmaker"] == 0 and b.calls["agent"] == 2
+
+
+def test_run_pool_status_shows_the_mean_so_far_not_the_last_record(tmp_path):
+    """The bar's status after each record: two wrong answers of three read as a mean EM of 33.3 %, where the
+    last record's own EM (0) read as the pass's."""
+    from mtr.jsonl import running_mean
+
+    shown = []
+    status = running_mean("em", "mean EM", percent=True)
+
+    async def worker(item):
+        return {"id": item[0], "em": item[1]}
+
+    def spy(record):
+        shown.append(status(record))
+        return shown[-1]
+
+    async def run():
+        out = JsonlAppender(tmp_path / "s.jsonl", id_key="id")
+        try:
+            return await run_pool([("a", 1.0), ("b", 0.0), ("c", 0.0)], worker, out, 1, "t", status=spy)
+        finally:
+            out.close()
+
+    assert asyncio.run(run()) == 3
+    assert shown == ["mean EM 100.0 %", "mean EM 50.0 %", "mean EM 33.3 %"]
+    # an episode that failed (no score) counts as wrong; without `percent`, the mean itself (F1 in [0, 1])
+    f1 = running_mean("f1", "mean F1")
+    assert [f1({"f1": 0.5}), f1({"f1": None}), f1({"f1": 1.0})] == ["mean F1 0.50", "mean F1 0.25", "mean F1 0.50"]

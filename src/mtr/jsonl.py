@@ -144,6 +144,21 @@ def progress_bar() -> Progress:
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn())
 
 
+def running_mean(key: str, label: str, percent: bool = False) -> Callable[[dict[str, Any]], str]:
+    """A `run_pool` status: the mean of `key` over the records finished so far in this sitting (a resumed run's
+    earlier records are not in it). The last record's own score, shown before, read as the run's: "EM 0" after
+    a pass whose mean EM was 3 %."""
+    total, n = 0.0, 0
+
+    def status(record: dict[str, Any]) -> str:
+        nonlocal total, n
+        total, n = total + float(record.get(key) or 0.0), n + 1
+        mean = total / n
+        return f"{label} {100 * mean:.1f} %" if percent else f"{label} {mean:.2f}"
+
+    return status
+
+
 async def run_pool(items: Iterable[Any], worker: Callable[[Any], Awaitable[dict[str, Any]]],
                    out: JsonlAppender, concurrency: int, description: str,
                    status: Callable[[dict[str, Any]], str] | None = None, lockstep: Any = None) -> int:

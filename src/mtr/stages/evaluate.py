@@ -28,7 +28,7 @@ from mtr.backends import BackendPool
 from mtr.config import Config
 from mtr.data import BENCHMARKS, load_qa, resolve_benchmark
 from mtr.env import Environment
-from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
+from mtr.jsonl import JsonlAppender, read_jsonl, run_pool, running_mean
 from mtr.metrics import cover_em, exact_match, f1_score
 from mtr.rubric import episode_counts, health
 from mtr.rundir import start_fresh, write_manifest
@@ -137,7 +137,7 @@ async def evaluate(cfg: Config, out_dir: Path, overwrite: bool = False, pool: An
         # a batch of the policy's turns waits for a turn of every episode in flight (lockstep): cut as requests
         # came, an episode whose tool answered a moment late waited a whole batch (docs/performance.md)
         await run_pool(todo, worker, out, cfg.episodes_in_flight("eval"), "eval",
-                       status=lambda r: f"EM {r['em']:.0f}", lockstep=policy)
+                       status=running_mean("em", "mean EM", percent=True), lockstep=policy)
     finally:
         out.close()
         for env in envs.values():

@@ -60,7 +60,7 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
     `answers_from`: another run's file of the same policy's answers, taken where `path` holds none yet
     (`take_answers`; with the other pre-check setting, those of episodes that made no invalid call only)."""
     from mtr.agents import PolicyAgent
-    from mtr.jsonl import JsonlAppender, read_jsonl, run_pool
+    from mtr.jsonl import JsonlAppender, read_jsonl, run_pool, running_mean
     from mtr.metrics import f1_score
 
     if answers_from is not None:
@@ -83,7 +83,7 @@ def solvable_first(cfg: Config, env: Environment, examples: list[QAExample], ini
         try:
             # one batch a turn for every episode in flight, as in evaluation (mtr.stages.evaluate)
             await run_pool(todo, worker, out, cfg.episodes_in_flight("grpo"), "grpo: the initial policy answers",
-                           status=lambda r: f"F1 {r['f1']:.2f}", lockstep=policy)
+                           status=running_mean("f1", "mean F1"), lockstep=policy)
         finally:
             out.close()
             if pool is not None:
