@@ -1772,6 +1772,11 @@ def grpo_questions_phrase(res: dict[str, Any]) -> str:
     return f" on {n} question{'s' if n != 1 else ''}{among}, {trl_groups(res['config']['grpo']['trl'])} a step" if n else ""
 
 
+def group_phrase(trl: dict[str, Any]) -> str:
+    """How many episodes a GRPO group held: runs of 4 and of 8 read alike otherwise (main-g8-*)."""
+    return f"a group of {trl['num_generations']} episodes a question"
+
+
 def stored_seeds_phrase(res: dict[str, Any]) -> str:
     """The seeds a run took from recorded runs (`--seed-scores`), whose machine, date and steps were theirs."""
     taken = res.get("seed_scores") or {}
@@ -1789,7 +1794,8 @@ def doc_sections(all_results: dict[str, Any]) -> dict[str, str]:
         g = res["config"]["grpo"]  # a run recorded before these options existed ran in the file's order, on EM
         lines = [f"Run `{name}` of {res['date']} (commit {res['commit']}, {machine_phrase(res)}); "
                  f"training: {res['filter']['kept']} SFT traces kept of {res['filter']['episodes']}, "
-                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps{grpo_questions_phrase(res)} (questions: "
+                 f"{res['sft_steps']} SFT steps, {res['preset']['grpo_steps']} GRPO steps{grpo_questions_phrase(res)} ("
+                 f"{group_phrase(g['trl'])}; questions: "
                  f"{g.get('question_order', 'file')} order, answer reward: {g.get('answer_metric', 'em').upper()}, "
                  f"learning rate {g['trl']['learning_rate']:g}{lora_phrase(g.get('lora'))}, sampled at temperature "
                  f"{g['trl'].get('temperature', 1.0):g}); evaluation: {res['preset']['eval_limit']} held-out "

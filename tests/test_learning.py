@@ -1874,6 +1874,9 @@ def test_the_docs_name_the_cpus_kernels_and_grpos_lora_adapter_where_a_run_recor
     assert "cpu_kernels" not in res and not res["config"]["grpo"].get("lora")  # recorded before either
     before = bl.doc_sections({"r": res})["r"]
     assert f"(commit {res['commit']}, AMD EPYC, 2 cores)" in before and "LoRA" not in before
+    assert "1 a step (a group of 4 episodes a question; questions: " in before
+    res["config"]["grpo"]["trl"]["num_generations"] = 8  # the group's size is what told main-g8-* apart
+    assert "(a group of 8 episodes a question; questions: " in bl.doc_sections({"r": res})["r"]
     res["cpu_kernels"] = "AVX2"
     res["config"]["grpo"]["lora"] = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
     res["config"]["grpo"]["trl"]["learning_rate"] = 2e-4
